@@ -1,0 +1,10 @@
+"""kdprune: knowledge-distillation-aware structured pruning + INT8 QAT for Ultralytics YOLO detectors."""
+
+import os as _os
+
+# kdprune runs offline: ultralytics must never reach for the network (settings sync, online checks, font or
+# weight downloads). YOLO_OFFLINE makes ultralytics.utils.ONLINE False; it must be set before ultralytics is
+# imported, and every ultralytics import goes through a kdprune package, so this is the place.
+_os.environ.setdefault("YOLO_OFFLINE", "1")
+
+__version__ = "0.1.0"

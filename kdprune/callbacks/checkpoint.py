@@ -1,0 +1,53 @@
+"""weights/last.pt and weights/best.pt in ultralytics' format after every validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+
+from kdprune.yolo import save_ultralytics_checkpoint
+
+
+class UltralyticsCheckpoint(L.Callback):
+    """Writes the EMA model as ``last.pt`` every epoch and as ``best.pt`` when val fitness (mAP50-95) improves.
+
+    These are plain ultralytics checkpoints (``ultralytics.YOLO(path)`` loads them). Lightning's own ModelCheckpoint
+    keeps the full training state for ``ckpt_path=`` resume beside them.
+    """
+
+    def __init__(self, dirpath: str | Path):
+        self.dirpath = Path(dirpath)
+        self.best_fitness: float | None = None
+        self.best_epoch: int | None = None
+        self.best_metrics: dict = {}
+
+    @property
+    def last(self) -> Path:
+        return self.dirpath / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.dirpath / "best.pt"
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or not pl_module.val_metrics:
+            return
+        m = pl_module.val_metrics
+        fitness = m["fitness"]
+        metrics = {f"metrics/{k}(B)": m[k] for k in ("precision", "recall", "mAP50", "mAP50-95")}
+        kw = dict(epoch=trainer.current_epoch, train_args=pl_module.train_args, metrics=metrics, fitness=fitness,
+                  updates=pl_module.ema.updates if pl_module.ema is not None else 0)
+        save_ultralytics_checkpoint(self.last, pl_module.eval_model, **kw)
+        if self.best_fitness is None or fitness >= self.best_fitness:
+            self.best_fitness, self.best_epoch = fitness, trainer.current_epoch
+            self.best_metrics = {k: v for k, v in m.items() if k != "per_class"}
+            save_ultralytics_checkpoint(self.best, pl_module.eval_model, **kw)
+
+    def state_dict(self) -> dict:
+        return {"best_fitness": self.best_fitness, "best_epoch": self.best_epoch, "best_metrics": self.best_metrics}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best_fitness = state_dict.get("best_fitness")
+        self.best_epoch = state_dict.get("best_epoch")
+        self.best_metrics = state_dict.get("best_metrics", {})

@@ -1,0 +1,85 @@
+"""LightningDataModule over ultralytics' own YOLO dataset, augmentation pipeline and collate."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+from ultralytics.data.build import build_yolo_dataset, seed_worker
+
+from kdprune.data.checks import split_image_files
+
+
+class YOLODataModule(L.LightningDataModule):
+    """Train/val loaders exactly as ultralytics' detection trainer builds them (mosaic etc. for train, rect val).
+
+    ``hyp`` is ultralytics' hyperparameter namespace (imgsz, augmentation, cache, ...). Workers are not persistent:
+    each epoch forks them from the main process's dataset, so closing mosaic there reaches them at the next epoch
+    (ultralytics' InfiniteDataLoader needs an explicit reset for the same reason).
+    """
+
+    def __init__(self, data: dict, hyp, batch: int, val_batch: int, workers: int, seed: int, stride: int = 32):
+        super().__init__()
+        self.data, self.hyp = data, hyp
+        self.batch, self.val_batch, self.workers, self.seed, self.stride = batch, val_batch, workers, seed, stride
+        self.train_set = self.val_set = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None and stage in (None, "fit"):
+            self.train_set = build_yolo_dataset(self.hyp, self.data["train"], self.batch, self.data, mode="train",
+                                                stride=self.stride)
+        if self.val_set is None:
+            self.val_set = build_yolo_dataset(self.hyp, self.data["val"], self.val_batch, self.data, mode="val",
+                                              rect=True, stride=self.stride)
+
+    def skipped_images(self) -> dict[str, int]:
+        """Images ultralytics dropped as unreadable or corrupt, per split (files found minus files kept)."""
+        out = {}
+        for split, ds in (("train", self.train_set), ("val", self.val_set)):
+            if ds is not None:
+                out[split] = len(split_image_files(self.data[split])) - len(ds.im_files)
+        return out
+
+    def close_mosaic(self) -> None:
+        """Switch off mosaic/mixup/copy-paste for the final epochs, as ultralytics' trainer does."""
+        ds = self.train_set
+        if getattr(ds, "mosaic", False):
+            ds.mosaic = False
+            ds.close_mosaic(hyp=self.hyp)
+
+    def _loader(self, ds, batch: int, train: bool) -> DataLoader:
+        world = self.trainer.world_size if self.trainer is not None else 1
+        sampler = None
+        if world > 1:  # we set use_distributed_sampler=False: val shards must not be padded with duplicates
+            rank = self.trainer.global_rank
+            sampler = (DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=self.seed) if train
+                       else _ContiguousSampler(len(ds), world, rank))
+        g = torch.Generator()  # Lightning calls set_epoch on the sampler; the shuffle generator advances per epoch
+        g.manual_seed(self.seed)
+        workers = min(self.workers, len(ds) // max(batch, 1) or 0)
+        return DataLoader(
+            ds, batch_size=min(batch, len(ds)), shuffle=train and sampler is None, sampler=sampler,
+            num_workers=workers, pin_memory=torch.cuda.is_available(), collate_fn=ds.collate_fn,
+            worker_init_fn=seed_worker, generator=g, drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.val_batch, train=False)
+
+
+class _ContiguousSampler(torch.utils.data.Sampler):
+    """Each rank gets one contiguous, unpadded slice (rect batches keep their shapes; no duplicate images)."""
+
+    def __init__(self, n: int, world: int, rank: int):
+        per = -(-n // world)
+        self.idx = list(range(rank * per, min(n, (rank + 1) * per)))
+
+    def __iter__(self):
+        return iter(self.idx)
+
+    def __len__(self):
+        return len(self.idx)
+

@@ -1,0 +1,142 @@
+"""The LightningModule: ultralytics' DetectionModel trained with ultralytics' loss, optimizer, schedule and EMA."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import torch
+
+
+from kdprune.yolo import DetectionEvaluator, LRSchedule, ModelEMA, build_optimizer, nominal_accumulate, optimizer_iterations
+
+
+class DetectionModule(L.LightningModule):
+    """Trains a YOLO detector the way ultralytics' DetectionTrainer does, inside Lightning's loops.
+
+    Optimization is manual because ultralytics ramps gradient accumulation during warm-up (Lightning's
+    ``accumulate_grad_batches`` is fixed) and updates the EMA after each optimizer step. Validation runs on the EMA.
+    ``training_step`` returns ``{loss, det_loss, ...}``; later stages add their terms beside ``det_loss``.
+    """
+
+    def __init__(self, model: torch.nn.Module, hyp, names: dict[int, str], data: dict, *, grad_clip: float = 10.0,
+                 ema: bool = True, plot_every: int = 5):
+        super().__init__()
+        self.model, self.hyp, self.names, self.data = model, hyp, dict(names), data
+        self.grad_clip, self.use_ema, self.plot_every = grad_clip, ema, plot_every
+        self.automatic_optimization = False
+        self.criterion = model.init_criterion()  # v8DetectionLoss (E2ELoss for end-to-end heads like YOLO26)
+        self.ema: ModelEMA | None = None
+        self.evaluator = DetectionEvaluator(names)
+        self.schedule: LRSchedule | None = None
+        self.resolved_optim: dict = {}
+        self.last_opt_step = -1
+        self.val_metrics: dict = {}
+        self.plot_batch = None  # (batch, nms output) of the first val batch on plotting epochs
+        self._ema_state = None
+        self._t_train = 0.0
+        self._n_train_images = 0
+
+    # ---- setup -------------------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        dm = self.trainer.datamodule
+        nb = max(self.trainer.num_training_batches, 1) if self.trainer.num_training_batches != float("inf") else 1
+        epochs = self.trainer.max_epochs
+        accumulate, decay = nominal_accumulate(self.hyp, dm.batch * self.trainer.world_size, nb, epochs)
+        iterations = optimizer_iterations(len(dm.train_set), dm.batch, self.hyp.nbs, epochs)
+        opt, self.resolved_optim = build_optimizer(self.model, self.hyp, len(self.names), iterations, decay)
+        self.accumulate_nominal = accumulate
+        return opt
+
+    def on_fit_start(self) -> None:
+        nb = self.trainer.num_training_batches
+        nb = nb if nb != float("inf") else len(self.trainer.datamodule.train_dataloader())
+        self.schedule = LRSchedule(self.trainer.max_epochs, int(nb), self.hyp, self.accumulate_nominal)
+        if self.use_ema:
+            self.ema = ModelEMA(self.model)
+            if self._ema_state is not None:
+                self.ema.ema.load_state_dict(self._ema_state["state_dict"])
+                self.ema.updates = self._ema_state["updates"]
+        self.optimizers().zero_grad()
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        return self.ema.ema if self.ema is not None else self.model
+
+    # ---- training ----------------------------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        self._t_train, self._n_train_images = time.perf_counter(), 0
+
+    def training_step(self, batch: dict, batch_idx: int):
+        opt = self.optimizers()
+        ni = batch_idx + self.schedule.nb * self.current_epoch
+        accumulate = self.schedule.apply(opt.optimizer, ni)
+        batch["img"] = batch["img"].float() / 255
+        preds = self.model(batch["img"])
+        det_loss, items = self.criterion(preds, batch)
+        loss = det_loss.sum()
+        if self.trainer.world_size > 1:
+            loss = loss * self.trainer.world_size  # DDP averages gradients; ultralytics scales back to the sum
+        self.manual_backward(loss)
+        if ni - self.last_opt_step >= accumulate:
+            self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+            opt.step()
+            opt.zero_grad()
+            if self.ema is not None:
+                self.ema.update(self.model)
+            self.last_opt_step = ni
+        bs = batch["img"].shape[0]
+        self._n_train_images += bs
+        self.log_dict({f"train/{k}": v for k, v in items.items()}, on_step=True, on_epoch=True, batch_size=bs,
+                      prog_bar=True, sync_dist=False)
+        return {"loss": loss.detach(), "det_loss": det_loss.detach().sum(), **{k: v for k, v in items.items()}}
+
+    def on_train_epoch_end(self) -> None:
+        if hasattr(self.criterion, "update"):
+            self.criterion.update()  # E2ELoss anneals its one-to-many weight per epoch
+        if self.ema is not None:
+            self.ema.update_attr(self.model, include=["yaml", "nc", "args", "names", "stride"])
+        for i, g in enumerate(self.optimizers().optimizer.param_groups):  # per epoch, as ultralytics logs it
+            self.log(f"lr/pg{i}", g["lr"], on_step=False, on_epoch=True, batch_size=1)
+        dt = time.perf_counter() - self._t_train
+        if dt > 0 and self._n_train_images:
+            self.log("perf/train_images_per_s", self._n_train_images / dt, batch_size=1)
+
+    # ---- validation --------------------------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self.evaluator.reset(self.eval_model, self.device, self.data)
+        self.eval_model.eval()
+        self.plot_batch = None
+
+    def validation_step(self, batch: dict, batch_idx: int):
+        model = self.eval_model
+        batch["img"] = batch["img"].float() / 255
+        preds = model(batch["img"])
+        _, items = self.criterion(preds, batch)
+        out = self.evaluator.update(preds, batch)
+        bs = batch["img"].shape[0]
+        self.log_dict({f"val/{k}": v for k, v in items.items()}, on_step=False, on_epoch=True, batch_size=bs,
+                      sync_dist=True)
+        if batch_idx == 0 and self._is_plot_epoch():
+            self.plot_batch = (batch, out)
+
+    def _is_plot_epoch(self) -> bool:
+        last = self.current_epoch + 1 >= (self.trainer.max_epochs or 1)
+        return bool(self.plot_every) and ((self.current_epoch + 1) % self.plot_every == 0 or last)
+
+    def on_validation_epoch_end(self) -> None:
+        m = self.evaluator.compute()
+        self.val_metrics = m
+        self.log_dict({f"val/{k}": m[k] for k in ("precision", "recall", "mAP50", "mAP50-95", "fitness")},
+                      prog_bar=False, batch_size=1, sync_dist=False, rank_zero_only=True)
+        self.log("val/mAP50-95_pbar", m["mAP50-95"], prog_bar=True, logger=False, batch_size=1, rank_zero_only=True)
+
+    # ---- checkpoints (Lightning's, for resume) -------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.ema is not None:
+            checkpoint["ema"] = {"state_dict": self.ema.ema.state_dict(), "updates": self.ema.updates}
+        checkpoint["last_opt_step"] = self.last_opt_step
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._ema_state = checkpoint.get("ema")
+        self.last_opt_step = checkpoint.get("last_opt_step", -1)

@@ -1,0 +1,109 @@
+"""``run(cfg)``: one kdprune run, from a composed config to a run dir with weights, TensorBoard and summary.json.
+
+Kept apart from the Hydra entry point so tests call it on a config composed with ``initialize``/``compose``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_info
+from omegaconf import DictConfig, OmegaConf
+
+from kdprune.callbacks import UltralyticsCheckpoint, log_per_class_ap
+from kdprune.data import YOLODataModule, resolve_data
+from kdprune.errors import UserError
+from kdprune.module import DetectionModule
+from kdprune.yolo import build_model, hyp_namespace, model_stats
+
+log = logging.getLogger("kdprune")
+
+
+def _hyp(cfg: DictConfig, data: dict):
+    """Ultralytics' hyperparameter namespace for this run (augmentation, loss gains, optimizer, imgsz, data)."""
+    o = OmegaConf.to_container(cfg, resolve=True)
+    return hyp_namespace(
+        task="detect", mode="train", data=data["yaml_file"], imgsz=cfg.data.imgsz, batch=cfg.data.batch,
+        epochs=cfg.trainer.max_epochs, cache=cfg.data.cache, workers=cfg.data.workers, seed=cfg.seed,
+        conf=cfg.val.conf, iou=cfg.val.iou, max_det=cfg.val.max_det, plots=False,
+        **o["data"]["augment"], **{k: v for k, v in o["optim"].items() if k not in ("grad_clip", "ema")},
+        **{k: o["loss"][k] for k in ("box", "cls", "dfl")},
+    )
+
+
+def _check_cfg(cfg: DictConfig) -> None:
+    if cfg.trainer.max_epochs is None or int(cfg.trainer.max_epochs) < 1:
+        raise UserError(f"trainer.max_epochs={cfg.trainer.max_epochs}: must be >= 1.")
+    if int(cfg.data.imgsz) % 32:
+        raise UserError(f"data.imgsz={cfg.data.imgsz}: must be a multiple of 32 (the model's largest stride).")
+    if cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():
+        raise UserError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint (use <run_dir>/checkpoints/last.ckpt).")
+
+
+def run(cfg: DictConfig) -> dict:
+    """Train, validate and save one student; return the summary written to ``<run_dir>/summary.json``."""
+    t0 = time.time()
+    _check_cfg(cfg)
+    run_dir = Path(cfg.run_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    torch.use_deterministic_algorithms(bool(cfg.trainer.get("deterministic")), warn_only=True)
+
+    data = resolve_data(cfg.data.yaml, cfg.cache_dir, OmegaConf.to_container(cfg.data.embedded), cfg.data.check_labels)
+    hyp = _hyp(cfg, data)
+    model = build_model(cfg.model.cfg, cfg.model.weights, data["names"], hyp)
+    stride = max(int(model.stride.max()), 32)
+
+    dm = YOLODataModule(data, hyp, batch=cfg.data.batch, val_batch=cfg.data.val_batch, workers=cfg.data.workers,
+                        seed=cfg.seed, stride=stride)
+    module = DetectionModule(model, hyp, data["names"], data, grad_clip=cfg.optim.grad_clip, ema=cfg.optim.ema,
+                             plot_every=cfg.val.plot_every)
+    module.train_args = {**vars(hyp), "model": cfg.model.cfg or cfg.model.weights, "save_dir": str(run_dir)}
+
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
+    ckpt_cb = next(c for c in callbacks if isinstance(c, UltralyticsCheckpoint))
+    trainer = L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), callbacks=callbacks,
+                        logger=loggers or False, default_root_dir=str(run_dir))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
+    if not trainer.is_global_zero:
+        return {}
+
+    final = evaluate_weights(ckpt_cb.best, dm, data, module.device) if ckpt_cb.best.is_file() else {}
+    log_per_class_ap(trainer, final.get("per_class", {}), trainer.global_step)
+    summary = {
+        "model": cfg.model.cfg or cfg.model.weights,
+        "data": data["yaml_file"],
+        "imgsz": cfg.data.imgsz,
+        "epochs": trainer.current_epoch,
+        "best_epoch": (ckpt_cb.best_epoch + 1) if ckpt_cb.best_epoch is not None else None,
+        **model_stats(module.eval_model, cfg.data.imgsz),
+        **{k: final.get(k) for k in ("mAP50", "mAP50-95", "precision", "recall")},
+        "per_class": final.get("per_class", {}),
+        "images_skipped": dm.skipped_images(),
+        "wall_time_s": round(time.time() - t0, 1),
+        "weights": {"best": str(ckpt_cb.best), "last": str(ckpt_cb.last)},
+        "device": str(module.device),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    rank_zero_info(
+        f"kdprune: mAP50-95 {summary['mAP50-95']:.4f}  mAP50 {summary['mAP50']:.4f}  params {summary['params']:,}  "
+        f"GFLOPs {summary['gflops']}  ({summary['wall_time_s']:.0f}s) -> {run_dir}"
+    )
+    return summary
+
+
+@torch.no_grad()
+def evaluate_weights(weights: Path, dm: YOLODataModule, data: dict, device) -> dict:
+    """Validate a saved ultralytics checkpoint through our pipeline (the numbers summary.json reports)."""
+    from kdprune.yolo.evaluate import evaluate_checkpoint
+
+    return evaluate_checkpoint(weights, dm.val_dataloader(), data, device)

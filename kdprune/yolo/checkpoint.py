@@ -1,0 +1,46 @@
+"""Write checkpoints in ultralytics' own format, so plain ``ultralytics.YOLO(path)`` loads them."""
+
+from __future__ import annotations
+
+import io
+import os
+from copy import deepcopy
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from ultralytics import __version__ as ULTRALYTICS_VERSION
+
+
+def save_ultralytics_checkpoint(path: str | Path, model: torch.nn.Module, *, epoch: int, train_args: dict,
+                                metrics: dict | None = None, fitness: float | None = None, updates: int = 0,
+                                extra: dict | None = None) -> Path:
+    """Save ``model`` (the EMA, as ultralytics does) as an fp16 ultralytics checkpoint, atomically.
+
+    Only ultralytics classes are pickled: the file loads without kdprune on the import path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    snapshot = deepcopy(model).half()
+    if hasattr(snapshot, "criterion"):
+        snapshot.criterion = None  # training-only state, rebuilt on demand by ultralytics
+    for p in snapshot.parameters():
+        p.requires_grad_(False)
+    ckpt = {
+        "epoch": epoch,
+        "best_fitness": fitness,
+        "model": None,
+        "ema": snapshot,
+        "updates": updates,
+        "train_args": dict(train_args),
+        "train_metrics": dict(metrics or {}),
+        "date": datetime.now().astimezone().isoformat(),
+        "version": ULTRALYTICS_VERSION,
+        **(extra or {}),
+    }
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, path)
+    return path

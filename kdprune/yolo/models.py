@@ -1,0 +1,77 @@
+"""Build or load YOLO detection models (student, later teacher) from ultralytics YAML or a local checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from ultralytics.cfg import get_cfg
+from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+from ultralytics.utils import DEFAULT_CFG_DICT
+from ultralytics.utils.torch_utils import get_flops, get_num_params
+
+from kdprune.errors import UserError
+
+
+def hyp_namespace(**overrides):
+    """Ultralytics' hyperparameter namespace (box/cls/dfl gains, augmentation, ...) with our overrides applied."""
+    known = {k: v for k, v in overrides.items() if k in DEFAULT_CFG_DICT}
+    return get_cfg(overrides=known)
+
+
+def _build_from_yaml(cfg: str, nc: int) -> DetectionModel:
+    try:
+        return DetectionModel(cfg, nc=nc, verbose=False)
+    except FileNotFoundError as e:
+        raise UserError(
+            f"model.cfg={cfg}: unknown model ({e}). Use an ultralytics detection YAML such as yolo11n.yaml, "
+            "yolov8n.yaml or yolo26n.yaml, or a path to your own model YAML."
+        ) from None
+
+
+def _load_weights(weights: str | Path) -> tuple[torch.nn.Module, dict]:
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise UserError(
+            f"model.weights={weights}: file not found at {path.resolve()}. kdprune never downloads weights: put the "
+            f"checkpoint there (or pass its path), or build from scratch with model.cfg={path.stem}.yaml model.weights=null."
+        )
+    try:
+        model, ckpt = load_checkpoint(str(path))
+    except Exception as e:  # a corrupt or foreign file is the user's to fix
+        raise UserError(f"model.weights={weights}: not a loadable ultralytics checkpoint ({type(e).__name__}: {e}).") from None
+    if not isinstance(model, DetectionModel) or getattr(model, "task", "detect") != "detect":
+        raise UserError(f"model.weights={weights}: a {getattr(model, 'task', type(model).__name__)} model; kdprune needs a detection model.")
+    return model, ckpt
+
+
+def build_model(cfg: str | None, weights: str | None, names: dict[int, str], hyp) -> DetectionModel:
+    """A trainable DetectionModel for ``names``: from ``weights`` (any ultralytics checkpoint) or built from ``cfg``.
+
+    A checkpoint with another class count is rebuilt from its own YAML with ``nc=len(names)`` and every tensor of
+    matching shape transferred, as ultralytics' trainer does.
+    """
+    nc = len(names)
+    if weights:
+        loaded, _ = _load_weights(weights)
+        if loaded.nc == nc:
+            model = loaded
+        else:
+            model = _build_from_yaml(loaded.yaml, nc)
+            model.load(loaded, verbose=False)
+    elif cfg:
+        model = _build_from_yaml(cfg, nc)
+    else:
+        raise UserError("model: give model.cfg (e.g. yolo11n.yaml) or model.weights (a local .pt).")
+    model.nc, model.names, model.args = nc, dict(names), hyp
+    for p in model.parameters():
+        p.requires_grad_(True)
+    for name, p in model.named_parameters():
+        if ".dfl" in name:  # ultralytics always freezes the DFL integral
+            p.requires_grad_(False)
+    return model.float().train()
+
+
+def model_stats(model: torch.nn.Module, imgsz: int) -> dict:
+    """Parameter count and GFLOPs at ``imgsz`` (ultralytics' own counters)."""
+    return {"params": int(get_num_params(model)), "gflops": round(float(get_flops(model, imgsz)), 3)}

@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny configs composed with Hydra, a cache dir per session, a tiny generated dataset."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = str(ROOT / "conf")
+
+# Tiny and fast: 64 px, a handful of generated images. Each test passes its own run_dir.
+TINY = [
+    "data.imgsz=64",
+    "data.embedded.n_train=16",
+    "data.embedded.n_val=8",
+    "data.embedded.imgsz=64",
+    "data.batch=8",
+    "data.val_batch=8",
+    "data.workers=0",
+    "trainer.max_epochs=1",
+    "data.augment.close_mosaic=0",
+    "val.plot_every=1",
+]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cache_dir(tmp_path_factory) -> Path:
+    """One cache (embedded dataset) for the whole session, never the user's ~/.cache."""
+    d = tmp_path_factory.mktemp("kdprune-cache")
+    os.environ["KDPRUNE_CACHE"] = str(d)
+    os.environ["YOLO_OFFLINE"] = "1"
+    return d
+
+
+def compose(overrides: list[str] | None = None, run_dir: Path | None = None, experiment: str | None = None):
+    """The config ``python -m kdprune`` would build for these overrides (with run_dir set, no Hydra run)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import open_dict
+
+    ov = list(overrides or [])
+    if experiment:
+        ov = [f"+experiment={experiment}", *ov]
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = hydra_compose("config", overrides=ov)
+    with open_dict(cfg):
+        cfg.run_dir = str(run_dir) if run_dir else "unused"
+    return cfg
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    def make(*extra: str, run_dir: Path | None = None):
+        return compose([*TINY, *extra], run_dir=run_dir or tmp_path / "run")
+
+    return make

@@ -1,0 +1,68 @@
+"""Every experiment and every group option composes, and what it names instantiates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+
+from tests.conftest import CONF, compose
+
+EXPERIMENTS = sorted(p.stem for p in (Path(CONF) / "experiment").glob("*.yaml"))
+MODELS = sorted(p.stem for p in (Path(CONF) / "model").glob("*.yaml"))
+
+
+def test_there_are_experiments():
+    assert "yolo11n_mcu" in EXPERIMENTS
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_composes_and_instantiates(name, tmp_path):
+    from kdprune.yolo import build_model, hyp_namespace
+
+    cfg = compose(experiment=name, run_dir=tmp_path)
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    loggers = [instantiate(c) for c in cfg.logger.values()]
+    assert callbacks and loggers
+    names = {i: f"c{i}" for i in range(8)}
+    model = build_model(cfg.model.cfg, cfg.model.weights, names, hyp_namespace())
+    assert model.nc == 8 and model.names == names
+
+
+def test_config_groups_and_none_options():
+    cfg = compose()
+    for group in ("data", "model", "teacher", "prune", "distill", "loss", "quant", "export", "trainer", "logger",
+                  "callbacks"):
+        assert group in cfg, group
+    for group in ("prune", "distill", "quant", "export"):
+        assert cfg[group].name == "none"
+    assert "experiment" not in cfg
+
+
+@pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp"])
+def test_trainer_options_compose(trainer):
+    import inspect
+
+    import lightning as L
+
+    cfg = compose([f"trainer={trainer}"])
+    assert cfg.trainer.max_epochs >= 1
+    unknown = set(cfg.trainer) - set(inspect.signature(L.Trainer.__init__).parameters)
+    assert not unknown, unknown
+    if trainer != "gpu":  # no GPU here; the gpu options are checked by name above
+        L.Trainer(**cfg.trainer, logger=False, enable_checkpointing=False)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_model_options_build(model):
+    from kdprune.yolo import build_model, hyp_namespace
+
+    cfg = compose([f"model={model}"])
+    m = build_model(cfg.model.cfg, None, {0: "a", 1: "b"}, hyp_namespace())
+    assert m.nc == 2
+
+
+def test_embedded_dataset_default_is_the_issue_default():
+    cfg = compose(experiment="yolo11n_mcu")
+    assert cfg.data.yaml is None and cfg.data.embedded.n_train >= 100

@@ -1,0 +1,104 @@
+"""Bad input a user can cause: one line on stderr, exit code 2, and no run dir left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, TINY
+
+
+def kdprune(*args: str, run_dir: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "kdprune", *TINY, f"hydra.run.dir={run_dir}", *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_user_error(p: subprocess.CompletedProcess, *needles: str, run_dir: Path | None = None) -> str:
+    assert p.returncode == 2, (p.returncode, p.stderr[-3000:])
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("kdprune: error:")]
+    assert len(errors) == 1, p.stderr[-3000:]
+    assert "Traceback" not in p.stderr
+    for n in needles:
+        assert n in errors[0], (n, errors[0])
+    if run_dir is not None:
+        assert not run_dir.exists(), list(run_dir.rglob("*"))
+    return errors[0]
+
+
+@pytest.fixture
+def user_data(tmp_path):
+    """A small user dataset in ultralytics format (copied out of the generator), with its data.yaml."""
+    from kdprune.data.synth import generate
+
+    yaml = generate(tmp_path / "ds", n_train=8, n_val=4, imgsz=64, seed=3, workers=0)
+    return yaml.parent, yaml
+
+
+def _rewrite_yaml(yaml: Path, drop: str | None = None) -> Path:
+    import yaml as pyyaml
+
+    d = pyyaml.safe_load(yaml.read_text())
+    if drop:
+        d.pop(drop)
+    yaml.write_text(pyyaml.safe_dump(d))
+    return yaml
+
+
+def test_missing_data_yaml(tmp_path):
+    p = kdprune("data.yaml=/nonexistent/data.yaml", run_dir=tmp_path / "run")
+    assert_user_error(p, "/nonexistent/data.yaml", run_dir=tmp_path / "run")
+
+
+def test_data_yaml_without_names(tmp_path, user_data):
+    root, yaml = user_data
+    _rewrite_yaml(yaml, drop="names")
+    p = kdprune(f"data.yaml={yaml}", run_dir=tmp_path / "run")
+    assert_user_error(p, "names", run_dir=tmp_path / "run")
+
+
+@pytest.mark.parametrize("line, needle", [("8 0.5 0.5 0.1 0.1", "class"), ("0 0.5 1.5 0.1 0.1", "[0, 1]")])
+def test_bad_label_names_file_and_line(tmp_path, user_data, line, needle):
+    root, yaml = user_data
+    label = sorted((root / "labels" / "train").glob("*.txt"))[0]
+    lines = label.read_text().splitlines()
+    label.write_text("\n".join([*lines, line]) + "\n")
+    p = kdprune(f"data.yaml={yaml}", run_dir=tmp_path / "run")
+    msg = assert_user_error(p, f"{label.name}:{len(lines) + 1}", run_dir=tmp_path / "run")
+    assert needle in msg
+
+
+def test_unknown_model_name(tmp_path):
+    p = kdprune("model.cfg=yolo99n.yaml", run_dir=tmp_path / "run")
+    assert_user_error(p, "yolo99n.yaml", run_dir=tmp_path / "run")
+
+
+def test_missing_weights_never_downloads(tmp_path):
+    p = kdprune("model.weights=yolo11n.pt", run_dir=tmp_path / "run", timeout=120)
+    msg = assert_user_error(p, "yolo11n.pt", "model.cfg=yolo11n.yaml", "never downloads", run_dir=tmp_path / "run")
+    assert str(ROOT / "yolo11n.pt") in msg  # where to put it
+    assert not (ROOT / "yolo11n.pt").exists()
+
+
+def test_unknown_config_key(tmp_path):
+    p = kdprune("no_such_key=1", run_dir=tmp_path / "run")
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "no_such_key" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_undecodable_image_is_skipped_and_counted(tmp_path, user_data):
+    """As ultralytics does: a corrupt image is skipped with a warning, and summary.json counts it."""
+    root, yaml = user_data
+    bad = sorted((root / "images" / "train").glob("*.jpg"))[0]
+    bad.write_bytes(b"this is not a jpeg")
+    run_dir = tmp_path / "run"
+    p = kdprune(f"data.yaml={yaml}", "logger=none", run_dir=run_dir)
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["images_skipped"] == {"train": 1, "val": 0}
+    assert bad.name in p.stdout + p.stderr  # ultralytics' warning names the file

@@ -1,0 +1,84 @@
+"""A 1-epoch fit at 64 px on generated images writes every output, reloads in plain ultralytics, and is seeded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from kdprune.train import run
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """One tiny run shared by the assertions below (runs are the expensive part of this suite)."""
+    from tests.conftest import TINY, compose
+
+    run_dir = tmp_path_factory.mktemp("fit") / "run"
+    cfg = compose([*TINY, "trainer.max_epochs=2", "data.augment.close_mosaic=1"], run_dir=run_dir)
+    return run_dir, run(cfg)
+
+
+def test_run_dir_holds_every_output(fitted):
+    run_dir, summary = fitted
+    for f in ("weights/best.pt", "weights/last.pt", "config.yaml", "summary.json", "checkpoints/last.ckpt"):
+        assert (run_dir / f).is_file(), f
+    on_disk = json.loads((run_dir / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    for k in ("params", "gflops", "mAP50", "mAP50-95", "wall_time_s", "images_skipped"):
+        assert k in on_disk, k
+    assert on_disk["params"] > 2_000_000 and on_disk["gflops"] > 0
+    assert 0.0 <= on_disk["mAP50-95"] <= on_disk["mAP50"] <= 1.0
+    assert on_disk["images_skipped"] == {"train": 0, "val": 0}
+    assert on_disk["epochs"] == 2
+    assert "imgsz: 64" in (run_dir / "config.yaml").read_text()
+
+
+def test_tensorboard_has_losses_lr_metrics_and_images(fitted):
+    run_dir, _ = fitted
+    events = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert events
+    acc = EventAccumulator(str(events[0].parent), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    for tag in ("train/box_loss_epoch", "train/cls_loss_epoch", "train/dfl_loss_epoch", "lr/pg0",
+                "val/mAP50", "val/mAP50-95", "model/params", "model/GFLOPs"):
+        assert tag in scalars, (tag, sorted(scalars))
+    images = set(acc.Tags()["images"])
+    assert "val/predictions" in images and "val/per_class_AP50-95" in images
+    assert len(acc.Images("val/predictions")) == 2  # plot_every=1 -> one grid per epoch
+    assert any(t.startswith("per_class_AP50-95/") for t in scalars)
+
+
+def test_weights_load_in_plain_ultralytics(fitted, tmp_path):
+    """best.pt is an ultralytics checkpoint: YOLO(path) loads it for predict and ONNX export, no kdprune classes."""
+    from ultralytics import YOLO
+
+    run_dir, _ = fitted
+    ckpt = torch.load(run_dir / "weights" / "best.pt", weights_only=False)
+    pickled_types = {type(m).__module__ for m in ckpt["ema"].modules()}
+    assert not any(t.startswith("kdprune") for t in pickled_types), pickled_types
+    model = YOLO(str(run_dir / "weights" / "best.pt"))
+    assert model.task == "detect" and len(model.names) == 8
+    res = model.predict(torch.zeros(1, 3, 64, 64), imgsz=64, verbose=False)
+    assert len(res) == 1
+    onnx = model.export(format="onnx", imgsz=64, simplify=False, dynamic=False)
+    assert str(onnx).endswith(".onnx")
+
+
+def test_same_seed_same_first_epoch(tmp_path):
+    """Same seed -> bit-identical weights after epoch 1 (so identical losses); another seed -> different."""
+    from tests.conftest import TINY, compose
+
+    def first_epoch_weights(seed, name):
+        cfg = compose([*TINY, f"seed={seed}", "logger=none", "val.plot_every=0", "data.workers=2"],
+                      run_dir=tmp_path / name)
+        run(cfg)
+        ck = torch.load(tmp_path / name / "weights" / "last.pt", weights_only=False)
+        return [float(v) for v in ck["ema"].state_dict()["model.23.cv3.0.0.0.conv.weight"].flatten()[:64]]
+
+    a, b, c = first_epoch_weights(0, "a"), first_epoch_weights(0, "b"), first_epoch_weights(1, "c")
+    assert a == b
+    assert a != c
