@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
@@ -34,11 +34,13 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         _clean_run_dir(Path(cfg.run_dir))
         print(f"kdprune: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Exception:
+        traceback.print_exc()  # our own bug: the full traceback (Hydra would shorten it)
+        sys.exit(1)
     return summary.get("mAP50-95")
 
 
 def main() -> None:
-    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # our own bugs keep their full traceback
     try:
         _hydra_main()
     except SystemExit as e:

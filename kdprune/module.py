@@ -33,8 +33,9 @@ class DetectionModule(L.LightningModule):
         self.last_opt_step = -1
         self.val_metrics: dict = {}
         self.plot_batch = None  # (batch, nms output) of the first val batch on plotting epochs
+        self.train_images_per_s: float | None = None
         self._ema_state = None
-        self._t_train = 0.0
+        self._t_train = self._t_last_batch = 0.0
         self._n_train_images = 0
 
     # ---- setup -------------------------------------------------------------------------------------------------
@@ -65,7 +66,8 @@ class DetectionModule(L.LightningModule):
 
     # ---- training ----------------------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
-        self._t_train, self._n_train_images = time.perf_counter(), 0
+        self._t_train = self._t_last_batch = time.perf_counter()
+        self._n_train_images = 0
 
     def training_step(self, batch: dict, batch_idx: int):
         opt = self.optimizers()
@@ -87,6 +89,7 @@ class DetectionModule(L.LightningModule):
             self.last_opt_step = ni
         bs = batch["img"].shape[0]
         self._n_train_images += bs
+        self._t_last_batch = time.perf_counter()
         self.log_dict({f"train/{k}": v for k, v in items.items()}, on_step=True, on_epoch=True, batch_size=bs,
                       prog_bar=True, sync_dist=False)
         return {"loss": loss.detach(), "det_loss": det_loss.detach().sum(), **{k: v for k, v in items.items()}}
@@ -98,9 +101,10 @@ class DetectionModule(L.LightningModule):
             self.ema.update_attr(self.model, include=["yaml", "nc", "args", "names", "stride"])
         for i, g in enumerate(self.optimizers().optimizer.param_groups):  # per epoch, as ultralytics logs it
             self.log(f"lr/pg{i}", g["lr"], on_step=False, on_epoch=True, batch_size=1)
-        dt = time.perf_counter() - self._t_train
+        dt = self._t_last_batch - self._t_train  # training batches only, validation excluded
         if dt > 0 and self._n_train_images:
-            self.log("perf/train_images_per_s", self._n_train_images / dt, batch_size=1)
+            self.train_images_per_s = self._n_train_images / dt
+            self.log("perf/train_images_per_s", self.train_images_per_s, batch_size=1)
 
     # ---- validation --------------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:

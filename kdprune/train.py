@@ -27,13 +27,14 @@ log = logging.getLogger("kdprune")
 
 def _hyp(cfg: DictConfig, data: dict):
     """Ultralytics' hyperparameter namespace for this run (augmentation, loss gains, optimizer, imgsz, data)."""
-    o = OmegaConf.to_container(cfg, resolve=True)
+    optim = OmegaConf.to_container(cfg.optim, resolve=True)
     return hyp_namespace(
         task="detect", mode="train", data=data["yaml_file"], imgsz=cfg.data.imgsz, batch=cfg.data.batch,
         epochs=cfg.trainer.max_epochs, cache=cfg.data.cache, workers=cfg.data.workers, seed=cfg.seed,
         conf=cfg.val.conf, iou=cfg.val.iou, max_det=cfg.val.max_det, plots=False,
-        **o["data"]["augment"], **{k: v for k, v in o["optim"].items() if k not in ("grad_clip", "ema")},
-        **{k: o["loss"][k] for k in ("box", "cls", "dfl")},
+        **OmegaConf.to_container(cfg.data.augment, resolve=True),
+        **{k: v for k, v in optim.items() if k not in ("grad_clip", "ema")},
+        **{k: cfg.loss[k] for k in ("box", "cls", "dfl")},
     )
 
 

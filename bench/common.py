@@ -1,0 +1,59 @@
+"""Shared by the bench scripts: the embedded dataset as the default run sees it, and run metadata."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_cfg():
+    """The config of ``python -m kdprune +experiment=yolo11n_mcu`` (no Hydra run dir)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=["+experiment=yolo11n_mcu"])
+
+
+def default_hyp() -> dict:
+    """kdprune's default training hyperparameters as ultralytics ``train()`` arguments (the anchor's settings)."""
+    from omegaconf import OmegaConf
+
+    cfg = default_cfg()
+    optim = {k: v for k, v in OmegaConf.to_container(cfg.optim, resolve=True).items() if k not in ("grad_clip", "ema")}
+    return dict(epochs=cfg.trainer.max_epochs, imgsz=cfg.data.imgsz, batch=cfg.data.batch, workers=cfg.data.workers,
+                **optim, **OmegaConf.to_container(cfg.data.augment), **{k: cfg.loss[k] for k in ("box", "cls", "dfl")})
+
+
+def default_data_yaml() -> Path:
+    """The embedded dataset with the default config's parameters (generated once into the cache)."""
+    from omegaconf import OmegaConf
+
+    from kdprune.data.synth import ensure_dataset
+
+    cfg = default_cfg()
+    cache = Path(os.environ.get("KDPRUNE_CACHE", "~/.cache/kdprune")).expanduser()
+    return ensure_dataset(cache / "datasets", **OmegaConf.to_container(cfg.data.embedded))
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                   if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()} cores {cpu}, {gpu}, torch {torch.__version__}, {platform.python_version()}"
+
+
+def git_rev() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"

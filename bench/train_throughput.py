@@ -1,0 +1,120 @@
+"""Training images/s: kdprune vs plain ultralytics on the same data, imgsz, batch and threads, in one run.
+
+Each side trains yolo11n.yaml from scratch for a few epochs in its own subprocess (same torch threads) on the
+embedded dataset with mosaic on throughout; images/s counts training batches only (validation and start-up
+excluded) and takes the median over the epochs after the first. Prints the ratio (target >= 0.9).
+
+    .venv/bin/python bench/train_throughput.py [--epochs 3] [--imgsz 320] [--batch 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _kdprune(epochs: int, imgsz: int, batch: int, workers: int) -> list[float]:
+    import lightning as L
+
+    from kdprune.train import run
+    from tests.conftest import compose
+
+    rates: list[float] = []
+
+    class Rate(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            rates.append(pl_module.train_images_per_s)
+
+    import kdprune.train as kt
+
+    trainer_cls = kt.L.Trainer
+    kt.L.Trainer = lambda *a, callbacks=(), **k: trainer_cls(*a, callbacks=[*callbacks, Rate()], **k)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        cfg = compose([f"trainer.max_epochs={epochs}", f"data.imgsz={imgsz}", f"data.batch={batch}",
+                       f"data.workers={workers}", "data.augment.close_mosaic=0", "val.plot_every=0", "logger=none",
+                       "~callbacks.progress_bar", "+trainer.enable_progress_bar=false"], run_dir=Path(d) / "run")
+        run(cfg)
+    return rates
+
+
+def _ultralytics(epochs: int, imgsz: int, batch: int, workers: int) -> list[float]:
+    import tempfile
+
+    import kdprune  # noqa: F401  (offline settings)
+    from bench.common import default_data_yaml
+    from ultralytics import YOLO
+
+    rates: list[float] = []
+    state = {}
+
+    def start(tr):
+        state["t"], state["n"] = time.perf_counter(), 0
+
+    def batch_end(tr):
+        state["n"] += tr.batch_size
+        state["t_end"] = time.perf_counter()
+
+    def epoch_end(tr):
+        n = min(state["n"], len(tr.train_loader.dataset))
+        rates.append(n / (state["t_end"] - state["t"]))
+
+    model = YOLO("yolo11n.yaml")
+    model.add_callback("on_train_epoch_start", start)
+    model.add_callback("on_train_batch_end", batch_end)
+    model.add_callback("on_train_epoch_end", epoch_end)
+    with tempfile.TemporaryDirectory() as d:
+        model.train(data=str(default_data_yaml()), epochs=epochs, imgsz=imgsz, batch=batch, workers=workers,
+                    device="cpu", project=d, name="run", plots=False, amp=False, val=False, close_mosaic=0,
+                    verbose=False)
+    return rates
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--imgsz", type=int, default=320)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)  # internal: SIDE WORKERS
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args()
+    if a.worker:
+        side, workers = a.worker[0], int(a.worker[1])
+        fn = _kdprune if side == "kdprune" else _ultralytics
+        print("RATES " + json.dumps(fn(a.epochs, a.imgsz, a.batch, workers)), flush=True)
+        return
+
+    from bench.common import default_data_yaml, git_rev, machine
+
+    default_data_yaml()  # generate once, outside the timed runs
+    # ultralytics' trainer forces workers=0 on CPU; kdprune is measured with 0 (same) and 2 workers.
+    sides = [("ultralytics", 0), ("kdprune", 0), ("kdprune", 2)]
+    result = {"imgsz": a.imgsz, "batch": a.batch, "epochs": a.epochs, "machine": machine(), "commit": git_rev()}
+    for side, workers in sides:
+        p = subprocess.run([sys.executable, __file__, "--worker", side, str(workers), "--epochs", str(a.epochs),
+                            "--imgsz", str(a.imgsz), "--batch", str(a.batch)], cwd=ROOT, capture_output=True, text=True)
+        line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RATES ")), None)
+        if line is None:
+            raise SystemExit(f"{side} failed:\n{p.stderr[-3000:]}")
+        rates = json.loads(line[6:])
+        result[f"{side}_workers{workers}"] = {"per_epoch": [round(r, 2) for r in rates],
+                                              "images_per_s": round(statistics.median(rates[1:] or rates), 2)}
+    base = result["ultralytics_workers0"]["images_per_s"]
+    for k in ("kdprune_workers0", "kdprune_workers2"):
+        result[k]["ratio_vs_ultralytics"] = round(result[k]["images_per_s"] / base, 3)
+    print(json.dumps(result, indent=2))
+    if a.out:
+        a.out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
