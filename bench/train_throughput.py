@@ -31,7 +31,7 @@ def _kdprune(epochs: int, imgsz: int, batch: int, workers: int) -> list[float]:
 
     class Rate(L.Callback):
         def on_train_epoch_end(self, trainer, pl_module):
-            rates.append(pl_module.train_images_per_s)
+            rates.append(pl_module.epoch_images_per_s())
 
     import kdprune.train as kt
 

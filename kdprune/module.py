@@ -33,7 +33,6 @@ class DetectionModule(L.LightningModule):
         self.last_opt_step = -1
         self.val_metrics: dict = {}
         self.plot_batch = None  # (batch, nms output) of the first val batch on plotting epochs
-        self.train_images_per_s: float | None = None
         self._ema_state = None
         self._t_train = self._t_last_batch = 0.0
         self._n_train_images = 0
@@ -101,10 +100,13 @@ class DetectionModule(L.LightningModule):
             self.ema.update_attr(self.model, include=["yaml", "nc", "args", "names", "stride"])
         for i, g in enumerate(self.optimizers().optimizer.param_groups):  # per epoch, as ultralytics logs it
             self.log(f"lr/pg{i}", g["lr"], on_step=False, on_epoch=True, batch_size=1)
-        dt = self._t_last_batch - self._t_train  # training batches only, validation excluded
-        if dt > 0 and self._n_train_images:
-            self.train_images_per_s = self._n_train_images / dt
-            self.log("perf/train_images_per_s", self.train_images_per_s, batch_size=1)
+        if (rate := self.epoch_images_per_s()) is not None:
+            self.log("perf/train_images_per_s", rate, batch_size=1)
+
+    def epoch_images_per_s(self) -> float | None:
+        """Training images/s of the current epoch: training batches only, validation excluded."""
+        dt = self._t_last_batch - self._t_train
+        return self._n_train_images / dt if dt > 0 and self._n_train_images else None
 
     # ---- validation --------------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
