@@ -7,8 +7,14 @@ import time
 import lightning as L
 import torch
 
-
-from kdprune.yolo import DetectionEvaluator, LRSchedule, ModelEMA, build_optimizer, nominal_accumulate, optimizer_iterations
+from kdprune.yolo import (
+    DetectionEvaluator,
+    LRSchedule,
+    ModelEMA,
+    build_optimizer,
+    nominal_accumulate,
+    optimizer_iterations,
+)
 
 
 class DetectionModule(L.LightningModule):

@@ -20,7 +20,7 @@ from kdprune.callbacks import UltralyticsCheckpoint, log_per_class_ap
 from kdprune.data import YOLODataModule, resolve_data
 from kdprune.errors import UserError
 from kdprune.module import DetectionModule
-from kdprune.yolo import build_model, hyp_namespace, model_stats
+from kdprune.yolo import build_model, evaluate_checkpoint, hyp_namespace, model_stats
 
 log = logging.getLogger("kdprune")
 
@@ -78,7 +78,8 @@ def run(cfg: DictConfig) -> dict:
     if not trainer.is_global_zero:
         return {}
 
-    final = evaluate_weights(ckpt_cb.best, dm, data, module.device) if ckpt_cb.best.is_file() else {}
+    # Like ultralytics' final_eval: re-validate the saved best.pt (fp16 on disk), the numbers a user gets back.
+    final = evaluate_checkpoint(ckpt_cb.best, dm.val_dataloader(), data, module.device) if ckpt_cb.best.is_file() else {}
     log_per_class_ap(trainer, final.get("per_class", {}), trainer.global_step)
     summary = {
         "model": cfg.model.cfg or cfg.model.weights,
@@ -101,10 +102,3 @@ def run(cfg: DictConfig) -> dict:
     )
     return summary
 
-
-@torch.no_grad()
-def evaluate_weights(weights: Path, dm: YOLODataModule, data: dict, device) -> dict:
-    """Validate a saved ultralytics checkpoint through our pipeline (the numbers summary.json reports)."""
-    from kdprune.yolo.evaluate import evaluate_checkpoint
-
-    return evaluate_checkpoint(weights, dm.val_dataloader(), data, device)
