@@ -82,3 +82,68 @@ def test_same_seed_same_first_epoch(tmp_path):
     a, b, c = first_epoch_weights(0, "a"), first_epoch_weights(0, "b"), first_epoch_weights(1, "c")
     assert a == b
     assert a != c
+
+
+def _mosaic_p(transform) -> float:
+    """Probability of ultralytics' Mosaic inside a (nested) Compose; 0 when there is none."""
+    from ultralytics.data.augment import Mosaic
+
+    if isinstance(transform, Mosaic):
+        return float(transform.p)
+    return max([_mosaic_p(t) for t in getattr(transform, "transforms", None) or []], default=0.0)
+
+
+def test_close_mosaic_reaches_the_dataloader_workers(tmp_path, monkeypatch):
+    """Mosaic is on in epoch 1 and off in epoch 2 (close_mosaic=1), as seen inside forked worker processes."""
+    import lightning as L
+
+    import kdprune.train as kt
+    from kdprune.data import YOLODataModule
+    from tests.conftest import TINY, compose
+
+    seen: dict[int, set] = {}
+    make_loader = YOLODataModule.train_dataloader
+
+    def probing_loader(dm):
+        loader = make_loader(dm)
+        ds, collate = loader.dataset, loader.collate_fn
+
+        def probing_collate(items):  # runs in the worker: reports the worker's copy of the dataset
+            out = collate(items)
+            out["mosaic_in_worker"] = torch.tensor(_mosaic_p(ds.transforms) > 0)
+            return out
+
+        loader.collate_fn = probing_collate
+        return loader
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.setdefault(trainer.current_epoch, set()).add(bool(batch["mosaic_in_worker"]))
+
+    monkeypatch.setattr(YOLODataModule, "train_dataloader", probing_loader)
+    trainer_cls = kt.L.Trainer
+    monkeypatch.setattr(kt.L, "Trainer", lambda *a, callbacks=(), **k: trainer_cls(*a, callbacks=[*callbacks, Record()], **k))
+    cfg = compose([*TINY, "trainer.max_epochs=2", "data.augment.close_mosaic=1", "data.workers=2",
+                   "data.embedded.n_train=32", "logger=none", "val.plot_every=0"], run_dir=tmp_path / "run")
+    kt.run(cfg)
+    assert seen == {0: {True}, 1: {False}}
+
+
+def test_model_weights_start_from_an_ultralytics_checkpoint(fitted):
+    """model.weights=best.pt: same classes -> the checkpoint's tensors; other classes -> all but the class head."""
+    from ultralytics.nn.tasks import load_checkpoint
+
+    from kdprune.yolo import build_model, hyp_namespace
+
+    run_dir, _ = fitted
+    best = run_dir / "weights" / "best.pt"
+    ref = load_checkpoint(str(best))[0].state_dict()
+    names8 = {i: f"c{i}" for i in range(8)}
+    same = build_model(None, str(best), names8, hyp_namespace()).state_dict()
+    assert all(torch.equal(same[k].float(), ref[k].float()) for k in ref)
+    three = build_model(None, str(best), {0: "a", 1: "b", 2: "c"}, hyp_namespace())
+    sd3 = three.state_dict()
+    assert three.nc == 3
+    transferred = [k for k in ref if sd3[k].shape == ref[k].shape and torch.equal(sd3[k].float(), ref[k].float())]
+    assert len(transferred) > 0.9 * len(ref)
+    assert sd3["model.23.cv3.0.2.weight"].shape[0] == 3 and ref["model.23.cv3.0.2.weight"].shape[0] == 8

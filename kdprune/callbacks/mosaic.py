@@ -15,7 +15,7 @@ class CloseMosaic(L.Callback):
     def _maybe_close(self, trainer: L.Trainer, pl_module, next_epoch: int) -> None:
         n = int(getattr(pl_module.hyp, "close_mosaic", 0) or 0)
         dm = trainer.datamodule
-        if n and next_epoch >= trainer.max_epochs - n and getattr(dm.train_set, "mosaic", False):
+        if n and next_epoch >= trainer.max_epochs - n and not dm.mosaic_closed:
             rank_zero_info(f"Closing dataloader mosaic from epoch {next_epoch + 1}/{trainer.max_epochs}")
             dm.close_mosaic()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from copy import copy
+
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
@@ -23,6 +25,7 @@ class YOLODataModule(L.LightningDataModule):
         self.data, self.hyp = data, hyp
         self.batch, self.val_batch, self.workers, self.seed, self.stride = batch, val_batch, workers, seed, stride
         self.train_set = self.val_set = None
+        self.mosaic_closed = False
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None and stage in (None, "fit"):
@@ -41,11 +44,14 @@ class YOLODataModule(L.LightningDataModule):
         return out
 
     def close_mosaic(self) -> None:
-        """Switch off mosaic/mixup/copy-paste for the final epochs, as ultralytics' trainer does."""
-        ds = self.train_set
-        if getattr(ds, "mosaic", False):
-            ds.mosaic = False
-            ds.close_mosaic(hyp=self.hyp)
+        """Switch off mosaic/mixup/cutmix/copy-paste for the final epochs, as ultralytics' trainer does.
+
+        ``YOLODataset.close_mosaic`` rebuilds the transforms from the hyp it is given and zeroes its augmentation
+        fields, so it gets a copy (ultralytics passes ``copy(self.args)`` too).
+        """
+        if not self.mosaic_closed and hasattr(self.train_set, "close_mosaic"):
+            self.train_set.close_mosaic(hyp=copy(self.hyp))
+            self.mosaic_closed = True
 
     def _loader(self, ds, batch: int, train: bool) -> DataLoader:
         world = self.trainer.world_size if self.trainer is not None else 1
