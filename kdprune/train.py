@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import lightning as L
-import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
@@ -53,7 +52,6 @@ def run(cfg: DictConfig) -> dict:
     _check_cfg(cfg)
     run_dir = Path(cfg.run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    torch.use_deterministic_algorithms(bool(cfg.trainer.get("deterministic")), warn_only=True)
 
     data = resolve_data(cfg.data.yaml, cfg.cache_dir, OmegaConf.to_container(cfg.data.embedded), cfg.data.check_labels)
     hyp = _hyp(cfg, data)
@@ -90,6 +88,7 @@ def run(cfg: DictConfig) -> dict:
         **model_stats(module.eval_model, cfg.data.imgsz),
         **{k: final.get(k) for k in ("mAP50", "mAP50-95", "precision", "recall")},
         "per_class": final.get("per_class", {}),
+        "optimizer": module.resolved_optim,
         "images_skipped": dm.skipped_images(),
         "wall_time_s": round(time.time() - t0, 1),
         "weights": {"best": str(ckpt_cb.best), "last": str(ckpt_cb.last)},

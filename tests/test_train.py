@@ -27,12 +27,13 @@ def test_run_dir_holds_every_output(fitted):
         assert (run_dir / f).is_file(), f
     on_disk = json.loads((run_dir / "summary.json").read_text())
     assert on_disk == json.loads(json.dumps(summary))
-    for k in ("params", "gflops", "mAP50", "mAP50-95", "wall_time_s", "images_skipped"):
+    for k in ("params", "gflops", "mAP50", "mAP50-95", "wall_time_s", "images_skipped", "optimizer"):
         assert k in on_disk, k
     assert on_disk["params"] > 2_000_000 and on_disk["gflops"] > 0
     assert 0.0 <= on_disk["mAP50-95"] <= on_disk["mAP50"] <= 1.0
     assert on_disk["images_skipped"] == {"train": 0, "val": 0}
     assert on_disk["epochs"] == 2
+    assert on_disk["optimizer"]["optimizer"] == "AdamW" and on_disk["optimizer"]["lr0"] == 0.003
     assert "imgsz: 64" in (run_dir / "config.yaml").read_text()
 
 
