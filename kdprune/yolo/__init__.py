@@ -7,18 +7,22 @@ from kdprune.yolo.checkpoint import save_ultralytics_checkpoint
 from kdprune.yolo.evaluate import DetectionEvaluator, evaluate_checkpoint, nms_for_plot
 from kdprune.yolo.models import build_model, hyp_namespace, model_stats
 from kdprune.yolo.optim import LRSchedule, build_optimizer, nominal_accumulate, optimizer_iterations
+from kdprune.yolo.prunable import SplitC2f, merge_split_blocks, split_blocks
 
 __all__ = [
     "DetectionEvaluator",
     "LRSchedule",
     "ModelEMA",
+    "SplitC2f",
     "build_model",
     "build_optimizer",
     "evaluate_checkpoint",
     "hyp_namespace",
+    "merge_split_blocks",
     "model_stats",
     "nms_for_plot",
     "nominal_accumulate",
     "optimizer_iterations",
     "save_ultralytics_checkpoint",
+    "split_blocks",
 ]
