@@ -44,9 +44,15 @@ class DetectionModule(L.LightningModule):
         self._n_train_images = 0
 
     # ---- setup -------------------------------------------------------------------------------------------------
+    def _batches_per_epoch(self) -> int:
+        """Training batches per epoch. Lightning sets ``num_training_batches`` only after ``configure_optimizers``
+        and ``on_fit_start`` have run, so before that it is counted from the (cheap to build) loader."""
+        nb = self.trainer.num_training_batches
+        return max(int(nb if nb != float("inf") else len(self.trainer.datamodule.train_dataloader())), 1)
+
     def configure_optimizers(self):
         dm = self.trainer.datamodule
-        nb = max(self.trainer.num_training_batches, 1) if self.trainer.num_training_batches != float("inf") else 1
+        nb = self._batches_per_epoch()
         epochs = self.trainer.max_epochs
         accumulate, decay = nominal_accumulate(self.hyp, dm.batch * self.trainer.world_size, nb, epochs)
         iterations = optimizer_iterations(len(dm.train_set), dm.batch, self.hyp.nbs, epochs)
@@ -55,9 +61,8 @@ class DetectionModule(L.LightningModule):
         return opt
 
     def on_fit_start(self) -> None:
-        nb = self.trainer.num_training_batches
-        nb = nb if nb != float("inf") else len(self.trainer.datamodule.train_dataloader())
-        self.schedule = LRSchedule(self.trainer.max_epochs, int(nb), self.hyp, self.accumulate_nominal)
+        self.schedule = LRSchedule(self.trainer.max_epochs, self._batches_per_epoch(), self.hyp,
+                                   self.accumulate_nominal)
         if self.use_ema:
             self.ema = ModelEMA(self.model)
             if self._ema_state is not None:
@@ -97,7 +102,7 @@ class DetectionModule(L.LightningModule):
         self._t_last_batch = time.perf_counter()
         self.log_dict({f"train/{k}": v for k, v in items.items()}, on_step=True, on_epoch=True, batch_size=bs,
                       prog_bar=True, sync_dist=False)
-        return {"loss": loss.detach(), "det_loss": det_loss.detach().sum(), **{k: v for k, v in items.items()}}
+        return {"loss": loss.detach(), "det_loss": det_loss.detach().sum(), **items}
 
     def on_train_epoch_end(self) -> None:
         if hasattr(self.criterion, "update"):
