@@ -7,7 +7,10 @@ import time
 import lightning as L
 import torch
 
+from kdprune.errors import UserError
+from kdprune.pruning import replay
 from kdprune.yolo import (
+    SplitC2f,
     DetectionEvaluator,
     LRSchedule,
     ModelEMA,
@@ -40,6 +43,9 @@ class DetectionModule(L.LightningModule):
         self.val_metrics: dict = {}
         self.plot_batch = None  # (batch, nms output) of the first val batch on plotting epochs
         self._ema_state = None
+        self._bns = None
+        self.pruning_history: list = []  # torch-pruning history of every channel removed (replayed on resume)
+        self.bn_l1 = 0.0  # L1 sparsity on BN gammas (network slimming), set by the pruning phase
         self._t_train = self._t_last_batch = 0.0
         self._n_train_images = 0
 
@@ -57,8 +63,18 @@ class DetectionModule(L.LightningModule):
         accumulate, decay = nominal_accumulate(self.hyp, dm.batch * self.trainer.world_size, nb, epochs)
         iterations = optimizer_iterations(len(dm.train_set), dm.batch, self.hyp.nbs, epochs)
         opt, self.resolved_optim = build_optimizer(self.model, self.hyp, len(self.names), iterations, decay)
-        self.accumulate_nominal = accumulate
+        self.accumulate_nominal, self._optim_args = accumulate, (iterations, decay)
         return opt
+
+    def on_pruned(self) -> None:
+        """After channels were removed: new optimizer over the new parameters (moments restart; the LR schedule is
+        keyed to the global step, so it continues), and under DDP a new wrapper, whose buckets held the old tensors."""
+        opt, _ = build_optimizer(self.model, self.hyp, len(self.names), *self._optim_args)
+        self.trainer.strategy.optimizers = [opt]
+        strategy = self.trainer.strategy
+        if isinstance(strategy.model, torch.nn.parallel.DistributedDataParallel):
+            strategy.model = strategy._setup_model(self)
+        self._bns = None
 
     def on_fit_start(self) -> None:
         self.schedule = LRSchedule(self.trainer.max_epochs, self._batches_per_epoch(), self.hyp,
@@ -90,6 +106,8 @@ class DetectionModule(L.LightningModule):
         if self.trainer.world_size > 1:
             loss = loss * self.trainer.world_size  # DDP averages gradients; ultralytics scales back to the sum
         self.manual_backward(loss)
+        if self.bn_l1:
+            self._bn_sparsity()
         if ni - self.last_opt_step >= accumulate:
             self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
             opt.step()
@@ -103,6 +121,14 @@ class DetectionModule(L.LightningModule):
         self.log_dict({f"train/{k}": v for k, v in items.items()}, on_step=True, on_epoch=True, batch_size=bs,
                       prog_bar=True, sync_dist=False)
         return {"loss": loss.detach(), "det_loss": det_loss.detach().sum(), **items}
+
+    def _bn_sparsity(self) -> None:
+        """Network slimming's subgradient of ``bn_l1 * |gamma|``, added to every BatchNorm weight's gradient."""
+        if self._bns is None:
+            self._bns = [m.weight for m in self.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        for w in self._bns:
+            if w.grad is not None:
+                w.grad.add_(torch.sign(w.detach()), alpha=self.bn_l1)
 
     def on_train_epoch_end(self) -> None:
         if hasattr(self.criterion, "update"):
@@ -153,7 +179,16 @@ class DetectionModule(L.LightningModule):
         if self.ema is not None:
             checkpoint["ema"] = {"state_dict": self.ema.ema.state_dict(), "updates": self.ema.updates}
         checkpoint["last_opt_step"] = self.last_opt_step
+        checkpoint["pruning_history"] = self.pruning_history
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Runs before the weights are loaded: a pruned run's architecture is rebuilt by replaying its removals."""
         self._ema_state = checkpoint.get("ema")
         self.last_opt_step = checkpoint.get("last_opt_step", -1)
+        history = checkpoint.get("pruning_history") or []
+        if history and not self.pruning_history:
+            if not any(isinstance(m, SplitC2f) for m in self.model.modules()):
+                raise UserError("ckpt_path: this checkpoint comes from a pruned run; resume it with the same prune=... "
+                                "settings it was trained with.")
+            replay(self.model, history)
+            self.pruning_history = list(history)

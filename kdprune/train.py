@@ -15,11 +15,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
-from kdprune.callbacks import UltralyticsCheckpoint, log_per_class_ap
+from kdprune.callbacks import GradualPruning, UltralyticsCheckpoint, log_per_class_ap, save_channels_png
 from kdprune.data import YOLODataModule, resolve_data
 from kdprune.errors import UserError
 from kdprune.module import DetectionModule
-from kdprune.yolo import build_model, evaluate_checkpoint, hyp_namespace, model_stats
+from kdprune.pruning import int8_bytes
+from kdprune.yolo import build_model, evaluate_checkpoint, hyp_namespace, model_stats, split_blocks
 
 log = logging.getLogger("kdprune")
 
@@ -57,6 +58,10 @@ def run(cfg: DictConfig) -> dict:
     hyp = _hyp(cfg, data)
     model = build_model(cfg.model.cfg, cfg.model.weights, data["names"], hyp)
     stride = max(int(model.stride.max()), 32)
+    pruning = None
+    if cfg.prune.name != "none":
+        split_blocks(model)  # C2f/C3k2's chunk as two convs, so torch-pruning's graph follows it
+        pruning = GradualPruning.from_config(cfg.prune, model, imgsz=cfg.data.imgsz, max_epochs=cfg.trainer.max_epochs)
 
     dm = YOLODataModule(data, hyp, batch=cfg.data.batch, val_batch=cfg.data.val_batch, workers=cfg.data.workers,
                         seed=cfg.seed, stride=stride)
@@ -65,6 +70,8 @@ def run(cfg: DictConfig) -> dict:
     module.train_args = {**vars(hyp), "model": cfg.model.cfg or cfg.model.weights, "save_dir": str(run_dir)}
 
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    if pruning is not None:
+        callbacks.append(pruning)
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
     ckpt_cb = next(c for c in callbacks if isinstance(c, UltralyticsCheckpoint))
     trainer = L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), callbacks=callbacks,
@@ -77,7 +84,7 @@ def run(cfg: DictConfig) -> dict:
         return {}
 
     # Like ultralytics' final_eval: re-validate the saved best.pt (fp16 on disk), the numbers a user gets back.
-    final = evaluate_checkpoint(ckpt_cb.best, dm.val_dataloader(), data, module.device) if ckpt_cb.best.is_file() else {}
+    final = evaluate_checkpoint(ckpt_cb.best, dm.val_dataloader(shard=False), data, module.device) if ckpt_cb.best.is_file() else {}
     log_per_class_ap(trainer, final.get("per_class", {}), trainer.global_step)
     summary = {
         "model": cfg.model.cfg or cfg.model.weights,
@@ -86,6 +93,7 @@ def run(cfg: DictConfig) -> dict:
         "epochs": trainer.current_epoch,
         "best_epoch": (ckpt_cb.best_epoch + 1) if ckpt_cb.best_epoch is not None else None,
         **model_stats(module.eval_model, cfg.data.imgsz),
+        "int8_bytes_est": int8_bytes(module.eval_model),
         **{k: final.get(k) for k in ("mAP50", "mAP50-95", "precision", "recall")},
         "per_class": final.get("per_class", {}),
         "optimizer": module.resolved_optim,
@@ -94,6 +102,9 @@ def run(cfg: DictConfig) -> dict:
         "weights": {"best": str(ckpt_cb.best), "last": str(ckpt_cb.last)},
         "device": str(module.device),
     }
+    if pruning is not None:
+        summary["pruning"] = pruning.summary(module.eval_model)
+        save_channels_png(run_dir / "prune_channels.png", pruning.layer_channels(module.eval_model))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     rank_zero_info(
         f"kdprune: mAP50-95 {summary['mAP50-95']:.4f}  mAP50 {summary['mAP50']:.4f}  params {summary['params']:,}  "

@@ -1,4 +1,4 @@
-"""The command line: `python -m kdprune -m ... trainer.max_epochs=1,2` runs a two-job Hydra sweep."""
+"""The command line: `python -m kdprune -m +experiment=yolo11n_mcu prune.target.int8_bytes=A,B` runs a two-job sweep."""
 
 from __future__ import annotations
 
@@ -14,14 +14,17 @@ def test_multirun_sweep_runs_each_job_into_its_own_dir(tmp_path):
     sweep = tmp_path / "sweep"
     args = [a for a in TINY if not a.startswith("trainer.max_epochs")]
     p = subprocess.run(
-        [sys.executable, "-m", "kdprune", "-m", "+experiment=yolo11n_mcu", *args, "trainer.max_epochs=1,2",
+        [sys.executable, "-m", "kdprune", "-m", "+experiment=yolo11n_mcu", *args, "trainer.max_epochs=2",
+         "prune.start_epoch=0", "prune.end_epoch=0", "prune.steps=1", "prune.target.int8_bytes=1500000,2000000",
          "logger=none", f"hydra.sweep.dir={sweep}"],
         cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True, timeout=600,
     )
     assert p.returncode == 0, p.stderr[-3000:]
     summaries = {d.name: json.loads((d / "summary.json").read_text()) for d in sorted(sweep.iterdir()) if d.is_dir()}
     assert sorted(summaries) == ["0", "1"]
-    assert [summaries[k]["epochs"] for k in ("0", "1")] == [1, 2]
+    for k, budget in (("0", 1_500_000), ("1", 2_000_000)):
+        assert summaries[k]["pruning"]["target"] == {"int8_bytes": budget}
+        assert 0.97 * budget <= summaries[k]["int8_bytes_est"] <= budget
     for k in ("0", "1"):
         assert (sweep / k / "weights" / "best.pt").is_file()
         assert (sweep / k / ".hydra" / "overrides.yaml").is_file()

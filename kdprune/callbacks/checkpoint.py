@@ -13,7 +13,8 @@ class UltralyticsCheckpoint(L.Callback):
     """Writes the EMA model as ``last.pt`` every epoch and as ``best.pt`` when val fitness (mAP50-95) improves.
 
     These are plain ultralytics checkpoints (``ultralytics.YOLO(path)`` loads them). Lightning's own ModelCheckpoint
-    keeps the full training state for ``ckpt_path=`` resume beside them.
+    keeps the full training state for ``ckpt_path=`` resume beside them. ``best.pt`` is chosen only among models of
+    the final architecture: a pruning step (which removes channels) starts the race for best again.
     """
 
     def __init__(self, dirpath: str | Path):
@@ -21,6 +22,7 @@ class UltralyticsCheckpoint(L.Callback):
         self.best_fitness: float | None = None
         self.best_epoch: int | None = None
         self.best_metrics: dict = {}
+        self.best_arch = 0  # removals in the pruning history when best.pt was written
 
     @property
     def last(self) -> Path:
@@ -35,9 +37,13 @@ class UltralyticsCheckpoint(L.Callback):
             return
         m = pl_module.val_metrics
         fitness = m["fitness"]
+        arch = len(pl_module.pruning_history)
+        if arch != self.best_arch:  # pruned since: an earlier, larger model is no longer a candidate
+            self.best_fitness, self.best_arch = None, arch
         metrics = {f"metrics/{k}(B)": m[k] for k in ("precision", "recall", "mAP50", "mAP50-95")}
         kw = dict(epoch=trainer.current_epoch, train_args=pl_module.train_args, metrics=metrics, fitness=fitness,
-                  updates=pl_module.ema.updates if pl_module.ema is not None else 0)
+                  updates=pl_module.ema.updates if pl_module.ema is not None else 0,
+                  extra={"pruning_history": pl_module.pruning_history} if pl_module.pruning_history else None)
         save_ultralytics_checkpoint(self.last, pl_module.eval_model, **kw)
         if self.best_fitness is None or fitness >= self.best_fitness:
             self.best_fitness, self.best_epoch = fitness, trainer.current_epoch
@@ -45,9 +51,11 @@ class UltralyticsCheckpoint(L.Callback):
             save_ultralytics_checkpoint(self.best, pl_module.eval_model, **kw)
 
     def state_dict(self) -> dict:
-        return {"best_fitness": self.best_fitness, "best_epoch": self.best_epoch, "best_metrics": self.best_metrics}
+        return {"best_fitness": self.best_fitness, "best_epoch": self.best_epoch, "best_metrics": self.best_metrics,
+                "best_arch": self.best_arch}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.best_fitness = state_dict.get("best_fitness")
         self.best_epoch = state_dict.get("best_epoch")
         self.best_metrics = state_dict.get("best_metrics", {})
+        self.best_arch = state_dict.get("best_arch", 0)

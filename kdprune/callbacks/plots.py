@@ -33,13 +33,27 @@ def draw_grid(images: np.ndarray, dets: list[np.ndarray], names: dict[int, str],
     return grid
 
 
-def bar_chart(values: dict[str, float], title: str) -> np.ndarray:
-    """A horizontal bar chart (matplotlib, Agg) as an HWC uint8 RGB array."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _to_array(fig) -> np.ndarray:
+    """A matplotlib figure as an HWC uint8 RGB array (the figure is closed)."""
+    fig.tight_layout()
+    fig.canvas.draw()
+    img = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    _pyplot().close(fig)
+    return img
+
+
+def bar_chart(values: dict[str, float], title: str) -> np.ndarray:
+    """A horizontal bar chart (matplotlib, Agg) as an HWC uint8 RGB array."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 0.35 * len(values) + 1.2), dpi=100)
     ax.barh(list(values), list(values.values()), color="#3b7dd8")
     ax.set_xlim(0, 1)
@@ -47,11 +61,31 @@ def bar_chart(values: dict[str, float], title: str) -> np.ndarray:
     ax.set_title(title)
     for y, v in enumerate(values.values()):
         ax.text(min(v + 0.01, 0.9), y, f"{v:.3f}", va="center", fontsize=8)
-    fig.tight_layout()
-    fig.canvas.draw()
-    img = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
-    return img
+    return _to_array(fig)
+
+
+def channels_chart(channels: dict[str, tuple[int, int]], title: str) -> np.ndarray:
+    """Per layer, channels kept (dark) over the original width (light), as an HWC uint8 RGB array."""
+    plt = _pyplot()
+    names = list(channels)
+    kept = [c[0] for c in channels.values()]
+    orig = [c[1] for c in channels.values()]
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(names) + 1.2), dpi=100)
+    ax.barh(names, orig, color="#c8d6ec", label="original")
+    ax.barh(names, kept, color="#3b7dd8", label="kept")
+    ax.invert_yaxis()
+    ax.set_xlabel("output channels (prunable convs)")
+    ax.set_title(f"Channels per layer, {title}: {sum(kept):,} of {sum(orig):,} kept")
+    for y, (k, o) in enumerate(zip(kept, orig)):
+        ax.text(o, y, f" {k}/{o}", va="center", fontsize=7)
+    ax.set_xlim(0, max(orig, default=1) * 1.18)
+    ax.legend(loc="upper right", fontsize=8)
+    return _to_array(fig)
+
+
+def save_channels_png(path, channels: dict[str, tuple[int, int]]) -> None:
+    """The per-layer channel chart of the final model as a PNG (for the run dir)."""
+    cv2.imwrite(str(path), cv2.cvtColor(channels_chart(channels, "final model"), cv2.COLOR_RGB2BGR))
 
 
 def _tb(trainer: L.Trainer):

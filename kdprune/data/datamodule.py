@@ -53,8 +53,8 @@ class YOLODataModule(L.LightningDataModule):
             self.train_set.close_mosaic(hyp=copy(self.hyp))
             self.mosaic_closed = True
 
-    def _loader(self, ds, batch: int, train: bool) -> DataLoader:
-        world = self.trainer.world_size if self.trainer is not None else 1
+    def _loader(self, ds, batch: int, train: bool, shard: bool = True) -> DataLoader:
+        world = self.trainer.world_size if self.trainer is not None and shard else 1
         sampler = None
         if world > 1:  # we set use_distributed_sampler=False: val shards must not be padded with duplicates
             rank = self.trainer.global_rank
@@ -72,8 +72,9 @@ class YOLODataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch, train=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.val_batch, train=False)
+    def val_dataloader(self, shard: bool = True) -> DataLoader:
+        """This rank's slice of the val set under DDP; with ``shard=False`` all of it (the final evaluation)."""
+        return self._loader(self.val_set, self.val_batch, train=False, shard=shard)
 
 
 class _ContiguousSampler(torch.utils.data.Sampler):

@@ -8,6 +8,7 @@ from kdprune.yolo.evaluate import DetectionEvaluator, evaluate_checkpoint, nms_f
 from kdprune.yolo.models import build_model, hyp_namespace, model_stats
 from kdprune.yolo.optim import LRSchedule, build_optimizer, nominal_accumulate, optimizer_iterations
 from kdprune.yolo.prunable import SplitC2f, merge_split_blocks, split_blocks
+from kdprune.yolo.structure import check_prunable, trace_forward
 
 __all__ = [
     "DetectionEvaluator",
@@ -16,6 +17,7 @@ __all__ = [
     "SplitC2f",
     "build_model",
     "build_optimizer",
+    "check_prunable",
     "evaluate_checkpoint",
     "hyp_namespace",
     "merge_split_blocks",
@@ -25,4 +27,5 @@ __all__ = [
     "optimizer_iterations",
     "save_ultralytics_checkpoint",
     "split_blocks",
+    "trace_forward",
 ]

@@ -11,17 +11,22 @@ from pathlib import Path
 import torch
 from ultralytics import __version__ as ULTRALYTICS_VERSION
 
+from kdprune.yolo.prunable import merge_split_blocks
+
 
 def save_ultralytics_checkpoint(path: str | Path, model: torch.nn.Module, *, epoch: int, train_args: dict,
                                 metrics: dict | None = None, fitness: float | None = None, updates: int = 0,
                                 extra: dict | None = None) -> Path:
     """Save ``model`` (the EMA, as ultralytics does) as an fp16 ultralytics checkpoint, atomically.
 
-    Only ultralytics classes are pickled: the file loads without kdprune on the import path.
+    Only ultralytics classes are pickled: the file loads without kdprune on the import path. Split C2f/C3k2 blocks
+    (the prunable rewrite) are written back as ultralytics' own blocks.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    snapshot = deepcopy(model).half()
+    snapshot = deepcopy(model)
+    merge_split_blocks(snapshot)
+    snapshot = snapshot.half()
     if hasattr(snapshot, "criterion"):
         snapshot.criterion = None  # training-only state, rebuilt on demand by ultralytics
     for p in snapshot.parameters():

@@ -26,8 +26,9 @@ class DetectionEvaluator:
     ``conf``/``iou``/``max_det`` default to ultralytics' validation settings (0.001 / 0.7 / 300).
     """
 
-    def __init__(self, names: dict[int, str], conf: float = 0.001, iou: float = 0.7, max_det: int = 300):
-        self.names = dict(names)
+    def __init__(self, names: dict[int, str], conf: float = 0.001, iou: float = 0.7, max_det: int = 300,
+                 distributed: bool = True):
+        self.names, self.distributed = dict(names), distributed
         self.validator = DetectionValidator(
             args=dict(task="detect", conf=conf, iou=iou, max_det=max_det, plots=False, save_json=False,
                       save_txt=False, verbose=False, split="val")
@@ -49,7 +50,7 @@ class DetectionEvaluator:
     def compute(self) -> dict:
         """Metrics over everything seen since ``reset`` (gathered across DDP ranks), plus per-class AP."""
         v = self.validator
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if self.distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             gathered = [None] * dist.get_world_size()
             dist.all_gather_object(gathered, v.metrics.stats)
             v.metrics.stats = {k: [x for g in gathered for x in g[k]] for k in v.metrics.stats}
@@ -75,12 +76,13 @@ def nms_for_plot(out: list[dict], conf: float = 0.25) -> list[np.ndarray]:
 
 @torch.no_grad()
 def evaluate_checkpoint(weights, loader, data: dict, device="cpu", **kwargs) -> dict:
-    """Metrics of a saved ultralytics checkpoint on ``loader`` (fp32, as ultralytics' validator runs it on CPU)."""
+    """Metrics of a saved ultralytics checkpoint on ``loader`` (fp32, as ultralytics' validator runs it on CPU), in
+    this process alone: under DDP it runs on rank 0 after training, over the whole val set."""
     from ultralytics.nn.tasks import load_checkpoint
 
     model, _ = load_checkpoint(str(weights), device=device)
     model.eval()
-    ev = DetectionEvaluator(model.names, **kwargs)
+    ev = DetectionEvaluator(model.names, distributed=False, **kwargs)
     ev.reset(model, torch.device(device), data)
     for batch in loader:
         batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}

@@ -108,3 +108,4 @@ def split_blocks(model: nn.Module) -> int:
 def merge_split_blocks(model: nn.Module) -> int:
     """Write every ``SplitC2f`` in ``model`` (in place) back as ultralytics' own block; return how many."""
     return _replace(model, lambda m: isinstance(m, SplitC2f), lambda m: m.merge())
+

@@ -1,0 +1,29 @@
+"""Structured pruning: schedules, importance criteria, budgets and the YOLO pruner around torch-pruning."""
+
+from kdprune.pruning.allocate import Unit, channels_to_remove, keep_counts
+from kdprune.pruning.budget import count_macs, count_params, int8_bytes, measure, solve_ratio
+from kdprune.pruning.importance import IMPORTANCES, make_importance, needs_gradients
+from kdprune.pruning.pruner import YoloPruner, build_graph, replay
+from kdprune.pruning.ratios import load_layer_ratios
+from kdprune.pruning.schedule import SHAPES, PruneSchedule, fraction_at
+
+__all__ = [
+    "IMPORTANCES",
+    "SHAPES",
+    "PruneSchedule",
+    "Unit",
+    "YoloPruner",
+    "build_graph",
+    "channels_to_remove",
+    "count_macs",
+    "count_params",
+    "fraction_at",
+    "int8_bytes",
+    "keep_counts",
+    "load_layer_ratios",
+    "make_importance",
+    "measure",
+    "needs_gradients",
+    "replay",
+    "solve_ratio",
+]

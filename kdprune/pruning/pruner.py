@@ -1,0 +1,176 @@
+"""``YoloPruner``: structured pruning of an ultralytics detection model on torch-pruning's dependency graph.
+
+torch-pruning finds the groups of coupled channels, scores them and removes them; this class decides how many each
+group keeps (``allocate``), keeps the split halves of C2f/C3k2 equal, never touches the head's outputs, DFL, stem or
+(by default) attention, and records every removal as torch-pruning pruning history so the same cut can be replayed on
+the EMA, on another DDP rank, or on a freshly built model when a run resumes.
+"""
+
+from __future__ import annotations
+
+from copy import deepcopy
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from kdprune.pruning.allocate import Unit, channels_to_remove, keep_counts
+from kdprune.pruning.budget import BUDGET_TOLERANCE, measure, solve_ratio
+from kdprune.pruning.importance import make_importance
+from kdprune.pruning.ratios import unit_weights
+from kdprune.yolo.prunable import SplitC2f
+from kdprune.yolo.structure import check_prunable, frozen_modules, head_branch, layer_index, trace_forward
+
+Plan = dict[str, list[int]]  # root module name -> output channel indices to remove
+
+
+def _module(model: nn.Module, name: str) -> nn.Module:
+    return model.get_submodule(name)
+
+
+def build_graph(model: nn.Module, imgsz: int = 64) -> tp.DependencyGraph:
+    """torch-pruning's dependency graph of ``model``, traced in eval mode through autograd, so frozen parameters
+    (the EMA's, the DFL's) are made trainable for the trace. The model's mode and ``requires_grad`` are restored."""
+    was_training = model.training
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    p = next(model.parameters())
+    try:
+        for q in frozen:
+            q.requires_grad_(True)
+        with torch.enable_grad():
+            return tp.DependencyGraph().build_dependency(
+                model, example_inputs=torch.zeros(1, 3, imgsz, imgsz, device=p.device, dtype=p.dtype),
+                forward_fn=trace_forward, verbose=False)
+    finally:
+        for q in frozen:
+            q.requires_grad_(False)
+        model.train(was_training)
+
+
+def replay(model: nn.Module, history: list, imgsz: int = 64) -> None:
+    """Apply recorded pruning ``history`` (torch-pruning's format) to an unpruned ``model`` of the same architecture."""
+    if history:
+        build_graph(model, imgsz).load_pruning_history([list(h) for h in history])
+
+
+class YoloPruner:
+    """Prunes a (split) YOLO detection model to a ratio of its initial channels, recording what it removed."""
+
+    def __init__(self, model: nn.Module, *, importance: str = "l2", global_ranking: bool = False, round_to: int = 8,
+                 keep_stem: bool = True, attention: str = "keep", layer_ratios: dict | None = None,
+                 trace_imgsz: int = 64):
+        check_prunable(model)
+        self.importance_name = importance
+        self.importance = make_importance(importance)
+        self.global_ranking, self.round_to, self.trace_imgsz = global_ranking, round_to, trace_imgsz
+        names = {m: n for n, m in model.named_modules()}
+        self.frozen = {names[m] for m in frozen_modules(model, keep_stem=keep_stem, attention=attention)}
+        self.couple = {}  # conv name -> key of its split block: both halves keep one width
+        for n, m in model.named_modules():
+            if isinstance(m, SplitC2f):
+                self.couple[f"{n}.cv0.conv"] = self.couple[f"{n}.cv1.conv"] = n
+        self.initial: dict[str, int] = {}
+        self.weights: dict[str, float] = {}
+        units = self.units(model, scores=False)
+        self.initial = {u.name: u.current for u in units}
+        self.weights = {u.name: 1.0 for u in units}  # per-unit ratio multipliers (layer ratios, budget refinement)
+        if layer_ratios is not None:
+            self.weights = unit_weights(layer_ratios, len(model.model), layer_index(model), head_branch(model),
+                                        list(self.initial))
+        # A split block whose one half cannot be pruned (it feeds frozen attention) keeps both halves whole.
+        halves: dict[str, list[str]] = {}
+        for u in units:
+            if u.couple is not None:
+                halves.setdefault(u.couple, []).append(u.name)
+        for members in halves.values():
+            if len(members) < 2 or any(self.weights[n] == 0 for n in members):
+                for n in members:
+                    self.weights[n] = 0.0
+        self.base_weights = dict(self.weights)
+
+    # ---- groups -----------------------------------------------------------------------------------------------------
+    def units(self, model: nn.Module, *, scores: bool = True, graph: tp.DependencyGraph | None = None) -> list[Unit]:
+        """Every prunable group of ``model`` as a ``Unit`` (scored by the importance criterion if ``scores``)."""
+        dg = graph or build_graph(model, self.trace_imgsz)
+        frozen = [_module(model, n) for n in self.frozen]
+        out = []
+        for group in dg.get_all_groups(ignored_layers=frozen, root_module_types=(nn.Conv2d,)):
+            root = group[0].dep.target.module
+            name = dg._module2name[root]
+            couple = None
+            for dep, _ in group:
+                if dg.is_out_channel_pruning_fn(dep.handler):
+                    couple = couple or self.couple.get(dg._module2name.get(dep.target.module, ""))
+            n = dg.get_out_channels(root)
+            s = self.importance(group) if scores else torch.zeros(n)
+            if s is None:  # criterion has nothing to score (e.g. Taylor without gradients)
+                raise RuntimeError(f"importance {self.importance_name!r} returned no scores for {name}")
+            out.append(Unit(name, self.initial.get(name, n), n, s.detach(), self.weights.get(name, 1.0), couple))
+        return out
+
+    # ---- deciding and applying ----------------------------------------------------------------------------------
+    def plan(self, model: nn.Module, ratio: float, units: list[Unit] | None = None) -> Plan:
+        """Which channels to remove from ``model`` to reach ``ratio`` (a share of the initial channels)."""
+        units = units if units is not None else self.units(model)
+        keep = keep_counts(units, ratio, global_ranking=self.global_ranking, round_to=self.round_to)
+        return channels_to_remove(units, keep)
+
+    def apply(self, model: nn.Module, plan: Plan) -> list:
+        """Remove the planned channels from ``model`` (in place: same modules, new parameter tensors); return the
+        removals as torch-pruning pruning history (``[name, is_out_channels, idxs]``, replayable with ``replay``)."""
+        if not plan:
+            return []
+        dg = build_graph(model, self.trace_imgsz)
+        for name, idxs in plan.items():
+            m = _module(model, name)
+            dg.get_pruning_group(m, dg.get_pruner_of_module(m).prune_out_channels, list(idxs)).prune(record_history=False)
+        return [[name, True, list(idxs)] for name, idxs in plan.items()]
+
+    def cost_at(self, model: nn.Module, ratio: float, kind: str, imgsz: int, units: list[Unit]) -> int:
+        """``kind`` cost of ``model`` pruned to ``ratio`` (measured on a copy)."""
+        plan = self.plan(model, ratio, units)
+        if not plan:
+            return measure(model, kind, imgsz)
+        copy = deepcopy(model)
+        self.apply(copy, plan)
+        return measure(copy, kind, imgsz)
+
+    def solve(self, model: nn.Module, kind: str, budget: int, imgsz: int) -> tuple[float, int]:
+        """The ratio at which ``model``'s ``kind`` cost fits ``budget``, landing at most 3 % under it.
+
+        One ratio for every layer moves the cost in coarse steps (layers of equal width cross a ``round_to`` boundary
+        together), so when bisection on the ratio lands more than 3 % under, the first ``k`` units (in graph order:
+        the early, high-resolution layers) take the next-lower ratio tried, with ``k`` found by bisection too. That
+        choice is kept in the unit weights for the steps to come. Raises ``ValueError(minimum)`` when the budget is
+        below the cost with every prunable group at ``round_to``.
+        """
+        self.weights = dict(self.base_weights)
+        units = self.units(model)
+        ratio, cost, over = solve_ratio(lambda r: self.cost_at(model, r, kind, imgsz, units), budget)
+        if cost < budget * (1 - BUDGET_TOLERANCE) and ratio > 0 and not self.global_ranking:
+            active = [u for u in units if u.weight > 0]
+
+            def mixed(k: int) -> int:
+                for i, u in enumerate(active):
+                    u.weight = self.base_weights[u.name] * (over / ratio if i < k else 1.0)
+                return self.cost_at(model, ratio, kind, imgsz, units)
+
+            lo, hi = 0, len(active)  # mixed(lo) fits, mixed(hi) does not
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if mixed(mid) <= budget else (lo, mid)
+            cost = mixed(lo)
+            self.weights.update({u.name: u.weight for u in active})
+        return ratio, cost
+
+    def channels(self, model: nn.Module) -> dict[int, tuple[int, int]]:
+        """Per top-level layer: (output channels now, initially) summed over its prunable convs."""
+        layer_of = layer_index(model)
+        out: dict[int, list[int]] = {}
+        for name, n0 in self.initial.items():
+            i = layer_of[name]
+            cur = _module(model, name).out_channels
+            acc = out.setdefault(i, [0, 0])
+            acc[0] += cur
+            acc[1] += n0
+        return {i: (a, b) for i, (a, b) in sorted(out.items())}

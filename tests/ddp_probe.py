@@ -1,0 +1,22 @@
+"""A callback the DDP test adds from the command line: every rank writes what it pruned and its parameter shapes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+
+
+class DumpPruning(L.Callback):
+    def __init__(self, path: str):
+        self.path = Path(path)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / f"rank{trainer.global_rank}.json").write_text(json.dumps({
+            "world_size": trainer.world_size,
+            "history": pl_module.pruning_history,
+            "shapes": [list(p.shape) for p in pl_module.model.parameters()],
+            "ema_shapes": [list(p.shape) for p in pl_module.ema.ema.parameters()],
+        }))

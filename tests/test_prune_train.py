@@ -1,0 +1,151 @@
+"""Pruning inside training: a gradual run, its outputs, plain-ultralytics reload, resume mid-schedule, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from kdprune.errors import UserError
+from kdprune.train import run
+from tests.conftest import TINY, compose
+from tests.test_errors import assert_user_error, kdprune
+
+# Two pruning steps (start of epochs 0 and 1) to 30 % of the channels, then one recovery epoch. Lightning keeps a
+# checkpoint per epoch so the resume test can restart between the two steps.
+PRUNED = [*TINY, "trainer.max_epochs=3", "prune=gradual", "prune.start_epoch=0", "prune.end_epoch=1",
+          "prune.steps=2", "prune.target.ratio=0.3", "callbacks.resume_checkpoint.save_top_k=-1"]
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("pruned") / "run"
+    return run_dir, run(compose(PRUNED, run_dir=run_dir))
+
+
+def test_pruned_run_shrinks_the_model_and_reports_it(pruned):
+    run_dir, s = pruned
+    p = s["pruning"]
+    assert [st["epoch"] for st in p["steps"]] == [0, 1]
+    assert p["steps"][0]["params"] > p["steps"][1]["params"] == p["after"]["params"]
+    assert p["after"]["params"] < 0.65 * p["before"]["params"]  # 30 % of channels ~ half the weights
+    assert s["params"] == p["after"]["params"] and s["int8_bytes_est"] == p["after"]["int8_bytes"]
+    assert all(kept % 8 == 0 and kept < orig for kept, orig in p["channels"].values() if orig > 8)
+    assert (run_dir / "prune_channels.png").stat().st_size > 10_000
+    assert s["best_epoch"] == 3  # best.pt only among models of the final architecture (after the step at epoch 1)
+
+
+def test_tensorboard_shows_sizes_and_channel_chart(pruned):
+    run_dir, _ = pruned
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    params = [e.value for e in acc.Scalars("prune/params")]
+    assert len(params) == 2 and params[0] > params[1]
+    assert {"prune/int8_bytes_est", "prune/GMACs", "prune/ratio"} <= set(acc.Tags()["scalars"])
+    assert len(acc.Images("prune/channels")) == 2
+
+
+def test_pruned_best_pt_loads_in_plain_ultralytics(pruned, tmp_path):
+    """val / predict / ONNX export in a process where importing kdprune fails."""
+    run_dir, s = pruned
+    data = json.loads((run_dir / "summary.json").read_text())["data"]
+    script = f"""
+import sys; sys.modules["kdprune"] = None
+from ultralytics import YOLO
+m = YOLO({str(run_dir / 'weights' / 'best.pt')!r})
+n = sum(p.numel() for p in m.model.parameters())
+r = m.val(data={data!r}, imgsz=64, batch=8, plots=False, verbose=False)
+p = m.predict(__import__("numpy").zeros((64, 64, 3), "uint8"), imgsz=64, verbose=False)
+f = m.export(format="onnx", imgsz=64)
+print("RESULT", n, r.box.map, len(p), f)
+"""
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    _, n, m, npred, onnx = next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT")).split()
+    assert int(n) == s["params"]
+    assert float(m) == pytest.approx(s["mAP50-95"], abs=2e-3)
+    assert npred == "1" and onnx.endswith(".onnx")
+
+
+def test_resume_mid_schedule_restores_the_pruned_architecture(pruned, tmp_path):
+    run_dir, s = pruned
+    ckpt = next((run_dir / "checkpoints").glob("epoch=0-*.ckpt"))  # after step 1 of 2
+    saved = torch.load(ckpt, weights_only=False, map_location="cpu")
+    resumed = run(compose([*PRUNED, f"ckpt_path='{ckpt}'"], run_dir=tmp_path / "resumed"))
+    p = resumed["pruning"]
+    assert [st["epoch"] for st in p["steps"]] == [0, 1]  # step 1 from the checkpoint, step 2 after resume
+    assert p["channels"] == s["pruning"]["channels"]
+    assert resumed["params"] == s["params"]
+    best = torch.load(tmp_path / "resumed" / "weights" / "best.pt", weights_only=False)
+    assert best["pruning_history"][:len(saved["pruning_history"])] == saved["pruning_history"]
+
+
+def _prune_cfg(*extra, model="yolo11n.yaml"):
+    from kdprune.callbacks import GradualPruning
+    from kdprune.yolo import split_blocks
+    from ultralytics.nn.tasks import DetectionModel
+
+    cfg = compose([*TINY, "trainer.max_epochs=5", "prune=gradual", "prune.start_epoch=0", "prune.end_epoch=2",
+                   "prune.steps=2", *extra])
+    m = DetectionModel(model, nc=3, verbose=False)
+    split_blocks(m)
+    return lambda: GradualPruning.from_config(cfg.prune, m, imgsz=64, max_epochs=5)
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["prune.target.ratio=1.0"], "must be in [0, 1)"),
+    (["prune.target.ratio=-0.1"], "must be in [0, 1)"),
+    (["prune.target.int8_bytes=1000"], "unreachable"),
+    ([], "no target"),
+    (["prune.target.ratio=0.2", "prune.target.params=100000"], "exactly one"),
+    (["prune.end_epoch=5", "prune.target.ratio=0.2"], "recovery"),
+    (["prune.importance=magic", "prune.target.ratio=0.2"], "l1, l2, taylor, bn_scale, random"),
+])
+def test_bad_pruning_options_are_one_line_errors(extra, needle):
+    with pytest.raises(UserError) as e:
+        _prune_cfg(*extra)()
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_unreachable_budget_names_the_minimum():
+    with pytest.raises(UserError) as e:
+        _prune_cfg("prune.target.params=1000")()
+    minimum = int(str(e.value).split("still costs ")[1].split(".")[0].replace(",", ""))
+    assert 100_000 < minimum < 1_000_000
+
+
+def test_bad_layer_ratios_and_unknown_family(tmp_path):
+    bad = tmp_path / "ratios.yaml"
+    bad.write_text("prune_ratios: {4: 0.3, 40: 0.2}\n")
+    with pytest.raises(UserError, match="layer 40 does not exist"):
+        _prune_cfg(f"prune.prune_ratios={bad}")()
+    with pytest.raises(UserError, match="Segment"):
+        _prune_cfg("prune.target.ratio=0.2", model="yolo11n-seg.yaml")()
+
+
+def test_cli_bad_ratio_exits_2_before_training(tmp_path):
+    p = kdprune("prune=gradual", "prune.start_epoch=0", "prune.end_epoch=0", "prune.steps=1", "trainer.max_epochs=2",
+                "prune.target.ratio=1.5", run_dir=tmp_path / "run")
+    assert_user_error(p, "prune.target.ratio=1.5", run_dir=tmp_path / "run")
+    assert "Epoch 0" not in p.stderr
+
+
+def test_ddp_two_processes_prune_identically(tmp_path):
+    """trainer=ddp on 2 CPU processes (gloo). Taylor importance reads each rank's own gradients (different data
+    shards), so ranks that decided for themselves would remove different channels: rank 0 decides, all apply."""
+    probe = tmp_path / "probe"
+    p = kdprune("trainer=ddp", "trainer.devices=2", "trainer.max_epochs=3", "prune=gradual", "prune.start_epoch=0",
+                "prune.end_epoch=1", "prune.steps=2", "prune.target.ratio=0.3", "prune.importance=taylor",
+                "prune.taylor_batches=1", "+callbacks.probe._target_=tests.ddp_probe.DumpPruning",
+                f"+callbacks.probe.path={probe}", run_dir=tmp_path / "run", timeout=600)
+    assert p.returncode == 0, p.stderr[-4000:]
+    r0, r1 = (json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["world_size"] == r1["world_size"] == 2
+    assert r0["history"] and r0["history"] == r1["history"]
+    assert r0["shapes"] == r1["shapes"] == r0["ema_shapes"]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["params"] < 0.65 * summary["pruning"]["before"]["params"]

@@ -1,0 +1,191 @@
+"""Pruning without training: schedules, allocation, budgets, and one prune step on each supported YOLO family."""
+
+from __future__ import annotations
+
+from copy import deepcopy
+
+import pytest
+import torch
+from torch import nn
+
+from kdprune.pruning import (
+    PruneSchedule,
+    Unit,
+    YoloPruner,
+    channels_to_remove,
+    count_params,
+    fraction_at,
+    int8_bytes,
+    keep_counts,
+    measure,
+    solve_ratio,
+)
+from kdprune.yolo import SplitC2f, hyp_namespace, merge_split_blocks, split_blocks
+from kdprune.yolo.structure import head_outputs
+
+
+# ---- schedules -----------------------------------------------------------------------------------------------------
+def test_cubic_schedule_front_loads_and_ends_at_one():
+    f = [fraction_at(k, 4, "cubic") for k in range(5)]
+    assert f[0] == 0.0 and f[-1] == 1.0
+    assert f[1] == pytest.approx(1 - 0.75 ** 3)
+    assert all(a < b for a, b in zip(f, f[1:]))
+    steps = [b - a for a, b in zip(f, f[1:])]
+    assert all(a > b for a, b in zip(steps, steps[1:]))  # big steps first
+    assert [fraction_at(k, 4, "linear") for k in range(5)] == [0, 0.25, 0.5, 0.75, 1.0]
+    assert fraction_at(1, 4, "oneshot") == 1.0
+    with pytest.raises(ValueError):
+        fraction_at(1, 4, "exponential")
+
+
+def test_schedule_epochs_and_validation():
+    s = PruneSchedule(2, 10, 4, "cubic")
+    assert s.epochs() == [2, 5, 7, 10]
+    assert s.validate(25) is None
+    assert "end_epoch" in s.validate(10)  # no recovery epoch left
+    assert "at most" in PruneSchedule(2, 3, 4).validate(25)  # 4 steps in 2 epochs
+    one = PruneSchedule(3, 10, 4, "oneshot")
+    assert one.epochs() == [3] and one.fraction(1) == 1.0
+
+
+# ---- allocation ----------------------------------------------------------------------------------------------------
+def _unit(name, n, scores=None, **kw):
+    return Unit(name, n, n, torch.tensor(scores, dtype=torch.float) if scores is not None else torch.arange(n).float(),
+                **kw)
+
+
+def test_local_allocation_rounds_to_multiples_and_removes_lowest_scores():
+    units = [_unit("a", 64), _unit("b", 40), _unit("c", 6), _unit("d", 64, weight=0.0)]
+    keep = keep_counts(units, 0.3, round_to=8)
+    assert keep == {"a": 48, "b": 32, "c": 6, "d": 64}  # 44.8 -> 48, 28 -> 32 (half up), narrower than 8: whole
+    assert all(v % 8 == 0 for k, v in keep.items() if k != "c")
+    idx = channels_to_remove(units, keep)
+    assert idx["a"] == list(range(16))  # scores are arange: the 16 lowest are 0..15
+    assert "c" not in idx and "d" not in idx
+
+
+def test_coupled_halves_keep_one_width_under_global_ranking():
+    lo, hi = torch.linspace(0, 1, 64), torch.linspace(10, 11, 64)
+    units = [_unit("x.cv0", 64, lo.tolist(), couple="x"), _unit("x.cv1", 64, hi.tolist(), couple="x"),
+             _unit("y", 64, torch.linspace(5, 6, 64).tolist())]
+    keep = keep_counts(units, 0.4, global_ranking=True, round_to=8)
+    assert keep["x.cv0"] == keep["x.cv1"]
+    free = keep_counts([_unit("x.cv0", 64, lo.tolist()), _unit("x.cv1", 64, hi.tolist())], 0.4, global_ranking=True)
+    assert free["x.cv0"] < free["x.cv1"]  # without the coupling, global ranking would split them
+
+
+def test_allocation_never_grows_a_layer_back():
+    u = Unit("a", 64, 32, torch.arange(32).float())
+    assert keep_counts([u], 0.1, round_to=8)["a"] == 32
+
+
+# ---- budgets -------------------------------------------------------------------------------------------------------
+def test_int8_estimate_counts_weights_and_per_channel_overhead():
+    net = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.Conv2d(16, 8, 1, bias=False), nn.Flatten(),
+                        nn.Linear(8, 4))
+    weights = 16 * 3 * 9 + 8 * 16 + 4 * 8
+    assert int8_bytes(net) == weights + 28 * (16 + 8 + 4)
+
+
+def test_solver_lands_within_tolerance_and_reports_the_minimum():
+    cost = lambda r: int(1_000_000 * (1 - r) ** 2) + 50_000  # noqa: E731
+    r, c, over = solve_ratio(cost, 600_000)
+    assert 0.97 * 600_000 <= c <= 600_000 and cost(r) == c and cost(over) > 600_000 and over < r
+    assert solve_ratio(cost, 2_000_000) == (0.0, 1_050_000, 0.0)
+    with pytest.raises(ValueError) as e:
+        solve_ratio(cost, 40_000)
+    assert e.value.args[0] == cost(0.999)
+
+
+# ---- one prune step on real YOLO graphs ------------------------------------------------------------------------------
+def _model(cfg: str):
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    m = DetectionModel(cfg, nc=3, verbose=False)
+    m.args = hyp_namespace()
+    split_blocks(m)
+    return m.train()
+
+
+def _batch(x):
+    return {"img": x, "batch_idx": torch.tensor([0.0, 1.0]), "cls": torch.tensor([[1.0], [2.0]]),
+            "bboxes": torch.tensor([[0.5, 0.5, 0.3, 0.3], [0.4, 0.4, 0.2, 0.2]])}
+
+
+@pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo11n.yaml", "yolo26n.yaml"])
+def test_one_prune_step_keeps_the_model_working(cfg):
+    model = _model(cfg)
+    x = torch.rand(2, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        ref = model(x)[0]
+    model.train()
+    head_before = [m.out_channels for m in head_outputs(model)]
+    stem_before = model.model[0].conv.out_channels
+    params0 = count_params(model)
+
+    pruner = YoloPruner(model)
+    pruner.apply(model, pruner.plan(model, 0.3))
+
+    assert count_params(model) < 0.75 * params0
+    assert [m.out_channels for m in head_outputs(model)] == head_before  # box/class logits and DFL keep widths
+    assert model.model[0].conv.out_channels == stem_before
+    for m in model.modules():
+        if isinstance(m, SplitC2f):
+            assert m.cv0.conv.out_channels == m.cv1.conv.out_channels  # halves in lockstep
+    model.train()
+    preds = model(x)
+    loss, _ = model.init_criterion()(preds, _batch(x))
+    loss.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    model.eval()
+    with torch.no_grad():
+        out = model(x)[0]
+    assert out.shape == ref.shape  # same boxes/classes per anchor (or per detection for YOLO26)
+    merged = deepcopy(model)
+    merge_split_blocks(merged)  # written back as ultralytics' blocks, same function
+    assert not any(isinstance(m, SplitC2f) for m in merged.modules())
+    with torch.no_grad():
+        assert torch.allclose(merged(x)[0], out, atol=1e-5)
+
+
+def test_budget_is_met_within_three_percent():
+    model = _model("yolo11n.yaml")
+    pruner = YoloPruner(model)
+    budget = int(0.7 * int8_bytes(model))
+    ratio, _ = pruner.solve(model, "int8_bytes", budget, 64)
+    pruner.apply(model, pruner.plan(model, ratio))
+    assert 0.97 * budget <= int8_bytes(model) <= budget
+    with pytest.raises(ValueError) as e:
+        pruner.solve(model, "params", 1000, 64)
+    assert e.value.args[0] > 100_000  # the minimum with every prunable layer at round_to channels
+
+
+def test_layer_ratios_prune_only_listed_layers_and_split_the_head():
+    model = _model("yolov8n.yaml")
+    detect = len(model.model) - 1
+    pruner = YoloPruner(model, layer_ratios={4: 0.5, detect: [0.0, 0.5]})
+    before = pruner.channels(model)
+    pruner.apply(model, pruner.plan(model, 1.0))
+    after = pruner.channels(model)
+    assert after[4][0] == before[4][0] // 2
+    assert all(after[i] == before[i] for i in before if i not in (4, detect))
+    head = model.model[-1]
+    assert head.cv2[0][0].conv.out_channels == 64 and head.cv3[0][0].conv.out_channels < 64  # reg kept, cls pruned
+    with pytest.raises(ValueError, match="layer 99 does not exist"):
+        YoloPruner(_model("yolov8n.yaml"), layer_ratios={99: 0.5})
+
+
+def test_shipped_ratio_examples_load(tmp_path):
+    from pathlib import Path
+
+    from kdprune.pruning import load_layer_ratios
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "prune_ratios"
+    for name in ("yolov8n", "yolo11n"):
+        model = _model(f"{name}.yaml")
+        pruner = YoloPruner(model, layer_ratios=load_layer_ratios(conf / f"{name}.yaml"))
+        before = measure(model, "params", 64)
+        pruner.apply(model, pruner.plan(model, 1.0))
+        assert measure(model, "params", 64) < before
