@@ -17,6 +17,7 @@ from kdprune.yolo import (
     build_optimizer,
     nominal_accumulate,
     optimizer_iterations,
+    refresh_ema,
 )
 
 
@@ -67,10 +68,13 @@ class DetectionModule(L.LightningModule):
         return opt
 
     def on_pruned(self) -> None:
-        """After channels were removed: new optimizer over the new parameters (moments restart; the LR schedule is
-        keyed to the global step, so it continues), and under DDP a new wrapper, whose buckets held the old tensors."""
+        """After channels were removed (from the model and its EMA): a new optimizer over the new parameters (moments
+        restart; the LR schedule is keyed to the global step, so it continues), an EMA that reads the new tensors,
+        and under DDP a new wrapper, whose buckets held the old tensors."""
         opt, _ = build_optimizer(self.model, self.hyp, len(self.names), *self._optim_args)
         self.trainer.strategy.optimizers = [opt]
+        if self.ema is not None:
+            refresh_ema(self.ema)
         strategy = self.trainer.strategy
         if isinstance(strategy.model, torch.nn.parallel.DistributedDataParallel):
             strategy.model = strategy._setup_model(self)

@@ -189,3 +189,49 @@ def test_shipped_ratio_examples_load(tmp_path):
         before = measure(model, "params", 64)
         pruner.apply(model, pruner.plan(model, 1.0))
         assert measure(model, "params", 64) < before
+
+
+@pytest.mark.parametrize("cfg", ["yolo11n.yaml", "yolo26n.yaml"])
+def test_attention_kept_whole_by_default_or_pruned_in_its_ffn_only(cfg):
+    from ultralytics.nn.modules.block import Attention, PSABlock
+
+    x = torch.rand(2, 3, 64, 64)
+    for mode in ("keep", "ffn"):
+        model = _model(cfg)
+        attn0 = [(a.num_heads, a.key_dim, a.head_dim, a.qkv.conv.out_channels, a.proj.conv.out_channels)
+                 for a in model.modules() if isinstance(a, Attention)]
+        ffn0 = [b.ffn[0].conv.out_channels for b in model.modules() if isinstance(b, PSABlock)]
+        pruner = YoloPruner(model, attention=mode)
+        pruner.apply(model, pruner.plan(model, 0.5))
+        attn = [(a.num_heads, a.key_dim, a.head_dim, a.qkv.conv.out_channels, a.proj.conv.out_channels)
+                for a in model.modules() if isinstance(a, Attention)]
+        ffn = [b.ffn[0].conv.out_channels for b in model.modules() if isinstance(b, PSABlock)]
+        assert attn == attn0  # heads, key_dim and head_dim always valid
+        assert (ffn == ffn0) if mode == "keep" else all(f == f0 // 2 for f, f0 in zip(ffn, ffn0))
+        model.eval()
+        merged = deepcopy(model)
+        merge_split_blocks(merged)
+        with torch.no_grad():
+            assert torch.allclose(merged(x)[0], model(x)[0], atol=1e-5)
+
+
+def test_ema_follows_the_pruned_model():
+    """ultralytics' EMA caches its tensor pairs: after a prune it must average the new tensors, not the old ones."""
+    from kdprune.yolo import ModelEMA, refresh_ema
+
+    model = _model("yolov8n.yaml")
+    ema = ModelEMA(model)
+    ema.update(model)  # builds the cache
+    pruner = YoloPruner(model)
+    plan = pruner.plan(model, 0.3)
+    pruner.apply(model, plan)
+    pruner.apply(ema.ema, plan)
+    refresh_ema(ema)
+    assert [p.shape for p in ema.ema.parameters()] == [p.shape for p in model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in ema.ema.parameters()]
+    ema.update(model)
+    moved = [not torch.equal(a, b) for a, b in zip(before, ema.ema.parameters()) if a.is_floating_point()]
+    assert all(moved)

@@ -1,9 +1,8 @@
 """Everything that touches ultralytics' model code. Its internals drift between releases; the version is pinned
 (ultralytics==8.4.190) and this package is the one place that follows it."""
 
-from ultralytics.utils.torch_utils import ModelEMA
-
 from kdprune.yolo.checkpoint import save_ultralytics_checkpoint
+from kdprune.yolo.ema import ModelEMA, refresh_ema
 from kdprune.yolo.evaluate import DetectionEvaluator, evaluate_checkpoint, nms_for_plot
 from kdprune.yolo.models import build_model, hyp_namespace, model_stats
 from kdprune.yolo.optim import LRSchedule, build_optimizer, nominal_accumulate, optimizer_iterations
@@ -25,6 +24,7 @@ __all__ = [
     "nms_for_plot",
     "nominal_accumulate",
     "optimizer_iterations",
+    "refresh_ema",
     "save_ultralytics_checkpoint",
     "split_blocks",
     "trace_forward",

@@ -20,7 +20,11 @@ from kdprune.yolo.prunable import SplitC2f
 # Anything else (segment/pose/OBB heads, RT-DETR, attention variants) is refused with a clear message rather than
 # pruned into a model that no longer computes what it did.
 _KNOWN_LAYERS = (Conv, SplitC2f, C2f, C3k2, C3, SPPF, SPP, C2PSA, Concat, nn.Upsample, Detect)
-ATTENTION_MODES = ("keep",)
+# How attention (C2PSA, and the PSA blocks YOLO26 puts in C3k2) is pruned. ``keep``: whole. ``ffn``: only the hidden
+# width of each block's feed-forward (ffn[0] -> ffn[1]); heads, key_dim and head_dim stay as they are. Whole heads
+# cannot go: ultralytics' Attention reshapes its output back to the input width (``view(B, C, H, W)``), so a model
+# with fewer heads would no longer be ultralytics' module, and plain ``ultralytics.YOLO`` could not load it.
+ATTENTION_MODES = ("keep", "ffn")
 
 
 def check_prunable(model: nn.Module) -> None:
@@ -45,16 +49,21 @@ def head_outputs(model: nn.Module) -> list[nn.Module]:
 
 
 def frozen_modules(model: nn.Module, *, keep_stem: bool = True, attention: str = "keep") -> list[nn.Module]:
-    """Modules whose output channels are never pruned: the head's outputs, the stem if ``keep_stem``, and
-    attention (C2PSA, and the PSA blocks YOLO26 puts inside C3k2) when ``attention == 'keep'``: torch-pruning cannot
-    map their head reshapes (on a raw YOLO11 it runs out of memory building the index mapping)."""
+    """Modules whose output channels are never pruned: the head's outputs, the stem if ``keep_stem``, and attention
+    (C2PSA, and the PSA blocks YOLO26 puts inside C3k2) except, with ``attention='ffn'``, each block's FFN hidden
+    conv. torch-pruning cannot map the head reshapes (on a raw YOLO11 it runs out of memory building the index
+    mapping), and the residual paths through attention would drag them in."""
     frozen = head_outputs(model)
     if keep_stem:
         frozen += [m for m in model.model[0].modules() if isinstance(m, nn.Conv2d)]
-    if attention == "keep":
-        for block in model.modules():
-            if isinstance(block, (C2PSA, PSABlock)):
-                frozen += [m for m in block.modules() if isinstance(m, nn.Conv2d)]
+    if attention not in ATTENTION_MODES:
+        raise ValueError(f"attention={attention!r}: choose one of {', '.join(ATTENTION_MODES)}")
+    ffn_hidden = set()
+    if attention == "ffn":
+        ffn_hidden = {b.ffn[0].conv for b in model.modules() if isinstance(b, PSABlock)}
+    for block in model.modules():
+        if isinstance(block, (C2PSA, PSABlock)):
+            frozen += [m for m in block.modules() if isinstance(m, nn.Conv2d) and m not in ffn_hidden]
     return frozen
 
 
