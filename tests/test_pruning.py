@@ -235,3 +235,17 @@ def test_ema_follows_the_pruned_model():
     ema.update(model)
     moved = [not torch.equal(a, b) for a, b in zip(before, ema.ema.parameters()) if a.is_floating_point()]
     assert all(moved)
+
+
+def test_taylor_scores_need_gradients_but_a_budget_solves_without_them():
+    model = _model("yolov8n.yaml")
+    pruner = YoloPruner(model, importance="taylor")
+    ratio, cost = pruner.solve(model, "params", int(0.6 * count_params(model)), 64)  # no .grad yet: magnitude
+    assert 0 < ratio < 1
+    x = torch.rand(2, 3, 64, 64)
+    loss, _ = model.init_criterion()(model(x), _batch(x))
+    loss.sum().backward()
+    units = pruner.units(model)
+    assert not all(torch.equal(u.scores, v.scores) for u, v in zip(units, YoloPruner(model).units(model)))
+    pruner.apply(model, pruner.plan(model, ratio, units))
+    assert count_params(model) == cost

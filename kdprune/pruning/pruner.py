@@ -16,7 +16,7 @@ from torch import nn
 
 from kdprune.pruning.allocate import Unit, channels_to_remove, keep_counts
 from kdprune.pruning.budget import BUDGET_TOLERANCE, measure, solve_ratio
-from kdprune.pruning.importance import make_importance
+from kdprune.pruning.importance import make_importance, needs_gradients
 from kdprune.pruning.ratios import unit_weights
 from kdprune.yolo.prunable import SplitC2f
 from kdprune.yolo.structure import check_prunable, frozen_modules, head_branch, layer_index, trace_forward
@@ -62,6 +62,8 @@ class YoloPruner:
         check_prunable(model)
         self.importance_name = importance
         self.importance = make_importance(importance)
+        self.needs_grad = needs_gradients(importance)
+        self._magnitude = make_importance("l2")
         self.global_ranking, self.round_to, self.trace_imgsz = global_ranking, round_to, trace_imgsz
         names = {m: n for n, m in model.named_modules()}
         self.frozen = {names[m] for m in frozen_modules(model, keep_stem=keep_stem, attention=attention)}
@@ -102,7 +104,14 @@ class YoloPruner:
                 if dg.is_out_channel_pruning_fn(dep.handler):
                     couple = couple or self.couple.get(dg._module2name.get(dep.target.module, ""))
             n = dg.get_out_channels(root)
-            s = self.importance(group) if scores else torch.zeros(n)
+            if not scores:
+                s = torch.zeros(n)
+            elif self.needs_grad and root.weight.grad is None:
+                # Before training there are no gradients: magnitude stands in. Only a budget solved before training
+                # sees it; the last step re-solves with real gradients.
+                s = self._magnitude(group)
+            else:
+                s = self.importance(group)
             if s is None:  # criterion has nothing to score (e.g. Taylor without gradients)
                 raise RuntimeError(f"importance {self.importance_name!r} returned no scores for {name}")
             out.append(Unit(name, self.initial.get(name, n), n, s.detach(), self.weights.get(name, 1.0), couple))
