@@ -249,3 +249,21 @@ def test_taylor_scores_need_gradients_but_a_budget_solves_without_them():
     assert not all(torch.equal(u.scores, v.scores) for u, v in zip(units, YoloPruner(model).units(model)))
     pruner.apply(model, pruner.plan(model, ratio, units))
     assert count_params(model) == cost
+
+
+def test_bn_sparsity_adds_the_l1_subgradient_to_bn_gammas():
+    from kdprune.module import DetectionModule
+
+    model = _model("yolov8n.yaml")
+    module = DetectionModule(model, model.args, {0: "a", 1: "b", 2: "c"}, {})
+    x = torch.rand(2, 3, 64, 64)
+    module.criterion(model(x), _batch(x))[0].sum().backward()
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    with torch.no_grad():
+        bns[0].weight[:3] = torch.tensor([-1.0, 0.5, 2.0])
+    grads = [m.weight.grad.clone() for m in bns]
+    module.bn_l1 = 1e-3
+    module._bn_sparsity()
+    for m, g in zip(bns, grads):
+        torch.testing.assert_close(m.weight.grad - g, 1e-3 * torch.sign(m.weight.detach()))
+    torch.testing.assert_close(bns[0].weight.grad[:3] - grads[0][:3], torch.tensor([-1e-3, 1e-3, 1e-3]))
