@@ -84,7 +84,9 @@ def run(cfg: DictConfig) -> dict:
         return {}
 
     # Like ultralytics' final_eval: re-validate the saved best.pt (fp16 on disk), the numbers a user gets back.
-    final = evaluate_checkpoint(ckpt_cb.best, dm.val_dataloader(shard=False), data, module.device) if ckpt_cb.best.is_file() else {}
+    final = {}
+    if ckpt_cb.best.is_file():  # on this rank alone, over the whole val set
+        final = evaluate_checkpoint(ckpt_cb.best, dm.val_dataloader(shard=False), data, module.device)
     log_per_class_ap(trainer, final.get("per_class", {}), trainer.global_step)
     summary = {
         "model": cfg.model.cfg or cfg.model.weights,

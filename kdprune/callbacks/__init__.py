@@ -3,7 +3,7 @@
 from kdprune.callbacks.checkpoint import UltralyticsCheckpoint
 from kdprune.callbacks.mosaic import CloseMosaic
 from kdprune.callbacks.plots import DetectionPlots, log_per_class_ap, save_channels_png
-from kdprune.callbacks.pruning import GradualPruning, model_costs
+from kdprune.callbacks.pruning import GradualPruning
 
-__all__ = ["CloseMosaic", "DetectionPlots", "GradualPruning", "UltralyticsCheckpoint", "log_per_class_ap", "model_costs",
+__all__ = ["CloseMosaic", "DetectionPlots", "GradualPruning", "UltralyticsCheckpoint", "log_per_class_ap",
            "save_channels_png"]

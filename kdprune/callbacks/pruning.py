@@ -13,24 +13,17 @@ from kdprune.callbacks.plots import _tb, channels_chart
 from kdprune.errors import UserError
 from kdprune.pruning import (
     IMPORTANCES,
-    SHAPES,
+    MEASURES,
     PruneSchedule,
     YoloPruner,
-    count_macs,
-    count_params,
-    int8_bytes,
     load_layer_ratios,
+    model_costs,
     needs_gradients,
 )
 from kdprune.yolo.structure import ATTENTION_MODES
 
-BUDGETS = ("params", "macs", "int8_bytes")
+BUDGETS = tuple(MEASURES)  # params, macs, int8_bytes
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-
-
-def model_costs(model: torch.nn.Module, imgsz: int) -> dict[str, int]:
-    """What a budget can be set on: parameters, MACs at ``imgsz``, estimated INT8 export bytes."""
-    return {"params": count_params(model), "macs": count_macs(model, imgsz), "int8_bytes": int8_bytes(model)}
 
 
 def _resolve_ratios_path(path: str) -> Path:
@@ -94,7 +87,8 @@ class GradualPruning(L.Callback):
                                 round_to=int(cfg.round_to), keep_stem=bool(cfg.keep_stem), attention=cfg.attention,
                                 layer_ratios=layer_ratios)
         except ValueError as e:
-            raise UserError(f"prune: {e}." if layer_ratios is None else f"prune.prune_ratios={cfg.prune_ratios}: {e}.") from None
+            where = "prune" if layer_ratios is None else f"prune.prune_ratios={cfg.prune_ratios}"
+            raise UserError(f"{where}: {e}.") from None
         costs = model_costs(model, imgsz)
         budget, ratio = None, 1.0
         if "ratio" in target:

@@ -1,7 +1,7 @@
 """Structured pruning: schedules, importance criteria, budgets and the YOLO pruner around torch-pruning."""
 
 from kdprune.pruning.allocate import Unit, channels_to_remove, keep_counts
-from kdprune.pruning.budget import count_macs, count_params, int8_bytes, measure, solve_ratio
+from kdprune.pruning.budget import MEASURES, count_macs, count_params, int8_bytes, measure, model_costs, solve_ratio
 from kdprune.pruning.importance import IMPORTANCES, make_importance, needs_gradients
 from kdprune.pruning.pruner import YoloPruner, build_graph, replay
 from kdprune.pruning.ratios import load_layer_ratios
@@ -9,6 +9,7 @@ from kdprune.pruning.schedule import SHAPES, PruneSchedule, fraction_at
 
 __all__ = [
     "IMPORTANCES",
+    "MEASURES",
     "SHAPES",
     "PruneSchedule",
     "Unit",
@@ -23,6 +24,7 @@ __all__ = [
     "load_layer_ratios",
     "make_importance",
     "measure",
+    "model_costs",
     "needs_gradients",
     "replay",
     "solve_ratio",

@@ -53,6 +53,11 @@ def measure(model: nn.Module, kind: str, imgsz: int) -> int:
     return MEASURES[kind](model, imgsz)
 
 
+def model_costs(model: nn.Module, imgsz: int) -> dict[str, int]:
+    """Every cost a budget can be set on: parameters, MACs at ``imgsz``, estimated INT8 export bytes."""
+    return {kind: measure(model, kind, imgsz) for kind in MEASURES}
+
+
 def solve_ratio(cost_at: Callable[[float], int], budget: int, *, hi: float = 0.999, iters: int = 18,
                 tol: float = BUDGET_TOLERANCE) -> tuple[float, int, float]:
     """The smallest pruning ratio in ``[0, hi]`` whose cost is within the budget, by bisection.

@@ -91,9 +91,9 @@ class YoloPruner:
         self.base_weights = dict(self.weights)
 
     # ---- groups -----------------------------------------------------------------------------------------------------
-    def units(self, model: nn.Module, *, scores: bool = True, graph: tp.DependencyGraph | None = None) -> list[Unit]:
+    def units(self, model: nn.Module, *, scores: bool = True) -> list[Unit]:
         """Every prunable group of ``model`` as a ``Unit`` (scored by the importance criterion if ``scores``)."""
-        dg = graph or build_graph(model, self.trace_imgsz)
+        dg = build_graph(model, self.trace_imgsz)
         frozen = [_module(model, n) for n in self.frozen]
         out = []
         for group in dg.get_all_groups(ignored_layers=frozen, root_module_types=(nn.Conv2d,)):
@@ -112,7 +112,7 @@ class YoloPruner:
                 s = self._magnitude(group)
             else:
                 s = self.importance(group)
-            if s is None:  # criterion has nothing to score (e.g. Taylor without gradients)
+            if s is None:  # torch-pruning found nothing in the group it knows how to score
                 raise RuntimeError(f"importance {self.importance_name!r} returned no scores for {name}")
             out.append(Unit(name, self.initial.get(name, n), n, s.detach(), self.weights.get(name, 1.0), couple))
         return out
@@ -132,7 +132,8 @@ class YoloPruner:
         dg = build_graph(model, self.trace_imgsz)
         for name, idxs in plan.items():
             m = _module(model, name)
-            dg.get_pruning_group(m, dg.get_pruner_of_module(m).prune_out_channels, list(idxs)).prune(record_history=False)
+            prune_out = dg.get_pruner_of_module(m).prune_out_channels
+            dg.get_pruning_group(m, prune_out, list(idxs)).prune(record_history=False)
         return [[name, True, list(idxs)] for name, idxs in plan.items()]
 
     def cost_at(self, model: nn.Module, ratio: float, kind: str, imgsz: int, units: list[Unit]) -> int:
