@@ -2,5 +2,6 @@
 
 from kdprune.data.datamodule import YOLODataModule
 from kdprune.data.resolve import resolve_data
+from kdprune.data.stats import class_counts, data_fingerprint
 
-__all__ = ["YOLODataModule", "resolve_data"]
+__all__ = ["YOLODataModule", "class_counts", "data_fingerprint", "resolve_data"]
