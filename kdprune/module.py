@@ -7,16 +7,20 @@ import time
 import lightning as L
 import torch
 
+from kdprune.distill import Distiller, Teacher, kd_scale_at
 from kdprune.errors import UserError
 from kdprune.pruning import replay
 from kdprune.yolo import (
     SplitC2f,
+    DetectionCriterion,
     DetectionEvaluator,
     LRSchedule,
+    evaluate_checkpoint,
     ModelEMA,
     build_optimizer,
     nominal_accumulate,
     optimizer_iterations,
+    raw_head,
     refresh_ema,
 )
 
@@ -26,16 +30,29 @@ class DetectionModule(L.LightningModule):
 
     Optimization is manual because ultralytics ramps gradient accumulation during warm-up (Lightning's
     ``accumulate_grad_batches`` is fixed) and updates the EMA after each optimizer step. Validation runs on the EMA.
-    ``training_step`` returns ``{loss, det_loss, ...}``; later stages add their terms beside ``det_loss``.
+    ``training_step`` returns ``{loss, det_loss, kd_loss, ...}``.
+
+    With a ``teacher`` and a ``distiller``, each step adds ``kd_scale * distiller(student, teacher)`` (per image, times
+    the batch size, as ultralytics' loss is) to the detection loss; ``kd_schedule`` sets ``kd_scale`` per epoch.
     """
 
     def __init__(self, model: torch.nn.Module, hyp, names: dict[int, str], data: dict, *, grad_clip: float = 10.0,
-                 ema: bool = True, plot_every: int = 5):
+                 ema: bool = True, plot_every: int = 5, criterion: DetectionCriterion | None = None,
+                 distiller: Distiller | None = None, teacher: Teacher | None = None, kd_schedule: dict | None = None):
         super().__init__()
         self.model, self.hyp, self.names, self.data = model, hyp, dict(names), data
         self.grad_clip, self.use_ema, self.plot_every = grad_clip, ema, plot_every
         self.automatic_optimization = False
-        self.criterion = model.init_criterion()  # v8DetectionLoss (E2ELoss for end-to-end heads like YOLO26)
+        # v8DetectionLoss (E2ELoss for end-to-end heads like YOLO26), with the configured classification loss
+        self.criterion = criterion if criterion is not None else DetectionCriterion(model)
+        if (distiller is None) != (teacher is None):
+            raise ValueError("distillation needs both a teacher and a distiller")
+        self.distiller = distiller  # a submodule: its adapters train, are checkpointed, and follow pruning
+        self.teacher = teacher  # not a submodule (see Teacher): never trained, saved or wrapped
+        self.kd_schedule = dict(kd_schedule or {})
+        self.kd_scale = 1.0
+        self.kd_ms_per_step: float | None = None  # teacher forward + KD loss, last epoch
+        self._kd_time = 0.0
         self.ema: ModelEMA | None = None
         self.evaluator = DetectionEvaluator(names)
         self.schedule: LRSchedule | None = None
@@ -63,15 +80,16 @@ class DetectionModule(L.LightningModule):
         epochs = self.trainer.max_epochs
         accumulate, decay = nominal_accumulate(self.hyp, dm.batch * self.trainer.world_size, nb, epochs)
         iterations = optimizer_iterations(len(dm.train_set), dm.batch, self.hyp.nbs, epochs)
-        opt, self.resolved_optim = build_optimizer(self.model, self.hyp, len(self.names), iterations, decay)
+        opt, self.resolved_optim = build_optimizer(self.trainable(), self.hyp, len(self.names), iterations, decay)
         self.accumulate_nominal, self._optim_args = accumulate, (iterations, decay)
         return opt
 
     def on_pruned(self) -> None:
         """After channels were removed (from the model and its EMA): a new optimizer over the new parameters (moments
         restart; the LR schedule is keyed to the global step, so it continues), an EMA that reads the new tensors,
-        and under DDP a new wrapper, whose buckets held the old tensors."""
-        opt, _ = build_optimizer(self.model, self.hyp, len(self.names), *self._optim_args)
+        and under DDP a new wrapper, whose buckets held the old tensors. Distillation adapters were pruned with the
+        model (``YoloPruner.apply(follow=...)``) and are in the new optimizer."""
+        opt, _ = build_optimizer(self.trainable(), self.hyp, len(self.names), *self._optim_args)
         self.trainer.strategy.optimizers = [opt]
         if self.ema is not None:
             refresh_ema(self.ema)
@@ -80,7 +98,16 @@ class DetectionModule(L.LightningModule):
             strategy.model = strategy._setup_model(self)
         self._bns = None
 
+    def trainable(self) -> torch.nn.Module:
+        """What the optimizer trains: the student, and the distillation adapters if there are any."""
+        if self.distiller is not None and any(True for _ in self.distiller.parameters()):
+            return torch.nn.ModuleList([self.model, self.distiller])
+        return self.model
+
     def on_fit_start(self) -> None:
+        if self.teacher is not None:
+            self.teacher.to(self.device)
+            self._teacher_metrics()
         self.schedule = LRSchedule(self.trainer.max_epochs, self._batches_per_epoch(), self.hyp,
                                    self.accumulate_nominal)
         if self.use_ema:
@@ -90,6 +117,20 @@ class DetectionModule(L.LightningModule):
                 self.ema.updates = self._ema_state["updates"]
         self.optimizers().zero_grad()
 
+    def _teacher_metrics(self) -> None:
+        """The teacher's val mAP, logged once per run (measured here unless its training already measured it)."""
+        info = self.teacher.info
+        if not self.trainer.is_global_zero:
+            return
+        if info.get("mAP50-95") is None:
+            m = evaluate_checkpoint(info["weights"], self.trainer.datamodule.val_dataloader(shard=False), self.data,
+                                    self.device)
+            info["mAP50-95"], info["mAP50"] = m["mAP50-95"], m["mAP50"]
+        self.print(f"kdprune: teacher {info['model']} ({info['source']}): val mAP50-95 {info['mAP50-95']:.4f}, "
+                   f"mAP50 {info['mAP50']:.4f}")
+        for lg in self.loggers:
+            lg.log_metrics({"teacher/mAP50-95": info["mAP50-95"], "teacher/mAP50": info["mAP50"]}, step=0)
+
     @property
     def eval_model(self) -> torch.nn.Module:
         return self.ema.ema if self.ema is not None else self.model
@@ -98,15 +139,33 @@ class DetectionModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._t_train = self._t_last_batch = time.perf_counter()
         self._n_train_images = 0
+        self._kd_time = 0.0
+        if self.teacher is not None:
+            self.kd_scale = kd_scale_at(self.current_epoch, self.trainer.max_epochs, **self.kd_schedule)
+            self.log("train/kd_scale", self.kd_scale, on_step=False, on_epoch=True, batch_size=1)
 
     def training_step(self, batch: dict, batch_idx: int):
         opt = self.optimizers()
         ni = batch_idx + self.schedule.nb * self.current_epoch
         accumulate = self.schedule.apply(opt.optimizer, ni)
         batch["img"] = batch["img"].float() / 255
+        bs = batch["img"].shape[0]
+        teacher = None
+        if self.teacher is not None:
+            t0 = time.perf_counter()
+            teacher = raw_head(self.teacher(batch["img"]))
+            self._kd_time += time.perf_counter() - t0
         preds = self.model(batch["img"])
-        det_loss, items = self.criterion(preds, batch)
+        fg_needed = teacher is not None and self.distiller.needs_foreground
+        det_loss, items, fg = self.criterion(preds, batch, foreground=fg_needed)
         loss = det_loss.sum()
+        out = {"det_loss": loss.detach()}
+        if teacher is not None:
+            t0 = time.perf_counter()
+            kd_loss, kd_items = self.distiller(raw_head(preds), teacher, fg)
+            loss = loss + self.kd_scale * kd_loss * bs  # per image -> per batch, as ultralytics' loss
+            self._kd_time += time.perf_counter() - t0
+            out["kd_loss"] = kd_loss.detach()
         if self.trainer.world_size > 1:
             loss = loss * self.trainer.world_size  # DDP averages gradients; ultralytics scales back to the sum
         self.manual_backward(loss)
@@ -119,12 +178,14 @@ class DetectionModule(L.LightningModule):
             if self.ema is not None:
                 self.ema.update(self.model)
             self.last_opt_step = ni
-        bs = batch["img"].shape[0]
         self._n_train_images += bs
         self._t_last_batch = time.perf_counter()
         self.log_dict({f"train/{k}": v for k, v in items.items()}, on_step=True, on_epoch=True, batch_size=bs,
                       prog_bar=True, sync_dist=False)
-        return {"loss": loss.detach(), "det_loss": det_loss.detach().sum(), **items}
+        if teacher is not None:  # each KD term beside the detection loss, in TensorBoard (not the progress bar)
+            self.log_dict({f"train/kd_{k}": v for k, v in kd_items.items()}, on_step=True, on_epoch=True,
+                          batch_size=bs, sync_dist=False)
+        return {"loss": loss.detach(), **out, **items}
 
     def _bn_sparsity(self) -> None:
         """Network slimming's subgradient of ``bn_l1 * |gamma|``, added to every BatchNorm weight's gradient."""
@@ -135,14 +196,21 @@ class DetectionModule(L.LightningModule):
                 w.grad.add_(torch.sign(w.detach()), alpha=self.bn_l1)
 
     def on_train_epoch_end(self) -> None:
-        if hasattr(self.criterion, "update"):
-            self.criterion.update()  # E2ELoss anneals its one-to-many weight per epoch
+        self.criterion.update()
         if self.ema is not None:
             self.ema.update_attr(self.model, include=["yaml", "nc", "args", "names", "stride"])
         for i, g in enumerate(self.optimizers().optimizer.param_groups):  # per epoch, as ultralytics logs it
             self.log(f"lr/pg{i}", g["lr"], on_step=False, on_epoch=True, batch_size=1)
         if (rate := self.epoch_images_per_s()) is not None:
             self.log("perf/train_images_per_s", rate, batch_size=1)
+        if self.teacher is not None and self.trainer.num_training_batches:
+            # Teacher forward + KD loss, wall time per training step (CPU-exact; on GPU it counts launch time, an
+            # under-estimate: the kernels run asynchronously)
+            steps = max(self._n_train_images / max(self.trainer.datamodule.batch, 1), 1)
+            self.kd_ms_per_step = round(1000 * self._kd_time / steps, 2)
+            self.log("perf/kd_ms_per_step", self.kd_ms_per_step, batch_size=1)
+            if (dt := self._t_last_batch - self._t_train) > 0:
+                self.log("perf/kd_share_of_step", self._kd_time / dt, batch_size=1)
 
     def epoch_images_per_s(self) -> float | None:
         """Training images/s of the current epoch: training batches only, validation excluded."""
@@ -159,7 +227,7 @@ class DetectionModule(L.LightningModule):
         model = self.eval_model
         batch["img"] = batch["img"].float() / 255
         preds = model(batch["img"])
-        _, items = self.criterion(preds, batch)
+        _, items, _ = self.criterion(preds, batch)
         out = self.evaluator.update(preds, batch)
         bs = batch["img"].shape[0]
         self.log_dict({f"val/{k}": v for k, v in items.items()}, on_step=False, on_epoch=True, batch_size=bs,
@@ -190,6 +258,8 @@ class DetectionModule(L.LightningModule):
         self._ema_state = checkpoint.get("ema")
         self.last_opt_step = checkpoint.get("last_opt_step", -1)
         history = checkpoint.get("pruning_history") or []
+        if self.distiller is not None and self.distiller.adapters is not None:  # pruned adapters: resize to load
+            self.distiller.adapters.match(checkpoint["state_dict"], "distiller.adapters.")
         if history and not self.pruning_history:
             if not any(isinstance(m, SplitC2f) for m in self.model.modules()):
                 raise UserError("ckpt_path: this checkpoint comes from a pruned run; resume it with the same prune=... "

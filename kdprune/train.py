@@ -19,7 +19,9 @@ from kdprune.callbacks import GradualPruning, UltralyticsCheckpoint, log_per_cla
 from kdprune.data import YOLODataModule, resolve_data
 from kdprune.errors import UserError
 from kdprune.module import DetectionModule
+from kdprune.objectives import build_criterion, build_distiller, check_objectives
 from kdprune.pruning import int8_bytes
+from kdprune.teacher_stage import obtain_teacher
 from kdprune.yolo import build_model, evaluate_checkpoint, hyp_namespace, model_stats, split_blocks
 
 log = logging.getLogger("kdprune")
@@ -51,12 +53,15 @@ def run(cfg: DictConfig) -> dict:
     """Train, validate and save one student; return the summary written to ``<run_dir>/summary.json``."""
     t0 = time.time()
     _check_cfg(cfg)
+    check_objectives(cfg)
     run_dir = Path(cfg.run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     data = resolve_data(cfg.data.yaml, cfg.cache_dir, OmegaConf.to_container(cfg.data.embedded), cfg.data.check_labels)
     hyp = _hyp(cfg, data)
     model = build_model(cfg.model.cfg, cfg.model.weights, data["names"], hyp)
+    teacher = obtain_teacher(cfg, data, model, run_dir, train_fn=run)  # may train and cache it first
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # the same student whether the teacher was cached or not
     stride = max(int(model.stride.max()), 32)
     pruning = None
     if cfg.prune.name != "none":
@@ -65,8 +70,12 @@ def run(cfg: DictConfig) -> dict:
 
     dm = YOLODataModule(data, hyp, batch=cfg.data.batch, val_batch=cfg.data.val_batch, workers=cfg.data.workers,
                         seed=cfg.seed, stride=stride)
+    dm.setup("fit")  # class weights are counted from the training labels
+    criterion, loss_info = build_criterion(cfg.loss, model, dm.train_set, data["names"])
+    distiller, kd_schedule = build_distiller(cfg.distill, model, teacher) if teacher else (None, None)
     module = DetectionModule(model, hyp, data["names"], data, grad_clip=cfg.optim.grad_clip, ema=cfg.optim.ema,
-                             plot_every=cfg.val.plot_every)
+                             plot_every=cfg.val.plot_every, criterion=criterion, distiller=distiller, teacher=teacher,
+                             kd_schedule=kd_schedule)
     module.train_args = {**vars(hyp), "model": cfg.model.cfg or cfg.model.weights, "save_dir": str(run_dir)}
 
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
@@ -99,11 +108,16 @@ def run(cfg: DictConfig) -> dict:
         **{k: final.get(k) for k in ("mAP50", "mAP50-95", "precision", "recall")},
         "per_class": final.get("per_class", {}),
         "optimizer": module.resolved_optim,
+        "loss": loss_info,
         "images_skipped": dm.skipped_images(),
         "wall_time_s": round(time.time() - t0, 1),
         "weights": {"best": str(ckpt_cb.best), "last": str(ckpt_cb.last)},
         "device": str(module.device),
     }
+    if teacher is not None:
+        summary["teacher"] = teacher.info
+        summary["distill"] = {**{k: v for k, v in OmegaConf.to_container(cfg.distill, resolve=True).items()},
+                              "kd_ms_per_step": module.kd_ms_per_step}
     if pruning is not None:
         summary["pruning"] = pruning.summary(module.eval_model)
         save_channels_png(run_dir / "prune_channels.png", pruning.layer_channels(module.eval_model))

@@ -19,4 +19,6 @@ class DumpPruning(L.Callback):
             "history": pl_module.pruning_history,
             "shapes": [list(p.shape) for p in pl_module.model.parameters()],
             "ema_shapes": [list(p.shape) for p in pl_module.ema.ema.parameters()],
+            "adapter_shapes": [list(p.shape) for p in pl_module.distiller.parameters()] if pl_module.distiller else [],
+            "checksum": float(sum(p.double().sum() for p in pl_module.parameters())),
         }))

@@ -1,4 +1,5 @@
-"""The command line: `python -m kdprune -m +experiment=yolo11n_mcu prune.target.int8_bytes=A,B` runs a two-job sweep."""
+"""The command line: `python -m kdprune -m +experiment=yolo11n_mcu prune.target.int8_bytes=A,B` runs a two-job sweep,
+and the jobs share one teacher."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ def test_multirun_sweep_runs_each_job_into_its_own_dir(tmp_path):
     p = subprocess.run(
         [sys.executable, "-m", "kdprune", "-m", "+experiment=yolo11n_mcu", *args, "trainer.max_epochs=2",
          "prune.start_epoch=0", "prune.end_epoch=0", "prune.steps=1", "prune.target.int8_bytes=1500000,2000000",
+         "teacher.cfg=yolov8n.yaml", "teacher.epochs=1",
          "logger=none", f"hydra.sweep.dir={sweep}"],
         cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True, timeout=600,
     )
@@ -25,6 +27,9 @@ def test_multirun_sweep_runs_each_job_into_its_own_dir(tmp_path):
     for k, budget in (("0", 1_500_000), ("1", 2_000_000)):
         assert summaries[k]["pruning"]["target"] == {"int8_bytes": budget}
         assert 0.97 * budget <= summaries[k]["int8_bytes_est"] <= budget
+    # the experiment distils: one teacher, trained by at most one job (none if this session's cache had it)
+    assert summaries["0"]["teacher"]["weights"] == summaries["1"]["teacher"]["weights"]
+    assert not (sweep / "1" / "teacher").exists()
     for k in ("0", "1"):
         assert (sweep / k / "weights" / "best.pt").is_file()
         assert (sweep / k / ".hydra" / "overrides.yaml").is_file()

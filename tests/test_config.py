@@ -66,3 +66,29 @@ def test_model_options_build(model):
 def test_embedded_dataset_default_is_the_issue_default():
     cfg = compose(experiment="yolo11n_mcu")
     assert cfg.data.yaml is None and cfg.data.embedded.n_train >= 100
+
+
+@pytest.mark.parametrize("teacher", sorted(p.stem for p in (Path(CONF) / "teacher").glob("*.yaml") if p.stem != "none"))
+def test_teacher_options_build_and_pass_the_checks(teacher):
+    from kdprune.objectives import check_objectives
+    from kdprune.yolo import build_model, hyp_namespace
+
+    cfg = compose([f"teacher={teacher}", "distill=kd"])
+    check_objectives(cfg)
+    assert cfg.teacher.epochs >= 1 and cfg.teacher.weights is None
+    m = build_model(cfg.teacher.cfg, None, {0: "a"}, hyp_namespace())
+    assert m.nc == 1
+
+
+@pytest.mark.parametrize("loss", sorted(p.stem for p in (Path(CONF) / "loss").glob("*.yaml")))
+def test_loss_options_pass_the_checks(loss):
+    from kdprune.objectives import LOSSES, check_objectives
+
+    cfg = compose([f"loss={loss}"])
+    assert cfg.loss.name in LOSSES
+    check_objectives(cfg)
+
+
+def test_the_mcu_experiment_distils():
+    cfg = compose(experiment="yolo11n_mcu")
+    assert cfg.distill.name == "kd" and cfg.teacher.name == "yolo11s"

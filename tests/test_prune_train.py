@@ -13,6 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from kdprune.errors import UserError
 from kdprune.train import run
 from tests.conftest import TINY, compose
+from tests.test_distill_train import TEACHER
 from tests.test_errors import assert_user_error, kdprune
 
 # Two pruning steps (start of epochs 0 and 1) to 30 % of the channels, then one recovery epoch. Lightning keeps a
@@ -134,18 +135,22 @@ def test_cli_bad_ratio_exits_2_before_training(tmp_path):
     assert "Epoch 0" not in p.stderr
 
 
-def test_ddp_two_processes_prune_identically(tmp_path):
+def test_ddp_two_processes_prune_and_distil_identically(tmp_path):
     """trainer=ddp on 2 CPU processes (gloo). Taylor importance reads each rank's own gradients (different data
-    shards), so ranks that decided for themselves would remove different channels: rank 0 decides, all apply."""
+    shards), so ranks that decided for themselves would remove different channels: rank 0 decides, all apply. With
+    distillation on, the adapters are pruned with the student on every rank and stay in sync under DDP."""
     probe = tmp_path / "probe"
     p = kdprune("trainer=ddp", "trainer.devices=2", "trainer.max_epochs=3", "prune=gradual", "prune.start_epoch=0",
                 "prune.end_epoch=1", "prune.steps=2", "prune.target.ratio=0.3", "prune.importance=taylor",
-                "prune.taylor_batches=1", "+callbacks.probe._target_=tests.ddp_probe.DumpPruning",
+                "prune.taylor_batches=1", "distill=kd", *TEACHER,
+                "+callbacks.probe._target_=tests.ddp_probe.DumpPruning",
                 f"+callbacks.probe.path={probe}", run_dir=tmp_path / "run", timeout=600)
     assert p.returncode == 0, p.stderr[-4000:]
     r0, r1 = (json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["world_size"] == r1["world_size"] == 2
     assert r0["history"] and r0["history"] == r1["history"]
     assert r0["shapes"] == r1["shapes"] == r0["ema_shapes"]
+    assert r0["adapter_shapes"] and r0["adapter_shapes"] == r1["adapter_shapes"]
+    assert r0["checksum"] == pytest.approx(r1["checksum"], rel=1e-6)  # DDP kept student and adapters identical
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["params"] < 0.65 * summary["pruning"]["before"]["params"]

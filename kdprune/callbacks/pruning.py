@@ -135,7 +135,9 @@ class GradualPruning(L.Callback):
                 ratio = self.ratio = self._solve(self.pruner, model, self.budget, self.imgsz, self.pruner.round_to)
             plan = self.pruner.plan(model, ratio * self.schedule.fraction(k))
         plan, self.ratio = trainer.strategy.broadcast((plan, self.ratio), src=0)
-        records = self.pruner.apply(model, plan)
+        distiller = getattr(pl_module, "distiller", None)
+        adapters = distiller.adapters if distiller is not None else None
+        records = self.pruner.apply(model, plan, follow=adapters.prune_inputs if adapters is not None else None)
         if pl_module.ema is not None:
             self.pruner.apply(pl_module.ema.ema, plan)
         pl_module.pruning_history.extend(records)
@@ -155,7 +157,7 @@ class GradualPruning(L.Callback):
                     break
                 batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
                 img = batch["img"].float() / 255
-                loss, _ = pl_module.criterion(model(img), batch)
+                loss, _, _ = pl_module.criterion(model(img), batch)
                 loss.sum().backward()
 
     def _report(self, trainer: L.Trainer, pl_module, k: int) -> None:

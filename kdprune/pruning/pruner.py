@@ -8,6 +8,7 @@ the EMA, on another DDP rank, or on a freshly built model when a run resumes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from copy import deepcopy
 
 import torch
@@ -19,7 +20,14 @@ from kdprune.pruning.budget import BUDGET_TOLERANCE, measure, solve_ratio
 from kdprune.pruning.importance import make_importance, needs_gradients
 from kdprune.pruning.ratios import unit_weights
 from kdprune.yolo.prunable import SplitC2f
-from kdprune.yolo.structure import check_prunable, frozen_modules, head_branch, layer_index, trace_forward
+from kdprune.yolo.structure import (
+    check_prunable,
+    frozen_modules,
+    head_branch,
+    head_inputs,
+    layer_index,
+    trace_forward,
+)
 
 Plan = dict[str, list[int]]  # root module name -> output channel indices to remove
 
@@ -124,16 +132,29 @@ class YoloPruner:
         keep = keep_counts(units, ratio, global_ranking=self.global_ranking, round_to=self.round_to)
         return channels_to_remove(units, keep)
 
-    def apply(self, model: nn.Module, plan: Plan) -> list:
+    def apply(self, model: nn.Module, plan: Plan, follow: Callable[[int, list[int]], None] | None = None) -> list:
         """Remove the planned channels from ``model`` (in place: same modules, new parameter tensors); return the
-        removals as torch-pruning pruning history (``[name, is_out_channels, idxs]``, replayable with ``replay``)."""
+        removals as torch-pruning pruning history (``[name, is_out_channels, idxs]``, replayable with ``replay``).
+
+        ``follow(level, idxs)`` is told, group by group, which channels of the neck feature feeding Detect level
+        ``level`` were removed (as the graph maps them onto Detect's first conv), so modules outside the model that
+        read those features (distillation adapters) can drop the same channels.
+        """
         if not plan:
             return []
         dg = build_graph(model, self.trace_imgsz)
+        level_of = {conv: i for i, conv in enumerate(head_inputs(model))}
         for name, idxs in plan.items():
             m = _module(model, name)
             prune_out = dg.get_pruner_of_module(m).prune_out_channels
-            dg.get_pruning_group(m, prune_out, list(idxs)).prune(record_history=False)
+            group = dg.get_pruning_group(m, prune_out, list(idxs))
+            removed = [(level_of[dep.target.module], sorted(int(getattr(i, "idx", i)) for i in ix))
+                       for dep, ix in group
+                       if dep.target.module in level_of and dg.is_in_channel_pruning_fn(dep.handler)]
+            group.prune(record_history=False)
+            if follow is not None:
+                for level, ix in removed:
+                    follow(level, ix)
         return [[name, True, list(idxs)] for name, idxs in plan.items()]
 
     def cost_at(self, model: nn.Module, ratio: float, kind: str, imgsz: int, units: list[Unit]) -> int:

@@ -2,14 +2,16 @@
 (ultralytics==8.4.190) and this package is the one place that follows it."""
 
 from kdprune.yolo.checkpoint import save_ultralytics_checkpoint
+from kdprune.yolo.criterion import DetectionCriterion, inverse_frequency_weights, raw_head
 from kdprune.yolo.ema import ModelEMA, refresh_ema
 from kdprune.yolo.evaluate import DetectionEvaluator, evaluate_checkpoint, nms_for_plot
-from kdprune.yolo.models import build_model, hyp_namespace, model_stats
+from kdprune.yolo.models import build_model, hyp_namespace, load_teacher, model_stats, teacher_mismatch
 from kdprune.yolo.optim import LRSchedule, build_optimizer, nominal_accumulate, optimizer_iterations
 from kdprune.yolo.prunable import SplitC2f, merge_split_blocks, split_blocks
-from kdprune.yolo.structure import check_prunable, trace_forward
+from kdprune.yolo.structure import check_prunable, head_input_channels, head_inputs, trace_forward
 
 __all__ = [
+    "DetectionCriterion",
     "DetectionEvaluator",
     "LRSchedule",
     "ModelEMA",
@@ -18,14 +20,20 @@ __all__ = [
     "build_optimizer",
     "check_prunable",
     "evaluate_checkpoint",
+    "head_input_channels",
+    "head_inputs",
     "hyp_namespace",
+    "inverse_frequency_weights",
+    "load_teacher",
     "merge_split_blocks",
     "model_stats",
     "nms_for_plot",
     "nominal_accumulate",
     "optimizer_iterations",
+    "raw_head",
     "refresh_ema",
     "save_ultralytics_checkpoint",
     "split_blocks",
+    "teacher_mismatch",
     "trace_forward",
 ]

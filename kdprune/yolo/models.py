@@ -29,20 +29,48 @@ def _build_from_yaml(cfg: str, nc: int) -> DetectionModel:
         ) from None
 
 
-def _load_weights(weights: str | Path) -> tuple[torch.nn.Module, dict]:
+def _load_weights(weights: str | Path, key: str = "model") -> tuple[torch.nn.Module, dict]:
     path = Path(weights).expanduser()
     if not path.is_file():
         raise UserError(
-            f"model.weights={weights}: file not found at {path.resolve()}. kdprune never downloads weights: put the "
-            f"checkpoint there (or pass its path), or build from scratch with model.cfg={path.stem}.yaml model.weights=null."
+            f"{key}.weights={weights}: file not found at {path.resolve()}. kdprune never downloads weights: put the "
+            f"checkpoint there (or pass its path), or build from scratch with {key}.cfg={path.stem}.yaml "
+            f"{key}.weights=null."
         )
     try:
         model, ckpt = load_checkpoint(str(path))
     except Exception as e:  # a corrupt or foreign file is the user's to fix
-        raise UserError(f"model.weights={weights}: not a loadable ultralytics checkpoint ({type(e).__name__}: {e}).") from None
+        raise UserError(f"{key}.weights={weights}: not a loadable ultralytics checkpoint "
+                        f"({type(e).__name__}: {e}).") from None
     if not isinstance(model, DetectionModel) or getattr(model, "task", "detect") != "detect":
-        raise UserError(f"model.weights={weights}: a {getattr(model, 'task', type(model).__name__)} model; kdprune needs a detection model.")
+        task = getattr(model, "task", type(model).__name__)
+        raise UserError(f"{key}.weights={weights}: a {task} model; kdprune needs a detection model.")
     return model, ckpt
+
+
+def load_teacher(weights: str | Path) -> DetectionModel:
+    """A teacher from a local checkpoint, in fp32 (checkpoints are saved in fp16)."""
+    model, _ = _load_weights(weights, key="teacher")
+    return model.float().eval()
+
+
+def teacher_mismatch(student: torch.nn.Module, teacher: torch.nn.Module, *, need_dfl: bool) -> str | None:
+    """Why ``teacher`` cannot teach ``student`` (classes, detection levels, box encoding), or None."""
+    s_names, t_names = dict(student.names), dict(getattr(teacher, "names", {}) or {})
+    if int(teacher.nc) != int(student.nc) or (t_names and t_names != s_names):
+        def show(names, nc):
+            items = list(names.values()) if names else []
+            return f"{nc} classes ({', '.join(map(str, items[:6]))}{', ...' if len(items) > 6 else ''})"
+        return (f"the teacher has {show(t_names, teacher.nc)} but the student and data have "
+                f"{show(s_names, student.nc)}")
+    hs, ht = student.model[-1], teacher.model[-1]
+    if hs.nl != ht.nl or [int(x) for x in hs.stride] != [int(x) for x in ht.stride]:
+        return (f"the teacher predicts at strides {[int(x) for x in ht.stride]} but the student at "
+                f"{[int(x) for x in hs.stride]}")
+    if need_dfl and (hs.reg_max != ht.reg_max or hs.reg_max < 2):
+        return (f"localization distillation needs DFL box distributions of one size in both (reg_max: student "
+                f"{hs.reg_max}, teacher {ht.reg_max}); set distill.ld=0")
+    return None
 
 
 def build_model(cfg: str | None, weights: str | None, names: dict[int, str], hyp) -> DetectionModel:

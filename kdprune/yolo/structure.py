@@ -67,6 +67,18 @@ def frozen_modules(model: nn.Module, *, keep_stem: bool = True, attention: str =
     return frozen
 
 
+def head_inputs(model: nn.Module) -> list[nn.Conv2d]:
+    """Per detection level, the first conv of Detect's box branch (``cv2[i][0]``): the one plain conv that reads the
+    level's neck feature in every family. Its input channels are that feature's channels."""
+    head = model.model[-1]
+    return [head.cv2[i][0].conv for i in range(head.nl)]
+
+
+def head_input_channels(model: nn.Module) -> list[int]:
+    """Channels of each neck feature that feeds Detect (P3, P4, P5)."""
+    return [c.in_channels for c in head_inputs(model)]
+
+
 def layer_index(model: nn.Module) -> dict[str, int]:
     """Module name (as in ``model.named_modules()``) -> index of the top-level layer that holds it."""
     out = {}

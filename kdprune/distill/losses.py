@@ -1,0 +1,63 @@
+"""Distillation losses between a student's and a teacher's raw YOLO head outputs, as pure functions.
+
+Each is a divergence, not a cross-entropy, so it is exactly zero when the student reproduces the teacher (the cross-
+entropy would keep the teacher's own entropy as a floor); the gradients are the same. Temperatures follow Hinton et al.:
+both sides are softened by ``T`` and the loss is multiplied by ``T**2`` so its gradient scale does not depend on ``T``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+ANCHOR_WEIGHTS = ("teacher_conf", "foreground", "all")
+
+
+def anchor_weights(mode: str, teacher_scores: torch.Tensor, fg_mask: torch.Tensor | None) -> torch.Tensor:
+    """Per-anchor weights (B, A) for the response terms: the teacher's max class probability (``teacher_conf``), the
+    anchors the assigner gave an object to (``foreground``), or every anchor alike (``all``)."""
+    if mode == "teacher_conf":
+        return teacher_scores.detach().sigmoid().amax(1)
+    if mode == "foreground":
+        if fg_mask is None:
+            raise ValueError("anchor weights 'foreground' need the assigner's fg_mask")
+        return fg_mask.float()
+    if mode == "all":
+        return teacher_scores.new_ones(teacher_scores.shape[0], teacher_scores.shape[2])
+    raise ValueError(f"anchors={mode!r}: choose one of {', '.join(ANCHOR_WEIGHTS)}")
+
+
+def _weighted_mean(per_anchor: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Mean of a (B, A) loss over anchors weighted by ``w``; zero (still in the graph) when ``w`` is all zero."""
+    return (per_anchor * w).sum() / w.sum().clamp(min=1.0)
+
+
+def cls_kd(student: torch.Tensor, teacher: torch.Tensor, w: torch.Tensor, T: float = 1.0) -> torch.Tensor:
+    """Response KD on the class logits (B, nc, A): per class a Bernoulli KL(teacher || student) of the sigmoids at
+    temperature ``T`` (the sigmoid/BCE form of Hinton's KD that YOLO's independent class scores call for), summed over
+    classes, averaged over anchors with weights ``w`` (B, A)."""
+    s, t = student / T, teacher.detach() / T
+    pt = t.sigmoid()
+    kl = pt * (F.logsigmoid(t) - F.logsigmoid(s)) + (1 - pt) * (F.logsigmoid(-t) - F.logsigmoid(-s))
+    return _weighted_mean(kl.sum(1), w) * T * T
+
+
+def ld_kd(student: torch.Tensor, teacher: torch.Tensor, w: torch.Tensor, reg_max: int, T: float = 10.0) -> torch.Tensor:
+    """Localization distillation (Zheng et al. 2022) on the DFL box distributions (B, 4*reg_max, A): for each of the
+    four box sides KL(teacher || student) of the softmax over ``reg_max`` bins at temperature ``T``, averaged over the
+    sides and over anchors with weights ``w``."""
+    b, _, a = student.shape
+    s = F.log_softmax(student.view(b, 4, reg_max, a) / T, dim=2)
+    t = F.log_softmax(teacher.detach().view(b, 4, reg_max, a) / T, dim=2)
+    kl = (t.exp() * (t - s)).sum(2).mean(1)  # (B, A)
+    return _weighted_mean(kl, w) * T * T
+
+
+def cwd(student: torch.Tensor, teacher: torch.Tensor, T: float = 1.0) -> torch.Tensor:
+    """Channel-wise distillation (Shu et al. 2021) of one feature map (B, C, H, W), student already mapped to the
+    teacher's C: each channel is a distribution over positions (softmax at ``T``); KL(teacher || student) summed over
+    positions, averaged over batch and channels."""
+    b, c = student.shape[:2]
+    s = F.log_softmax(student.reshape(b, c, -1) / T, dim=2)
+    t = F.log_softmax(teacher.detach().reshape(b, c, -1) / T, dim=2)
+    return (t.exp() * (t - s)).sum(2).mean() * T * T

@@ -1,0 +1,83 @@
+"""What the student minimises: ultralytics' detection loss (default, focal, or class-weighted classification) and,
+with a teacher, the distillation terms. Built from the ``loss.*`` and ``distill.*`` config, with one-line errors."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from kdprune.data import class_counts
+from kdprune.distill import ANCHOR_WEIGHTS, KD_SCHEDULES, Distiller, Teacher, kd_scale_at
+from kdprune.errors import UserError
+from kdprune.losses import FocalBCE
+from kdprune.yolo import DetectionCriterion, head_input_channels, inverse_frequency_weights
+
+log = logging.getLogger("kdprune")
+LOSSES = ("default", "focal", "class_weighted")
+
+
+def build_criterion(cfg: DictConfig, model, train_set, names: dict[int, str]) -> tuple[DetectionCriterion, dict]:
+    """The detection criterion for ``loss=...`` (checked by ``check_objectives``) and what it was built from."""
+    info: dict = {"name": cfg.name}
+    cls_loss = weights = None
+    if cfg.name == "focal":
+        cls_loss = _focal(cfg)
+        info.update(gamma=cls_loss.gamma, alpha=cls_loss.alpha)
+    elif cfg.name == "class_weighted":
+        power = float(cfg.power)
+        counts = class_counts(train_set, len(names))
+        w = inverse_frequency_weights(counts, power)
+        weights = torch.from_numpy(w).float()
+        info.update(power=power, counts={names[i]: int(c) for i, c in enumerate(counts)},
+                    class_weights={names[i]: round(float(x), 4) for i, x in enumerate(w)})
+        log.info("kdprune: class weights " + ", ".join(f"{names[i]} {x:.2f}" for i, x in enumerate(w)))
+    return DetectionCriterion(model, cls_loss=cls_loss, class_weights=weights), info
+
+
+def check_objectives(cfg: DictConfig) -> None:
+    """Validate ``loss.*`` and ``distill.*`` before anything is trained (a teacher stage can take many minutes)."""
+    if cfg.loss.name not in LOSSES:
+        raise UserError(f"loss={cfg.loss.name}: choose one of {', '.join(LOSSES)}.")
+    if cfg.loss.name == "focal":
+        _focal(cfg.loss)
+    if cfg.loss.name == "class_weighted" and not 0 <= float(cfg.loss.power) <= 1:
+        raise UserError(f"loss.power={cfg.loss.power}: must be in [0, 1] (0 = unweighted, 1 = inverse frequency).")
+    if cfg.distill.name == "none":
+        return
+    d = cfg.distill
+    if d.anchors not in ANCHOR_WEIGHTS:
+        raise UserError(f"distill.anchors={d.anchors}: choose one of {', '.join(ANCHOR_WEIGHTS)}.")
+    sched = OmegaConf.to_container(d.schedule, resolve=True)
+    if sched.get("shape") not in KD_SCHEDULES:
+        raise UserError(f"distill.schedule.shape={sched.get('shape')}: choose one of {', '.join(KD_SCHEDULES)}.")
+    try:
+        kd_scale_at(0, int(cfg.trainer.max_epochs), **sched)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"distill.schedule: {e}.") from None
+    for k in ("cls", "ld", "cwd"):
+        if float(d[k]) < 0:
+            raise UserError(f"distill.{k}={d[k]}: a weight must be >= 0.")
+    for k in ("t_cls", "t_ld", "t_cwd"):
+        if float(d[k]) <= 0:
+            raise UserError(f"distill.{k}={d[k]}: a temperature must be > 0.")
+    if not any(float(d[k]) for k in ("cls", "ld", "cwd")):
+        raise UserError("distill: every term has weight 0 (distill.cls, distill.ld, distill.cwd); use distill=none.")
+
+
+def _focal(cfg: DictConfig) -> FocalBCE:
+    alpha = None if cfg.alpha is None else float(cfg.alpha)
+    try:
+        return FocalBCE(float(cfg.gamma), alpha)
+    except ValueError as e:
+        raise UserError(f"loss.{e}.") from None
+
+
+def build_distiller(cfg: DictConfig, student, teacher: Teacher) -> tuple[Distiller, dict]:
+    """The ``Distiller`` and the KD weight schedule from ``distill.*`` (checked by ``check_objectives``)."""
+    distiller = Distiller(cls=float(cfg.cls), ld=float(cfg.ld), cwd=float(cfg.cwd), t_cls=float(cfg.t_cls),
+                          t_ld=float(cfg.t_ld), t_cwd=float(cfg.t_cwd), anchors=cfg.anchors,
+                          reg_max=int(student.model[-1].reg_max), student_channels=head_input_channels(student),
+                          teacher_channels=head_input_channels(teacher.model))
+    return distiller, OmegaConf.to_container(cfg.schedule, resolve=True)
