@@ -20,10 +20,10 @@ from kdprune.yolo import build_model, head_input_channels, hyp_namespace, save_u
 from tests.conftest import TINY, compose
 from tests.test_errors import assert_user_error, kdprune
 
-# A tiny teacher (yolov8n, one epoch) trained by the teacher stage; the student is pruned at the start of epoch 0 with
+# A tiny teacher (yolov8n, one epoch) trained by the teacher stage (its own seed, so no other test cached it first); the student is pruned at the start of epoch 0 with
 # KD on, so the adapters follow a prune step before any training; class-weighted loss.
 TEACHER = ["teacher=yolo11s", "teacher.cfg=yolov8n.yaml", "teacher.epochs=1"]
-KD = [*TINY, *TEACHER, "distill=kd", "trainer.max_epochs=2", "prune=gradual", "prune.start_epoch=0",
+KD = [*TINY, *TEACHER, "teacher.seed=1", "distill=kd", "trainer.max_epochs=2", "prune=gradual", "prune.start_epoch=0",
       "prune.end_epoch=0", "prune.steps=1", "prune.target.ratio=0.5", "loss=class_weighted"]
 
 
