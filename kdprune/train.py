@@ -60,13 +60,15 @@ def run(cfg: DictConfig) -> dict:
     data = resolve_data(cfg.data.yaml, cfg.cache_dir, OmegaConf.to_container(cfg.data.embedded), cfg.data.check_labels)
     hyp = _hyp(cfg, data)
     model = build_model(cfg.model.cfg, cfg.model.weights, data["names"], hyp)
-    teacher = obtain_teacher(cfg, data, model, run_dir, train_fn=run)  # may train and cache it first
-    L.seed_everything(cfg.seed, workers=True, verbose=False)  # the same student whether the teacher was cached or not
     stride = max(int(model.stride.max()), 32)
     pruning = None
     if cfg.prune.name != "none":
         split_blocks(model)  # C2f/C3k2's chunk as two convs, so torch-pruning's graph follows it
         pruning = GradualPruning.from_config(cfg.prune, model, imgsz=cfg.data.imgsz, max_epochs=cfg.trainer.max_epochs)
+
+    # Last of the checks, first of the work: the teacher stage may train (and cache) a teacher for many minutes.
+    teacher = obtain_teacher(cfg, data, model, run_dir, train_fn=run)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # the same student whether the teacher was cached or not
 
     dm = YOLODataModule(data, hyp, batch=cfg.data.batch, val_batch=cfg.data.val_batch, workers=cfg.data.workers,
                         seed=cfg.seed, stride=stride)

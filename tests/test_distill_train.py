@@ -147,3 +147,10 @@ def test_teacher_with_other_classes_is_a_one_line_error(tmp_path):
 def test_bad_distillation_and_loss_options_are_one_line_errors(extra, needle, tmp_path):
     with pytest.raises(UserError, match=needle.replace("(", r"\(")):
         run(compose([*TINY, *extra], run_dir=tmp_path / "run"))
+
+
+def test_a_bad_option_stops_the_run_before_the_teacher_stage(tmp_path):
+    run_dir = tmp_path / "run"
+    with pytest.raises(UserError, match="prune.target.ratio=1.5"):
+        run(compose([*KD, "teacher.seed=7", "prune.target.ratio=1.5"], run_dir=run_dir))
+    assert not (run_dir / "teacher").exists()  # no minutes spent training a teacher for a run that cannot start
