@@ -47,6 +47,7 @@ def _common(a) -> list[str]:
 def teacher_weights(a) -> tuple[str, dict]:
     """The cached teacher for these settings, trained now if missing (kdprune's own teacher stage)."""
     from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf, open_dict
 
     from kdprune.data import resolve_data
     from kdprune.teacher_stage import obtain_teacher
@@ -55,7 +56,6 @@ def teacher_weights(a) -> tuple[str, dict]:
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[*_common(a), "distill=kd"])
-    from omegaconf import OmegaConf, open_dict
     with open_dict(cfg):
         cfg.run_dir = str(a.workdir / "teacher-stage")
     data = resolve_data(cfg.data.yaml, cfg.cache_dir, OmegaConf.to_container(cfg.data.embedded), False)

@@ -50,10 +50,6 @@ class DetectionCriterion:
             if class_weights is not None:
                 b.class_weights = class_weights.to(b.device, torch.float32).view(1, 1, -1)
 
-    @property
-    def reg_max(self) -> int:
-        return self.branches[0].reg_max
-
     def __call__(self, preds, batch: dict, foreground: bool = False):
         """``(loss (3,) summed over the batch, loss items, fg_mask or None)``; ``foreground=True`` also returns the
         anchors the task-aligned assigner gave an object to (B, A), of the one-to-many branch."""
