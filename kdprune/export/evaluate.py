@@ -1,0 +1,60 @@
+"""mAP of an exported artifact: any runner (``kdprune.export.runtime``) -> host decode -> ultralytics' validator.
+
+Exported graphs take one static square image, so the val split is letterboxed to ``imgsz x imgsz`` (``rect=False``),
+not ultralytics' rectangular val batches: numbers are comparable between artifacts evaluated this way, and close to
+(not identical with) the training-time validation on rect batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from copy import copy
+from types import SimpleNamespace
+
+import torch
+from torch.utils.data import DataLoader
+from ultralytics.data.build import build_yolo_dataset
+
+from kdprune.export.decode import decode
+from kdprune.yolo.evaluate import DetectionEvaluator
+
+
+def square_val_loader(data: dict, hyp, imgsz: int, workers: int = 0) -> DataLoader:
+    """The val split of ``data`` as ultralytics' val dataset builds it, letterboxed to ``imgsz x imgsz``, batch 1,
+    in file order. ``hyp`` is the run's ultralytics namespace (``kdprune.train._hyp``); it is not modified."""
+    hyp = copy(hyp)
+    hyp.imgsz, hyp.rect = int(imgsz), False
+    ds = build_yolo_dataset(hyp, data["val"], 1, data, mode="val", rect=False, stride=32)
+    return DataLoader(ds, batch_size=1, shuffle=False, num_workers=workers, collate_fn=ds.collate_fn,
+                      pin_memory=False, drop_last=False)
+
+
+@torch.no_grad()
+def evaluate_runner(runner, loader, data: dict, *, strides: Sequence[float], nc: int, reg_max: int,
+                    names: dict[int, str], end2end: bool = False, channels_last: bool = False,
+                    progress: Callable[[int, int], None] | None = None, conf: float = 0.001, iou: float = 0.7,
+                    max_det: int = 300) -> dict:
+    """Ultralytics' detection metrics of ``runner`` over ``loader`` (``square_val_loader``): the dict
+    ``DetectionEvaluator.compute()`` returns (mAP50, mAP50-95, precision, recall, fitness, per_class, images).
+
+    Each image goes through the runner alone (exported graphs are batch 1), its outputs through ``decode`` (with
+    ``end2end`` for a YOLO26 graph exported from its one-to-one branch: top-k, no NMS) and the validator's
+    postprocess/update. ``progress(done, total)`` is called after each batch.
+    """
+    ev = DetectionEvaluator(names, conf=conf, iou=iou, max_det=max_det, distributed=False)
+    # init_metrics reads only names and end2end from the model (set_head_attr is skipped when absent).
+    ev.reset(SimpleNamespace(names=dict(names), end2end=bool(end2end)), torch.device("cpu"), data)
+    total = len(loader)
+    for n, batch in enumerate(loader, 1):
+        batch = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        batch["img"] = batch["img"].float() / 255
+        imgs = batch["img"].numpy()
+        preds = torch.cat([
+            decode(runner(imgs[i:i + 1]), strides, nc=nc, reg_max=reg_max, channels_last=channels_last,
+                   end2end=end2end, max_det=max_det)
+            for i in range(len(imgs))
+        ])
+        ev.update(preds, batch)
+        if progress is not None:
+            progress(n, total)
+    return ev.compute()

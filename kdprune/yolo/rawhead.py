@@ -1,0 +1,59 @@
+"""The detector as the device runs it: image in, per-level raw box and class logits out.
+
+The box-distribution decode (DFL softmax + integral), the anchor grid and the final box+class concatenation are
+float arithmetic that an INT8 graph handles badly (one shared scale for pixel coordinates and probabilities), so the
+exported INT8 graph stops at the head's last convs and the host decodes (``kdprune.export.decode``). The same module
+is what QAT trains, so the graph that is fake-quantized is the graph that is exported.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RawHeadModel(nn.Module):
+    """Wraps an ultralytics detection model (sharing its parameters): ``forward(img)`` returns
+    ``(box_0, cls_0, box_1, cls_1, ...)``, one pair per detection level, NCHW, ``box_i`` with ``4 * reg_max``
+    channels (DFL logits; ``4`` distances for YOLO26's ``reg_max=1``) and ``cls_i`` with ``nc`` class logits.
+
+    With ``feats=True`` the Detect inputs (the neck features) are appended, for the training loss and distillation.
+    End-to-end heads (YOLO26) use their one-to-one branch unless ``one2one=False``.
+    """
+
+    def __init__(self, model: nn.Module, *, one2one: bool = True, feats: bool = False):
+        super().__init__()
+        self.model = model
+        head = model.model[-1]
+        self.nl, self.nc, self.reg_max = head.nl, head.nc, head.reg_max
+        self.use_one2one = bool(one2one and getattr(head, "one2one_cv2", None) is not None)
+        self.return_feats = feats
+
+    @property
+    def stride(self) -> torch.Tensor:
+        return self.model.model[-1].stride
+
+    def output_names(self) -> list[str]:
+        names = [f"{kind}{i}" for i in range(self.nl) for kind in ("box", "cls")]
+        return names + ([f"feat{i}" for i in range(self.nl)] if self.return_feats else [])
+
+    def neck(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The Detect inputs, by ultralytics' own layer routing (``DetectionModel._predict_once`` without its
+        profiling/visualisation/embedding branches)."""
+        layers, save, y = self.model.model, self.model.save, []
+        for m in layers[:-1]:
+            if m.f != -1:
+                x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+            x = m(x)
+            y.append(x if m.i in save else None)
+        head = layers[-1]
+        return [x if j == -1 else y[j] for j in head.f]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        head = self.model.model[-1]
+        feats = self.neck(x)
+        box_head, cls_head = (head.one2one_cv2, head.one2one_cv3) if self.use_one2one else (head.cv2, head.cv3)
+        out = []
+        for i in range(self.nl):
+            out += [box_head[i](feats[i]), cls_head[i](feats[i])]
+        return tuple(out + feats) if self.return_feats else tuple(out)
