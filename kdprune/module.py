@@ -66,6 +66,7 @@ class DetectionModule(L.LightningModule):
         self.bn_l1 = 0.0  # L1 sparsity on BN gammas (network slimming), set by the pruning phase
         self._t_train = self._t_last_batch = 0.0
         self._n_train_images = 0
+        self.qat = None  # QATDetector once the QAT phase starts (it trains self.model's tensors, fake-quantized)
 
     # ---- setup -------------------------------------------------------------------------------------------------
     def _batches_per_epoch(self) -> int:
@@ -110,7 +111,7 @@ class DetectionModule(L.LightningModule):
             self._teacher_metrics()
         self.schedule = LRSchedule(self.trainer.max_epochs, self._batches_per_epoch(), self.hyp,
                                    self.accumulate_nominal)
-        if self.use_ema:
+        if self.use_ema and self.qat is None:  # no EMA once QAT runs (see start_qat)
             self.ema = ModelEMA(self.model)
             if self._ema_state is not None:
                 self.ema.ema.load_state_dict(self._ema_state["state_dict"])
@@ -133,7 +134,28 @@ class DetectionModule(L.LightningModule):
 
     @property
     def eval_model(self) -> torch.nn.Module:
+        if self.qat is not None:
+            return self.qat
         return self.ema.ema if self.ema is not None else self.model
+
+    @property
+    def student(self) -> torch.nn.Module:
+        """What the training step runs: the model, or its fake-quantized graph during QAT."""
+        return self.qat if self.qat is not None else self.model
+
+    def start_qat(self, imgsz: int, *, per_channel: bool = True) -> None:
+        """Enter the QAT phase: from the EMA weights (the ones validated so far), fake-quantized from here on.
+
+        The EMA stops (an average of fake-quantized steps is not a model any fold or scale was computed for).
+        Parameters are the same tensors, so the optimizer's groups stay; its moments restart, as after a pruning step.
+        """
+        from kdprune.quant import QATDetector
+
+        if self.ema is not None:
+            self.model.load_state_dict(self.ema.ema.state_dict())
+            self.ema = None
+        self.qat = QATDetector(self.model, imgsz, per_channel=per_channel)
+        self.on_pruned()
 
     # ---- training ----------------------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
@@ -155,7 +177,7 @@ class DetectionModule(L.LightningModule):
             t0 = time.perf_counter()
             teacher = raw_head(self.teacher(batch["img"]))
             self._kd_time += time.perf_counter() - t0
-        preds = self.model(batch["img"])
+        preds = self.student(batch["img"])
         fg_needed = teacher is not None and self.distiller.needs_foreground
         det_loss, items, fg = self.criterion(preds, batch, foreground=fg_needed)
         loss = det_loss.sum()
@@ -252,6 +274,8 @@ class DetectionModule(L.LightningModule):
             checkpoint["ema"] = {"state_dict": self.ema.ema.state_dict(), "updates": self.ema.updates}
         checkpoint["last_opt_step"] = self.last_opt_step
         checkpoint["pruning_history"] = self.pruning_history
+        if self.qat is not None:
+            checkpoint["qat"] = self.qat.state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Runs before the weights are loaded: a pruned run's architecture is rebuilt by replaying its removals."""
@@ -266,3 +290,12 @@ class DetectionModule(L.LightningModule):
                                 "settings it was trained with.")
             replay(self.model, history)
             self.pruning_history = list(history)
+        if (qat := checkpoint.get("qat")) and self.qat is None:  # a run stopped during QAT: same graph, then load
+            from kdprune.quant import QATDetector
+
+            self.qat = QATDetector(self.model, qat["imgsz"], per_channel=qat["per_channel"])
+            if qat.get("bn_frozen"):
+                self.qat.freeze_bn()
+            if qat.get("observers_frozen"):
+                self.qat.freeze_observers()
+            self._ema_state = None

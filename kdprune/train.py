@@ -15,12 +15,14 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
-from kdprune.callbacks import GradualPruning, UltralyticsCheckpoint, log_per_class_ap, save_channels_png
+from kdprune.callbacks import GradualPruning, QATPhase, UltralyticsCheckpoint, log_per_class_ap, save_channels_png
 from kdprune.data import YOLODataModule, resolve_data
 from kdprune.errors import UserError
+from kdprune.export.stages import ExportFailed, check_exports, run_stages
 from kdprune.module import DetectionModule
 from kdprune.objectives import build_criterion, build_distiller, check_objectives
 from kdprune.pruning import int8_bytes
+from kdprune.report import stage_table, write_report
 from kdprune.teacher_stage import obtain_teacher
 from kdprune.yolo import build_model, evaluate_checkpoint, hyp_namespace, model_stats, split_blocks
 
@@ -65,6 +67,17 @@ def run(cfg: DictConfig) -> dict:
     if cfg.prune.name != "none":
         split_blocks(model)  # C2f/C3k2's chunk as two convs, so torch-pruning's graph follows it
         pruning = GradualPruning.from_config(cfg.prune, model, imgsz=cfg.data.imgsz, max_epochs=cfg.trainer.max_epochs)
+    quant = cfg.get("quant") or {}
+    qat = None
+    if quant.get("name", "none") == "int8_qat":
+        if getattr(model.model[-1], "one2one_cv2", None) is not None:
+            raise UserError(f"quant=int8_qat: {cfg.model.cfg or cfg.model.weights} has an end-to-end head (YOLO26), "
+                            "which kdprune cannot quantize-train yet; use quant=none (INT8 exports then use PTQ)")
+        qat = QATPhase.from_config(quant, max_epochs=int(cfg.trainer.max_epochs), imgsz=int(cfg.data.imgsz),
+                                   prune_end=int(cfg.prune.end_epoch) if pruning is not None else None)
+    elif quant.get("name", "none") != "none":
+        raise UserError(f"quant={quant.get('name')}: choose int8_qat or none")
+    check_exports(cfg)  # unknown formats, a missing 'tflite' extra
 
     # Last of the checks, first of the work: the teacher stage may train (and cache) a teacher for many minutes.
     teacher = obtain_teacher(cfg, data, model, run_dir, train_fn=run)
@@ -83,6 +96,8 @@ def run(cfg: DictConfig) -> dict:
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     if pruning is not None:
         callbacks.append(pruning)
+    if qat is not None:
+        callbacks.append(qat)
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
     ckpt_cb = next(c for c in callbacks if isinstance(c, UltralyticsCheckpoint))
     trainer = L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), callbacks=callbacks,
@@ -96,17 +111,20 @@ def run(cfg: DictConfig) -> dict:
 
     # Like ultralytics' final_eval: re-validate the saved best.pt (fp16 on disk), the numbers a user gets back.
     final = {}
-    if ckpt_cb.best.is_file():  # on this rank alone, over the whole val set
-        final = evaluate_checkpoint(ckpt_cb.best, dm.val_dataloader(shard=False), data, module.device)
+    # (a run resumed during QAT, in a new run dir, has no best.pt: its float weights are last.pt)
+    weights = ckpt_cb.best if ckpt_cb.best.is_file() else ckpt_cb.last
+    if weights.is_file():  # on this rank alone, over the whole val set
+        final = evaluate_checkpoint(weights, dm.val_dataloader(shard=False), data, module.device)
     log_per_class_ap(trainer, final.get("per_class", {}), trainer.global_step)
+    final_model = module.model if module.qat is not None else module.eval_model  # the architecture (QAT: its floats)
     summary = {
         "model": cfg.model.cfg or cfg.model.weights,
         "data": data["yaml_file"],
         "imgsz": cfg.data.imgsz,
         "epochs": trainer.current_epoch,
         "best_epoch": (ckpt_cb.best_epoch + 1) if ckpt_cb.best_epoch is not None else None,
-        **model_stats(module.eval_model, cfg.data.imgsz),
-        "int8_bytes_est": int8_bytes(module.eval_model),
+        **model_stats(final_model, cfg.data.imgsz),
+        "int8_bytes_est": int8_bytes(final_model),
         **{k: final.get(k) for k in ("mAP50", "mAP50-95", "precision", "recall")},
         "per_class": final.get("per_class", {}),
         "optimizer": module.resolved_optim,
@@ -121,12 +139,23 @@ def run(cfg: DictConfig) -> dict:
         summary["distill"] = {**{k: v for k, v in OmegaConf.to_container(cfg.distill, resolve=True).items()},
                               "kd_ms_per_step": module.kd_ms_per_step}
     if pruning is not None:
-        summary["pruning"] = pruning.summary(module.eval_model)
-        save_channels_png(run_dir / "prune_channels.png", pruning.layer_channels(module.eval_model))
+        summary["pruning"] = pruning.summary(final_model)
+        save_channels_png(run_dir / "prune_channels.png", pruning.layer_channels(final_model))
+    if qat is not None:
+        summary["quant"] = {**OmegaConf.to_container(cfg.quant, resolve=True), **module.qat.state()}
+    # The report's stages: every model this run made, measured the same way (and the exports, verified)
+    rank_zero_info("kdprune: stages: evaluating every stage and export on the val split (batch 1)")
+    rows, failed = run_stages(cfg, data, hyp, run_dir, module, ckpt_cb, model_stats=model_stats)
+    summary["stages"] = rows
+    summary["wall_time_s"] = round(time.time() - t0, 1)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_report(run_dir / "report.md", rows, summary)
+    rank_zero_info("\n" + stage_table(rows))
     rank_zero_info(
         f"kdprune: mAP50-95 {summary['mAP50-95']:.4f}  mAP50 {summary['mAP50']:.4f}  params {summary['params']:,}  "
         f"GFLOPs {summary['gflops']}  ({summary['wall_time_s']:.0f}s) -> {run_dir}"
     )
+    if failed:
+        raise ExportFailed(f"export verification failed: {'; '.join(failed)} (the rest is in {run_dir}/report.md)")
     return summary
 

@@ -4,6 +4,7 @@ from kdprune.callbacks.checkpoint import UltralyticsCheckpoint
 from kdprune.callbacks.mosaic import CloseMosaic
 from kdprune.callbacks.plots import DetectionPlots, log_per_class_ap, save_channels_png
 from kdprune.callbacks.pruning import GradualPruning
+from kdprune.callbacks.qat import QATPhase
 
-__all__ = ["CloseMosaic", "DetectionPlots", "GradualPruning", "UltralyticsCheckpoint", "log_per_class_ap",
+__all__ = ["CloseMosaic", "DetectionPlots", "GradualPruning", "QATPhase", "UltralyticsCheckpoint", "log_per_class_ap",
            "save_channels_png"]

@@ -32,10 +32,31 @@ class UltralyticsCheckpoint(L.Callback):
     def best(self) -> Path:
         return self.dirpath / "best.pt"
 
+    @property
+    def pre_prune(self) -> Path:
+        return self.dirpath / "pre_prune.pt"
+
+    def save_pre_prune(self, trainer: L.Trainer, pl_module) -> None:
+        """The student as it was just before the first pruning step (a row of the report)."""
+        if trainer.is_global_zero:
+            m = pl_module.val_metrics or {}
+            save_ultralytics_checkpoint(self.pre_prune, pl_module.eval_model, epoch=trainer.current_epoch,
+                                        train_args=pl_module.train_args, fitness=m.get("fitness"),
+                                        metrics={f"metrics/{k}(B)": m[k] for k in ("mAP50", "mAP50-95") if k in m},
+                                        updates=pl_module.ema.updates if pl_module.ema is not None else 0)
+
     def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or not pl_module.val_metrics:
             return
         m = pl_module.val_metrics
+        if pl_module.qat is not None:
+            # Fake-quant epochs: best.pt stays the best float model before QAT; last.pt gets the QAT-trained float
+            # weights (a plain ultralytics model; the INT8 artifacts come from the exports)
+            save_ultralytics_checkpoint(self.last, pl_module.model, epoch=trainer.current_epoch,
+                                        train_args=pl_module.train_args, fitness=m["fitness"],
+                                        metrics={f"metrics/{k}(B)": m[k] for k in ("mAP50", "mAP50-95")},
+                                        extra={"qat": pl_module.qat.state()})
+            return
         fitness = m["fitness"]
         arch = len(pl_module.pruning_history)
         if arch != self.best_arch:  # pruned since: an earlier, larger model is no longer a candidate

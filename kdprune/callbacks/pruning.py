@@ -127,6 +127,12 @@ class GradualPruning(L.Callback):
     def _step(self, trainer: L.Trainer, pl_module) -> None:
         k = self.steps_done + 1
         model = pl_module.model
+        if k == 1:
+            from kdprune.callbacks.checkpoint import UltralyticsCheckpoint
+
+            for cb in trainer.callbacks:
+                if isinstance(cb, UltralyticsCheckpoint):
+                    cb.save_pre_prune(trainer, pl_module)
         if needs_gradients(self.pruner.importance_name):
             self._gradients(trainer, pl_module)
         plan, ratio = None, self.ratio

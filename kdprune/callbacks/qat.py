@@ -1,0 +1,67 @@
+"""The QAT phase: the last epochs of the run train the fake-quantized graph, then BN and observers freeze."""
+
+from __future__ import annotations
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
+from omegaconf import DictConfig
+
+from kdprune.errors import UserError
+
+
+def _epoch(value, max_epochs: int) -> int:
+    """An epoch index from the config: ``k >= 0`` as written, ``-k`` counted from the end (``-3``: the last three)."""
+    v = int(value)
+    return v + max_epochs if v < 0 else v
+
+
+class QATPhase(L.Callback):
+    """At the start of ``start_epoch`` the module's student becomes its fake-quantized graph
+    (``DetectionModule.start_qat``); at ``freeze_bn_epoch`` BatchNorm statistics freeze (the fold is final); at
+    ``freeze_observer_epoch`` the activation/weight ranges freeze, so the last epochs train against the exact scales
+    that are exported. ``best.pt`` stays the float model of the epochs before (see UltralyticsCheckpoint)."""
+
+    def __init__(self, *, start_epoch: int, freeze_bn_epoch: int, freeze_observer_epoch: int, per_channel: bool,
+                 imgsz: int):
+        self.start_epoch, self.freeze_bn_epoch = start_epoch, freeze_bn_epoch
+        self.freeze_observer_epoch, self.per_channel, self.imgsz = freeze_observer_epoch, per_channel, imgsz
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, *, max_epochs: int, imgsz: int, prune_end: int | None) -> "QATPhase":
+        start = _epoch(cfg.start_epoch, max_epochs)
+        bn, obs = _epoch(cfg.freeze_bn_epoch, max_epochs), _epoch(cfg.freeze_observer_epoch, max_epochs)
+        last = max_epochs - 1
+        if not 0 <= start <= last:
+            raise UserError(f"quant.start_epoch={cfg.start_epoch} is outside the run (trainer.max_epochs={max_epochs}: "
+                            f"epochs 0..{last}, or -1..-{max_epochs} from the end); QAT needs at least one epoch")
+        for key, v in (("freeze_bn_epoch", bn), ("freeze_observer_epoch", obs)):
+            if not start <= v <= max_epochs:
+                raise UserError(f"quant.{key}={cfg[key]} must fall between quant.start_epoch ({start}) and "
+                                f"trainer.max_epochs ({max_epochs}, meaning never)")
+        if prune_end is not None and prune_end >= start:
+            raise UserError(f"quant.start_epoch={start} must come after the last pruning step "
+                            f"(prune.end_epoch={prune_end}): QAT trains the final architecture")
+        if str(cfg.granularity) not in ("per_channel", "per_tensor"):
+            raise UserError(f"quant.granularity={cfg.granularity}: choose per_channel or per_tensor")
+        return cls(start_epoch=start, freeze_bn_epoch=bn, freeze_observer_epoch=obs,
+                   per_channel=str(cfg.granularity) == "per_channel", imgsz=imgsz)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
+        e = trainer.current_epoch
+        if e < self.start_epoch:
+            return
+        if pl_module.qat is None:
+            pl_module.start_qat(self.imgsz, per_channel=self.per_channel)
+            rank_zero_info(f"kdprune: QAT from epoch {e + 1}: INT8 fake-quant "
+                           f"({'per-channel' if self.per_channel else 'per-tensor'} weights) "
+                           f"{pl_module.qat.state()['fake_quant']}")
+        qat = pl_module.qat
+        if e >= self.freeze_bn_epoch and not qat.bn_frozen:
+            qat.freeze_bn()
+            rank_zero_info(f"kdprune: QAT epoch {e + 1}: BatchNorm statistics frozen")
+        if e >= self.freeze_observer_epoch and not qat.observers_frozen:
+            qat.freeze_observers()
+            rank_zero_info(f"kdprune: QAT epoch {e + 1}: quantization ranges frozen")
+        qat.train(True)
+        pl_module.log("quant/phase", 1.0 + qat.bn_frozen + qat.observers_frozen, on_step=False, on_epoch=True,
+                      batch_size=1)

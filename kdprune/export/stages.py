@@ -1,0 +1,239 @@
+"""After training: the report's stages (teacher → student → pruned → QAT → exports → PTQ), each measured the same way.
+
+Every row is evaluated by ``evaluate_runner`` on the same loader (val split letterboxed to ``data.imgsz``, batch 1,
+decoded on the host by ``kdprune.export.decode``), so the rows differ only in the model. Exports are verified
+(onnx.checker, the TFLite file read back for float ops and checked against the byte budget); an export that fails
+is a row with its error, the others still run, and ``ExportFailed`` is raised once everything is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import Subset
+
+from kdprune.errors import UserError
+from kdprune.export.evaluate import evaluate_runner, square_val_loader
+from kdprune.export.onnx import export_onnx
+from kdprune.export.runtime import OnnxRunner, TorchRunner, latency_ms
+from kdprune.yolo.rawhead import RawHeadModel
+
+log = logging.getLogger("kdprune")
+
+FORMATS = {"onnx": None, "onnx_int8": None, "tflite_int8": "tflite"}  # format -> pip extra it needs
+
+
+class ExportFailed(UserError):
+    """An export failed verification; the run dir keeps what passed, report.md says what failed."""
+
+
+def check_exports(cfg: DictConfig) -> list[str]:
+    """The configured formats, validated before any training (unknown names, missing extras)."""
+    formats = list((cfg.get("export") or {}).get("formats") or [])
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise UserError(f"export.formats: unknown {', '.join(map(str, unknown))}; choose from {', '.join(FORMATS)}")
+    if "tflite_int8" in formats:
+        from kdprune.export.tflite import require_tflite
+
+        require_tflite()  # one line naming the 'tflite' extra
+    return formats
+
+
+def calibration_images(data: dict, hyp, imgsz: int, n: int) -> np.ndarray:
+    """``n`` training images spread evenly over the split, letterboxed like the val images: (n, 3, H, W) in [0, 1]."""
+    loader = square_val_loader({**data, "val": data["train"]}, hyp, imgsz)
+    ds = loader.dataset
+    idx = np.linspace(0, len(ds) - 1, num=min(n, len(ds))).round().astype(int)
+    imgs = [ds.collate_fn([ds[int(i)]])["img"] for i in idx]
+    return (torch.cat(imgs).float() / 255).numpy()
+
+
+class _Outputs(torch.nn.Module):
+    """The first ``n`` outputs of a graph, with RawHeadModel's output names."""
+
+    def __init__(self, graph: torch.nn.Module, names: list[str]):
+        super().__init__()
+        self.graph, self.names = graph, list(names)
+
+    def output_names(self) -> list[str]:
+        return list(self.names)
+
+    def forward(self, x):
+        return tuple(self.graph(x)[: len(self.names)])
+
+    def train(self, mode: bool = True):
+        """A captured graph ignores (and torchao refuses) ``.train()``/``.eval()``: its BN mode was set on it."""
+        self.training = mode
+        return self
+
+
+def _bytes(path) -> int | None:
+    return Path(path).stat().st_size if path and Path(path).is_file() else None
+
+
+class StageRunner:
+    """Builds the rows of the report for one finished run (rank 0, CPU)."""
+
+    def __init__(self, cfg: DictConfig, data: dict, hyp, run_dir: Path, *, model_stats):
+        self.cfg, self.data, self.hyp, self.run_dir = cfg, data, hyp, Path(run_dir)
+        self.imgsz = int(cfg.data.imgsz)
+        self.model_stats = model_stats
+        self.loader = square_val_loader(data, hyp, self.imgsz)
+        self.export_dir = self.run_dir / "export"
+        self.rows: list[dict] = []
+        self.failed: list[str] = []
+        exp = cfg.get("export") or {}
+        self.latency_runs, self.threads = int(exp.get("latency_runs", 30)), int(exp.get("threads", 1))
+
+    # ---- one row ---------------------------------------------------------------------------------------------
+    def evaluate(self, name: str, runner, head, *, stats: dict | None = None, artifact=None, latency: bool = False,
+                 channels_last: bool = False, note: str = "") -> dict:
+        t0 = time.perf_counter()
+        m = evaluate_runner(runner, self.loader, self.data, strides=[float(s) for s in head.stride], nc=head.nc,
+                            reg_max=head.reg_max, names=self.data["names"], channels_last=channels_last)
+        row = {"stage": name, "params": (stats or {}).get("params"), "gflops": (stats or {}).get("gflops"),
+               "bytes": _bytes(artifact), "mAP50": round(m["mAP50"], 4), "mAP50-95": round(m["mAP50-95"], 4),
+               "latency_ms": None, "artifact": str(artifact) if artifact else None, "status": "ok", "note": note}
+        if latency:
+            row["latency_ms"] = round(latency_ms(runner, self.imgsz, runs=self.latency_runs)["median"], 2)
+        self.rows.append(row)
+        log.info(f"kdprune: stage {name}: mAP50-95 {row['mAP50-95']:.4f} mAP50 {row['mAP50']:.4f}"
+                 + (f", {row['bytes']:,} B" if row["bytes"] else "")
+                 + (f", {row['latency_ms']} ms" if row["latency_ms"] else "")
+                 + f" ({time.perf_counter() - t0:.0f}s)")
+        return row
+
+    def fail(self, name: str, error: str, artifact=None, **extra) -> None:
+        self.rows.append({"stage": name, "params": None, "gflops": None, "bytes": _bytes(artifact), "mAP50": None,
+                          "mAP50-95": None, "latency_ms": None, "artifact": str(artifact) if artifact else None,
+                          "status": "failed", "note": error, **extra})
+        self.failed.append(f"{name}: {error}")
+        log.error(f"kdprune: stage {name} failed: {error}")
+
+    def torch_row(self, name: str, model: torch.nn.Module, *, artifact=None, note: str = "") -> dict:
+        model = model.float().cpu().eval()
+        return self.evaluate(name, TorchRunner(RawHeadModel(model, one2one=False)), model.model[-1],
+                             stats=self.model_stats(model, self.imgsz), artifact=artifact, note=note)
+
+    def export_row(self, name: str, build, evaluate) -> None:
+        """``build()`` writes and verifies an artifact and returns its path (``UserError`` = failed verification);
+        ``evaluate(path)`` adds the row. Anything else is our bug: the row is marked and the error re-raised later."""
+        path = None
+        try:
+            path = build()
+            evaluate(path)
+        except UserError as e:
+            self.fail(name, str(e), artifact=path)
+        except Exception as e:
+            self.fail(name, f"{type(e).__name__}: {e}", artifact=path)
+            self.bug = self.bug or e
+
+
+def run_stages(cfg: DictConfig, data: dict, hyp, run_dir: Path, module, ckpt, *, model_stats) -> tuple[list, list]:
+    """Rows for report.md / summary.json. Returns ``(rows, failures)``; raises our own bugs after the rows exist."""
+    from ultralytics.nn.tasks import load_checkpoint
+
+    from kdprune.quant import backend
+
+    formats = check_exports(cfg)
+    sr = StageRunner(cfg, data, hyp, run_dir, model_stats=model_stats)
+    sr.bug = None
+    sr.export_dir.mkdir(parents=True, exist_ok=True)
+    per_channel = str((cfg.get("quant") or {}).get("granularity", "per_channel")) == "per_channel"
+    pruned = bool(module.pruning_history)
+
+    def load(path):
+        return load_checkpoint(str(path), device="cpu")[0].float().eval()
+
+    if module.teacher is not None:
+        sr.torch_row("teacher", module.teacher.model, artifact=module.teacher.info.get("weights"),
+                     note=str(module.teacher.info.get("model", "")))
+    if ckpt.pre_prune.is_file():
+        sr.torch_row("student before pruning", load(ckpt.pre_prune), artifact=ckpt.pre_prune)
+    weights = ckpt.best if ckpt.best.is_file() else ckpt.last  # last.pt: a run resumed during QAT, in a new dir
+    if not weights.is_file():
+        return sr.rows, sr.failed
+    best = load(weights)
+    head = best.model[-1]
+    stats = model_stats(best, sr.imgsz)
+    names = RawHeadModel(best, one2one=False).output_names()
+    sr.torch_row("pruned fp32" if pruned else "student fp32", best, artifact=weights,
+                 note=f"{weights.name} (fp16 on disk)")
+
+    qat = getattr(module, "qat", None)
+    qat_model = None
+    if qat is not None:
+        qat.train(False)  # BN from running statistics, ranges as frozen: the exported arithmetic
+        qat_model = module.model.float().cpu().eval()  # the QAT-trained float weights (same tensors as the graph)
+        sr.evaluate("QAT fake-quant", TorchRunner(_Outputs(qat.graph, names)), head, stats=stats,
+                    note=f"PyTorch fake-quant, {qat.state()['fake_quant']}")
+
+    if not formats and qat is None:
+        return sr.rows, sr.failed
+    # PTQ baseline: the float model above, calibrated on training images, no QAT
+    n_ptq = int((cfg.get("quant") or {}).get("ptq_images", 128))
+    n_tfl = int((cfg.get("export") or {}).get("calib_images", 128))
+    images = calibration_images(data, hyp, sr.imgsz, max(n_ptq, n_tfl))
+    calib, tfl_calib = images[:n_ptq], images[:n_tfl]
+    batches = [torch.from_numpy(calib[i:i + 16]) for i in range(0, len(calib), 16)]
+    ptq = backend.convert(backend.calibrate_ptq(RawHeadModel(best, one2one=False), batches,
+                                                int(head.stride.max()), per_channel=per_channel))
+    ptq_out = _Outputs(ptq, names)
+    ptq_path = sr.export_dir / "model_ptq_int8.onnx"
+    if "onnx_int8" in formats:
+        sr.export_row("PTQ baseline", lambda: backend.export_onnx(ptq, ptq_path, sr.imgsz, names),
+                      lambda p: sr.evaluate("PTQ baseline", OnnxRunner(p, sr.threads), head, stats=stats, artifact=p,
+                                            latency=True, note=f"ONNX QDQ, {len(calib)} calibration images"))
+    else:
+        sr.evaluate("PTQ baseline", TorchRunner(ptq_out), head, stats=stats,
+                    note=f"PyTorch, {len(calib)} calibration images")
+
+    if "onnx" in formats:
+        p32 = sr.export_dir / "model_fp32.onnx"
+        sr.export_row("ONNX fp32", lambda: export_onnx(RawHeadModel(best, one2one=False), p32, sr.imgsz),
+                      lambda p: sr.evaluate("ONNX fp32", OnnxRunner(p, sr.threads), head, stats=stats, artifact=p,
+                                            latency=True, note="onnxruntime, from best.pt"))
+    if "onnx_int8" in formats and qat is not None:
+        q8 = sr.export_dir / "model_int8_qdq.onnx"
+        sr.export_row("ONNX INT8", lambda: backend.export_onnx(backend.convert(qat.graph), q8, sr.imgsz, names),
+                      lambda p: sr.evaluate("ONNX INT8", OnnxRunner(p, sr.threads), head, stats=stats, artifact=p,
+                                            latency=True, note="onnxruntime, QDQ from the QAT graph"))
+    if "tflite_int8" in formats:
+        sr.export_row("TFLite INT8", lambda: _tflite(sr, qat_model or best, tfl_calib, per_channel),
+                      lambda p: _tflite_eval(sr, p, head, stats, names, (cfg.get("export") or {}).get("max_bytes")))
+    if sr.bug is not None:
+        raise sr.bug
+    return sr.rows, sr.failed
+
+
+def _tflite(sr: StageRunner, model, calib: np.ndarray, per_channel: bool) -> Path:
+    """Full-integer TFLite from the float weights (QAT-trained when QAT ran), verified to hold no float op."""
+    from kdprune.export.tflite import check_fully_int8, onnx_to_tflite_int8
+
+    src = sr.export_dir / "model_for_tflite_fp32.onnx"
+    export_onnx(RawHeadModel(model, one2one=False), src, sr.imgsz)
+    out = onnx_to_tflite_int8(src, sr.export_dir / "model_int8.tflite", calib, per_channel=per_channel)
+    src.unlink(missing_ok=True)
+    problems = check_fully_int8(out)
+    if problems:
+        raise UserError(f"{out.name} is not fully INT8 ({len(problems)} problems, first: {problems[0]})")
+    return out
+
+
+def _tflite_eval(sr: StageRunner, path: Path, head, stats: dict, names: list[str], budget) -> None:
+    """Evaluated even when over budget (the user sees what the bytes bought), then failed on the budget."""
+    from kdprune.export.tflite import TFLiteRunner
+
+    row = sr.evaluate("TFLite INT8", TFLiteRunner(path, sr.threads, output_names=names), head, stats=stats,
+                      artifact=path, latency=True, note="LiteRT interpreter, full-integer")
+    if budget is not None and row["bytes"] >= int(budget):
+        msg = (f"{path.name} is {row['bytes']:,} bytes, over the budget export.max_bytes={int(budget):,} "
+               "(lower prune.target.int8_bytes)")
+        row["status"], row["note"] = "failed", msg
+        sr.failed.append(f"TFLite INT8: {msg}")

@@ -1,0 +1,91 @@
+"""The student during quantization-aware training: a fake-quantized graph with DetectionModel's calling convention.
+
+``QATDetector`` wraps the PT2E graph of ``RawHeadModel(model, feats=True)`` and answers like ultralytics'
+``DetectionModel``: in training a dict ``{boxes, scores, feats}`` for ultralytics' loss (and the distiller), in eval
+``(decoded, dict)`` with the decode done by the model's own ``Detect`` head, in float, outside the INT8 graph (as the
+host will). The graph holds the model's own parameter tensors, so the optimizer keeps ultralytics' parameter groups
+by being built over the DetectionModel (``source``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kdprune.quant import backend
+from kdprune.yolo.rawhead import RawHeadModel
+
+
+class QATDetector(nn.Module):
+    def __init__(self, model: nn.Module, imgsz: int, *, per_channel: bool = True):
+        super().__init__()
+        head = model.model[-1]
+        if getattr(head, "one2one_cv2", None) is not None:
+            raise ValueError("QAT of end-to-end heads (YOLO26) is not supported yet: use quant=none for this model")
+        self.source = [model]  # a list: not a submodule (its parameters are the graph's; no double registration)
+        self.nl, self.nc, self.reg_max = head.nl, head.nc, head.reg_max
+        self.per_channel, self.imgsz = per_channel, imgsz
+        for k in ("names", "yaml", "args", "stride", "nc"):
+            if hasattr(model, k):
+                setattr(self, k, getattr(model, k)) if k != "nc" else None
+        raw = RawHeadModel(model, feats=True, one2one=False)
+        self.output_names = raw.output_names()[: 2 * self.nl]
+        example = torch.zeros(2, 3, imgsz, imgsz, device=next(model.parameters()).device)
+        self.graph = backend.prepare_qat(raw, example, int(head.stride.max()), per_channel=per_channel)
+        self.bn_frozen = False
+        self.observers_frozen = False
+
+    @property
+    def model(self) -> nn.Module:
+        """The DetectionModel whose tensors this graph trains."""
+        return self.source[0]
+
+    # ---- phases ----------------------------------------------------------------------------------------------
+    def train(self, mode: bool = True):
+        self.training = mode
+        backend.set_mode(self.graph, train=mode and not self.bn_frozen)
+        return self
+
+    def freeze_bn(self) -> None:
+        """Use (and stop updating) the BN running statistics: from here the fold is the one that is exported."""
+        self.bn_frozen = True
+        backend.set_mode(self.graph, train=False)
+
+    def freeze_observers(self) -> None:
+        self.observers_frozen = True
+        backend.freeze_observers(self.graph)
+
+    # ---- forward ---------------------------------------------------------------------------------------------
+    def forward(self, img: torch.Tensor):
+        out = self.graph(img)
+        n, bs = 2 * self.nl, img.shape[0]
+        preds = {
+            "boxes": torch.cat([b.view(bs, 4 * self.reg_max, -1) for b in out[0:n:2]], -1),
+            "scores": torch.cat([c.view(bs, self.nc, -1) for c in out[1:n:2]], -1),
+            "feats": list(out[n:]),
+        }
+        if self.training:
+            return preds
+        return self.model.model[-1]._inference(preds), preds
+
+    def raw(self, img: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The exported outputs (box0, cls0, ...) of the fake-quantized graph."""
+        return tuple(self.graph(img)[: 2 * self.nl])
+
+    def state(self) -> dict:
+        return {"per_channel": self.per_channel, "imgsz": self.imgsz, "bn_frozen": self.bn_frozen,
+                "observers_frozen": self.observers_frozen, "fake_quant": backend.describe(self.graph)}
+
+
+class ExportedOutputs(nn.Module):
+    """A converted (INT8 reference) graph restricted to the exported outputs, for ONNX export and evaluation."""
+
+    def __init__(self, converted: nn.Module, n: int, names: list[str]):
+        super().__init__()
+        self.converted, self.n, self.names = converted, n, names
+
+    def output_names(self) -> list[str]:
+        return list(self.names)
+
+    def forward(self, x):
+        return tuple(self.converted(x)[: self.n])

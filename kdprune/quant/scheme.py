@@ -1,0 +1,151 @@
+"""TFLite's INT8 scheme as a torchao PT2E ``Quantizer``: which tensors of the captured graph get which fake-quant.
+
+TFLite (and NXP eIQ Neutron, which runs TFLite graphs) fixes the arithmetic the device does, so the fake-quant placed
+in the graph copies it (https://ai.google.dev/edge/litert/models/quantization_spec):
+
+- weights: int8 symmetric (zero point 0, range [-127, 127]), per output channel by default, per tensor as an option;
+  biases stay float here (the converter makes them int32 with scale ``s_in * s_w``);
+- activations: int8 asymmetric, one scale per tensor, moving-average min/max observers;
+- Concat inputs and output share one scale; MaxPool, Resize and reshapes keep their input's scale;
+- Logistic (sigmoid) and Softmax outputs sit on the fixed scale 1/256, zero point -128;
+- SiLU does not exist in TFLite: it runs as Logistic then Mul, so the graph is rewritten to ``x * sigmoid(x)`` before
+  annotation and that intermediate is quantized on the fixed scale, as the device will.
+
+Conv + BatchNorm pairs are annotated at the BN output, so ``prepare_qat_pt2e`` folds the BN into the conv weight
+(the folded weight is what is fake-quantized, as the exported conv) while BN statistics can still update.
+The one known gap to TFLite: Split/chunk outputs get their own observer at their consumer instead of the input's
+scale (a multi-output node cannot carry a PT2E output spec); the converter requantizes them the same way.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.fx import GraphModule, Node
+from torchao.quantization.pt2e import (
+    FusedMovingAvgObsFakeQuantize,
+    MinMaxObserver,
+    MovingAverageMinMaxObserver,
+    MovingAveragePerChannelMinMaxObserver,
+    PerChannelMinMaxObserver,
+)
+from torchao.quantization.pt2e.quantizer import (
+    FixedQParamsQuantizationSpec,
+    QuantizationAnnotation,
+    QuantizationSpec,
+    Quantizer,
+    SharedQuantizationSpec,
+)
+
+aten = torch.ops.aten
+
+CONV = {aten.conv2d.default}
+BN = {aten.batch_norm.default}
+# ops whose output gets a fresh per-tensor scale
+FRESH = {aten.add.Tensor, aten.mul.Tensor, aten.matmul.default, aten.sub.Tensor, aten.bmm.default}
+# TFLite's fixed-scale outputs
+FIXED = {aten.sigmoid.default, aten.softmax.int, aten._softmax.default}
+# ops whose output keeps the input's scale (TFLite: same scale in and out)
+SAME = {aten.max_pool2d.default, aten.upsample_nearest2d.vec, aten.upsample_nearest2d.default, aten.view.default,
+        aten.reshape.default, aten.permute.default, aten.transpose.int, aten.flatten.using_ints,
+        aten.unsqueeze.default, aten.squeeze.dim}
+SIGMOID_SCALE, SIGMOID_ZP = 1.0 / 256.0, -128
+
+
+def _act_spec(qat: bool) -> QuantizationSpec:
+    obs = (FusedMovingAvgObsFakeQuantize.with_args(observer=MovingAverageMinMaxObserver, averaging_constant=0.01)
+           if qat else MinMaxObserver)
+    return QuantizationSpec(dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine,
+                            is_dynamic=False, observer_or_fake_quant_ctr=obs)
+
+
+def _weight_spec(qat: bool, per_channel: bool) -> QuantizationSpec:
+    if per_channel:
+        obs = (FusedMovingAvgObsFakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver)
+               if qat else PerChannelMinMaxObserver)
+        return QuantizationSpec(dtype=torch.int8, quant_min=-127, quant_max=127, qscheme=torch.per_channel_symmetric,
+                                ch_axis=0, is_dynamic=False, observer_or_fake_quant_ctr=obs)
+    obs = FusedMovingAvgObsFakeQuantize.with_args(observer=MovingAverageMinMaxObserver) if qat else MinMaxObserver
+    return QuantizationSpec(dtype=torch.int8, quant_min=-127, quant_max=127, qscheme=torch.per_tensor_symmetric,
+                            is_dynamic=False, observer_or_fake_quant_ctr=obs)
+
+
+def _fixed_spec() -> FixedQParamsQuantizationSpec:
+    return FixedQParamsQuantizationSpec(dtype=torch.int8, scale=SIGMOID_SCALE, zero_point=SIGMOID_ZP, quant_min=-128,
+                                        quant_max=127, qscheme=torch.per_tensor_affine)
+
+
+def _tensor_args(node: Node) -> list[Node]:
+    """The distinct tensor-valued Node inputs of ``node`` (skips sizes, scalars and lists of ints)."""
+    out = []
+    for a in node.args:
+        for x in (a if isinstance(a, (list, tuple)) else [a]):
+            if isinstance(x, Node) and isinstance(x.meta.get("val"), torch.Tensor) and x not in out:
+                out.append(x)
+    return out
+
+
+def _annotate(node: Node, inputs: dict, output) -> None:
+    node.meta["quantization_annotation"] = QuantizationAnnotation(input_qspec_map=inputs, output_qspec=output,
+                                                                  _annotated=True)
+
+
+def decompose_silu(gm: GraphModule) -> GraphModule:
+    """``silu(x)`` → ``x * sigmoid(x)``: the ops TFLite will run (it has no SiLU), so each can be quantized."""
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and node.target in (aten.silu.default, aten.silu_.default):
+            x = node.args[0]
+            with gm.graph.inserting_before(node):
+                sig = gm.graph.call_function(aten.sigmoid.default, (x,))
+                sig.meta = {**node.meta}
+                mul = gm.graph.call_function(aten.mul.Tensor, (x, sig))
+                mul.meta = {**node.meta}
+            node.replace_all_uses_with(mul)
+            gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+class TFLiteInt8Quantizer(Quantizer):
+    """Annotates a captured (``torch.export``) graph with TFLite's INT8 scheme. ``qat`` picks fake-quant modules with
+    moving-average observers (training) or plain min/max observers (post-training calibration)."""
+
+    def __init__(self, *, per_channel: bool = True, qat: bool = True):
+        super().__init__()
+        self.per_channel, self.qat = per_channel, qat
+
+    def transform_for_annotation(self, model: GraphModule) -> GraphModule:
+        return decompose_silu(model)
+
+    def annotate(self, model: GraphModule) -> GraphModule:
+        act, weight, fixed = _act_spec(self.qat), _weight_spec(self.qat, self.per_channel), _fixed_spec()
+        for node in model.graph.nodes:
+            if node.op != "call_function":
+                continue
+            t = node.target
+            if t in CONV:
+                x, w = node.args[0], node.args[1]
+                users = list(node.users)
+                folded = len(users) == 1 and users[0].target in BN
+                _annotate(node, {x: act, w: weight}, None if folded else act)
+            elif t in BN:
+                src = node.args[0]
+                if isinstance(src, Node) and src.target in CONV:
+                    _annotate(node, {}, act)  # conv + BN: the fold's output
+                else:
+                    _annotate(node, {src: act}, act)
+            elif t in FRESH:
+                _annotate(node, {a: act for a in _tensor_args(node)}, act)
+            elif t in FIXED:
+                _annotate(node, {node.args[0]: act}, fixed)
+            elif t in SAME:
+                x = node.args[0]
+                _annotate(node, {x: act}, SharedQuantizationSpec((x, node)))
+            elif t == aten.cat.default:
+                ins = [a for a in node.args[0] if isinstance(a, Node)]
+                shared = SharedQuantizationSpec((ins[0], node))
+                _annotate(node, {a: (act if i == 0 else shared) for i, a in enumerate(ins)}, shared)
+        return model
+
+    def validate(self, model: GraphModule) -> None:
+        pass

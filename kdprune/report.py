@@ -1,0 +1,47 @@
+"""report.md and the console table: one row per stage (teacher → exports), what each step cost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+COLUMNS = [("stage", "stage"), ("params", "params"), ("gflops", "GFLOPs"), ("bytes", "file bytes"),
+           ("mAP50", "mAP50"), ("mAP50-95", "mAP50-95"), ("latency_ms", "CPU ms (b1)"), ("status", "status")]
+
+
+def _cell(key: str, v) -> str:
+    if v is None:
+        return "—"
+    if key in ("params", "bytes"):
+        return f"{int(v):,}"
+    if key in ("mAP50", "mAP50-95"):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def stage_table(rows: list[dict]) -> str:
+    """The rows as a Markdown table (also what the console prints)."""
+    head = "| " + " | ".join(t for _, t in COLUMNS) + " |"
+    sep = "|" + "|".join("---" for _ in COLUMNS) + "|"
+    body = ["| " + " | ".join(_cell(k, r.get(k)) for k, _ in COLUMNS) + " |" for r in rows]
+    return "\n".join([head, sep, *body])
+
+
+def write_report(path: str | Path, rows: list[dict], summary: dict) -> Path:
+    """``report.md``: the stage table, notes per row (where each number comes from), failures."""
+    path = Path(path)
+    lines = [f"# kdprune run: {summary.get('model')} on {Path(str(summary.get('data'))).name}", "",
+             f"imgsz {summary.get('imgsz')}, {summary.get('epochs')} epochs, device {summary.get('device')}, "
+             f"wall time {summary.get('wall_time_s')} s.", "",
+             "Every row is evaluated the same way: the val split letterboxed to imgsz, batch 1, raw outputs decoded on "
+             "the host (kdprune.export.decode) and scored by ultralytics' validator (conf 0.001, IoU 0.7). Latency: "
+             "batch 1, median after warm-up, onnxruntime / LiteRT on this machine's CPU.", "",
+             stage_table(rows), "", "## Notes", ""]
+    for r in rows:
+        if r.get("note") or r.get("artifact"):
+            lines.append(f"- **{r['stage']}**: {r.get('note') or ''}"
+                         + (f" (`{r['artifact']}`)" if r.get("artifact") else ""))
+    failed = [r for r in rows if r.get("status") == "failed"]
+    if failed:
+        lines += ["", "## Failed", ""] + [f"- {r['stage']}: {r['note']}" for r in failed]
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,163 @@
+"""INT8 QAT (kdprune.quant): the TFLite scheme's fake-quant placement, BN folding, QDQ export, and the QAT phase."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torchao.quantization.pt2e import disable_fake_quant, disable_observer
+from ultralytics.nn.tasks import DetectionModel
+
+from kdprune.callbacks import QATPhase
+from kdprune.errors import UserError
+from kdprune.quant import QATDetector, backend
+from kdprune.yolo.rawhead import RawHeadModel
+
+
+def _model(cfg="yolov8n.yaml", seed=0):
+    torch.manual_seed(seed)
+    m = DetectionModel(cfg, nc=3, verbose=False)
+    for mod in m.modules():  # non-trivial BN statistics, so a wrong fold shows
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.uniform_(-0.2, 0.2)
+    return m
+
+
+def _qat_graph(per_channel=True):
+    m = _model()
+    raw = RawHeadModel(m)
+    gm = backend.prepare_qat(raw, torch.rand(2, 3, 64, 64), 32, per_channel=per_channel)
+    for _ in range(2):  # observers see data
+        gm(torch.rand(2, 3, 64, 64))
+    return m, raw, gm
+
+
+def test_bn_folding_is_exact_before_fake_quant():
+    m, raw, gm = _qat_graph()
+    gm.apply(disable_fake_quant)
+    gm.apply(disable_observer)
+    backend.set_mode(gm, train=False)
+    x = torch.rand(2, 3, 64, 96)  # another size than captured: the graph is dynamic
+    with torch.no_grad():
+        ref = RawHeadModel(m).eval()(x)
+        out = gm(x)
+    for a, b in zip(out, ref):
+        assert a.shape == b.shape
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), float((a - b).abs().max())
+    # and fake-quant on changes the outputs (it is really in the graph)
+    gm.apply(lambda mod: mod.enable_fake_quant() if hasattr(mod, "enable_fake_quant") else None)
+    with torch.no_grad():
+        q = gm(x)
+    assert max(float((a - b).abs().max()) for a, b in zip(q, ref)) > 1e-3
+
+
+def _producer(graph: onnx.GraphProto) -> dict:
+    return {o: n for n in graph.node for o in n.output}
+
+
+def _init(graph: onnx.GraphProto) -> dict:
+    return {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+
+
+def _const(name, inits, prod):
+    if name in inits:
+        return inits[name]
+    n = prod[name]
+    assert n.op_type == "Constant", n.op_type
+    return onnx.numpy_helper.to_array(n.attribute[0].t)
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_qdq_around_every_conv_with_configured_granularity(tmp_path, per_channel):
+    m, raw, gm = _qat_graph(per_channel)
+    path = backend.export_onnx(backend.convert(gm), tmp_path / "q.onnx", 64, raw.output_names())
+    g = onnx.load(str(path)).graph
+    prod, inits = _producer(g), _init(g)
+    convs = [n for n in g.node if n.op_type == "Conv"]
+    assert len(convs) == sum(isinstance(x, torch.nn.Conv2d) for x in m.modules()) - 1  # all but the (unused) DFL
+    for c in convs:
+        x, w = prod[c.input[0]], prod[c.input[1]]
+        assert x.op_type == "DequantizeLinear" and w.op_type == "DequantizeLinear", c.name
+        w_int = _const(w.input[0], inits, prod)
+        assert w_int.dtype == np.int8  # weights stored as int8
+        scale = _const(w.input[1], inits, prod)
+        assert scale.size == (w_int.shape[0] if per_channel else 1), (c.name, scale.shape)
+        zp = _const(w.input[2], inits, prod) if len(w.input) > 2 else np.zeros(1)
+        assert np.all(zp == 0)  # symmetric weights
+        assert np.abs(w_int).max() <= 127  # TFLite's weight range excludes -128
+    # every graph output is dequantized from an int8 tensor (the head's logits are quantized too)
+    for o in g.output:
+        assert prod[o.name].op_type == "DequantizeLinear"
+    # shared scales: each Concat's inputs are all dequantized with one scale
+    for cat in (n for n in g.node if n.op_type == "Concat"):
+        scales = {float(_const(prod[i].input[1], inits, prod)) for i in cat.input if prod[i].op_type == "DequantizeLinear"}
+        assert len(scales) == 1, (cat.name, scales)
+    # sigmoid outputs on TFLite's fixed 1/256 scale, zero point -128
+    sig_q = [n for n in g.node if n.op_type == "QuantizeLinear" and prod.get(n.input[0]) is not None
+             and prod[n.input[0]].op_type == "Sigmoid"]
+    assert sig_q
+    for q in sig_q:
+        assert float(_const(q.input[1], inits, prod)) == pytest.approx(1 / 256)
+        assert int(_const(q.input[2], inits, prod)) == -128
+
+
+def test_onnx_int8_matches_the_converted_graph(tmp_path):
+    import onnxruntime as ort
+
+    m, raw, gm = _qat_graph()
+    conv = backend.convert(gm)
+    path = backend.export_onnx(conv, tmp_path / "q.onnx", 64, raw.output_names())
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.rand(1, 3, 64, 64)
+    got = s.run(None, {"images": x.numpy()})
+    with torch.no_grad():
+        ref = conv(x)
+    assert [o.name for o in s.get_outputs()] == raw.output_names()
+    for a, b in zip(got, ref):
+        step = float(b.abs().max()) / 127
+        assert np.mean(np.abs(a - b.numpy()) <= step + 1e-6) > 0.99  # ORT's integer kernels round like PyTorch's
+
+
+def test_qat_detector_trains_the_model_tensors_and_answers_like_detectionmodel():
+    m = _model()
+    q = QATDetector(m, 64)
+    params = {id(p) for p in m.parameters()}
+    assert {id(p) for p in q.graph.parameters()} <= params  # one set of tensors: the optimizer keeps ultralytics' groups
+    q.train(True)
+    preds = q(torch.rand(2, 3, 64, 64))
+    assert set(preds) == {"boxes", "scores", "feats"} and preds["scores"].shape[1] == 3
+    (preds["boxes"].sum() + preds["scores"].sum()).backward()
+    assert m.model[0].conv.weight.grad is not None and m.model[0].conv.weight.grad.abs().sum() > 0
+    q.train(False)
+    y, _ = q(torch.rand(1, 3, 64, 96))
+    assert y.shape == (1, 4 + 3, 8 * 12 + 4 * 6 + 2 * 3)
+    q.freeze_observers()
+    scales = [b.clone() for n, b in q.graph.named_buffers() if n.endswith("scale")]
+    q.train(True)
+    q(torch.rand(2, 3, 64, 64) * 5)  # out-of-range input: frozen ranges do not move
+    assert all(torch.equal(a, b) for a, b in zip(scales, [b for n, b in q.graph.named_buffers() if n.endswith("scale")]))
+
+
+def test_qat_refuses_end_to_end_heads():
+    with pytest.raises(ValueError, match="end-to-end"):
+        QATDetector(DetectionModel("yolo26n.yaml", nc=3, verbose=False), 64)
+
+
+def test_qat_phase_config_checks():
+    base = dict(start_epoch=-2, freeze_bn_epoch=-1, freeze_observer_epoch=10, granularity="per_channel")
+    p = QATPhase.from_config(OmegaConf.create(base), max_epochs=10, imgsz=64, prune_end=5)
+    assert (p.start_epoch, p.freeze_bn_epoch, p.freeze_observer_epoch, p.per_channel) == (8, 9, 10, True)
+    with pytest.raises(UserError, match=r"start_epoch=12 is outside the run"):
+        QATPhase.from_config(OmegaConf.create({**base, "start_epoch": 12}), max_epochs=10, imgsz=64, prune_end=None)
+    with pytest.raises(UserError, match="after the last pruning step"):
+        QATPhase.from_config(OmegaConf.create(base), max_epochs=10, imgsz=64, prune_end=8)
+    with pytest.raises(UserError, match="freeze_bn_epoch"):
+        QATPhase.from_config(OmegaConf.create({**base, "freeze_bn_epoch": 3}), max_epochs=10, imgsz=64, prune_end=None)
+    with pytest.raises(UserError, match="granularity"):
+        QATPhase.from_config(OmegaConf.create({**base, "granularity": "per_row"}), max_epochs=10, imgsz=64,
+                             prune_end=None)

@@ -1,0 +1,102 @@
+"""The QAT phase inside a run and the exports at its end: every stage in report.md / summary.json, artifacts
+verified, a failed verification is exit-2 material that keeps what passed, and a run stopped during QAT resumes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kdprune.errors import UserError
+from kdprune.export import OnnxRunner, TorchRunner
+from kdprune.export.stages import ExportFailed
+from kdprune.train import run
+from tests.conftest import TINY, compose
+
+QAT = [*TINY, "trainer.max_epochs=3", "prune=gradual", "prune.start_epoch=0", "prune.end_epoch=0", "prune.steps=1",
+       "prune.target.ratio=0.2", "quant=int8_qat", "quant.start_epoch=1", "quant.freeze_bn_epoch=2",
+       "quant.freeze_observer_epoch=2", "quant.ptq_images=8", "export=int8", "export.calib_images=8",
+       "export.latency_runs=20"]
+
+
+@pytest.fixture(scope="module")
+def qat_run(tmp_path_factory):
+    """One tiny pruned run with QAT and every export, whose TFLite file is over an impossible byte budget."""
+    run_dir = tmp_path_factory.mktemp("qat") / "run"
+    with pytest.raises(ExportFailed, match=r"TFLite INT8: model_int8.tflite is [\d,]+ bytes, over the budget"):
+        run(compose([*QAT, "export.max_bytes=1000"], run_dir=run_dir))
+    return run_dir
+
+
+def test_every_stage_is_reported(qat_run):
+    summary = json.loads((qat_run / "summary.json").read_text())
+    rows = {r["stage"]: r for r in summary["stages"]}
+    assert list(rows) == ["student before pruning", "pruned fp32", "QAT fake-quant", "PTQ baseline", "ONNX fp32",
+                          "ONNX INT8", "TFLite INT8"]
+    assert rows["pruned fp32"]["params"] < rows["student before pruning"]["params"]  # pruning happened
+    for name in ("PTQ baseline", "ONNX fp32", "ONNX INT8", "TFLite INT8"):
+        r = rows[name]
+        assert Path(r["artifact"]).is_file() and r["bytes"] == Path(r["artifact"]).stat().st_size
+        assert r["latency_ms"] > 0 and r["mAP50-95"] is not None
+    assert rows["ONNX INT8"]["bytes"] < 0.6 * rows["ONNX fp32"]["bytes"]  # int8 weights, not float
+    assert rows["TFLite INT8"]["status"] == "failed" and "over the budget" in rows["TFLite INT8"]["note"]
+    assert all(r["status"] == "ok" for n, r in rows.items() if n != "TFLite INT8")
+    assert summary["quant"]["bn_frozen"] and summary["quant"]["observers_frozen"]
+    report = (qat_run / "report.md").read_text()
+    assert "| TFLite INT8 |" in report and "## Failed" in report and "over the budget" in report
+
+
+def test_tflite_artifact_is_fully_int8_and_tracks_the_qdq_onnx(qat_run):
+    from kdprune.export.tflite import TFLiteRunner, check_fully_int8
+
+    export = qat_run / "export"
+    tfl = export / "model_int8.tflite"
+    assert check_fully_int8(tfl) == []
+    assert sorted(p.name for p in export.iterdir()) == ["model_fp32.onnx", "model_int8.tflite",
+                                                         "model_int8_qdq.onnx", "model_ptq_int8.onnx"]
+    lite, qdq = TFLiteRunner(tfl), OnnxRunner(export / "model_int8_qdq.onnx")
+    assert lite.output_names == qdq.output_names
+    rng = np.random.default_rng(0)
+    img = rng.random((1, 3, 64, 64), dtype=np.float32)
+    within = []
+    for a, b, (scale, _) in zip(lite(img), qdq(img), lite.output_quant):
+        assert a.shape == b.shape
+        within.append(np.mean(np.abs(a - b) <= 3 * scale))
+    # The converter re-calibrates activations (onnx2tf drops QDQ), so scales differ slightly from QAT's:
+    # most elements still agree within three of the TFLite output's quantization steps.
+    assert np.mean(within) > 0.8, within
+
+
+def test_onnx_fp32_equals_the_pytorch_model(qat_run):
+    from ultralytics.nn.tasks import load_checkpoint
+
+    from kdprune.yolo.rawhead import RawHeadModel
+
+    model = load_checkpoint(str(qat_run / "weights" / "best.pt"), device="cpu")[0].float().eval()
+    img = np.random.default_rng(1).random((1, 3, 64, 64), dtype=np.float32)
+    for a, b in zip(OnnxRunner(qat_run / "export" / "model_fp32.onnx")(img),
+                    TorchRunner(RawHeadModel(model, one2one=False))(img)):
+        assert np.allclose(a, b, atol=1e-4)
+
+
+def test_export_failure_is_a_user_error_that_keeps_the_run_dir(qat_run):
+    from kdprune.__main__ import _clean_run_dir
+
+    assert issubclass(ExportFailed, UserError)  # one line, exit code 2 (__main__)
+    _clean_run_dir(qat_run)
+    assert (qat_run / "report.md").is_file() and (qat_run / "export" / "model_int8.tflite").is_file()
+
+
+def test_resume_during_qat(qat_run, tmp_path):
+    """last.ckpt was written during QAT: resuming rebuilds the pruned architecture, then the fake-quant graph with
+    its frozen ranges, and continues to a 4th epoch."""
+    ckpt = torch.load(qat_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["qat"]["observers_frozen"] and any(k.startswith("qat.graph.") for k in ckpt["state_dict"])
+    s = run(compose([*QAT, "trainer.max_epochs=4", "export.formats=[]", f"ckpt_path={qat_run}/checkpoints/last.ckpt"],
+                    run_dir=tmp_path / "resumed"))
+    assert s["epochs"] == 4 and s["quant"]["observers_frozen"]
+    scales = {k: v for k, v in ckpt["state_dict"].items() if k.startswith("qat.graph.") and k.endswith(".scale")}
+    assert scales  # the frozen ranges came back (and were not re-observed): compare with the resumed module's
