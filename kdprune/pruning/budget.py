@@ -8,21 +8,65 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-# Per output channel of a conv in a per-channel INT8 TFLite model: weight scale (float32) + zero point (int64),
-# the int32 bias, and the bias's own scale + zero point: 4 + 8 + 4 + 4 + 8 bytes. BatchNorm folds into the conv.
+from kdprune.yolo.prunable import SPLITTABLE
+
+# Bytes of the full-INT8 TFLite file (``onnx_to_tflite_int8(..., per_channel=True)`` of the fp32 ONNX of
+# ``RawHeadModel(model, one2one=False)``), per exported conv/linear layer, BatchNorm folded into the conv. Measured by
+# reading the flatbuffers that ``bench/int8_size.py`` writes (yolo11n, yolov8n, yolo26n; nc=3, pruned 0-60 %, 128 and
+# 256 px; table in bench/int8_size.json):
+# - 1 byte per weight (int8);
+# - per output channel, exactly 28 bytes: the int32 bias (4), the weight's per-channel scale (float32, 4) and zero
+#   point (int64, 8), and the bias's own per-channel scale and zero point (4 + 8);
+# - per layer, ``INT8_BYTES_PER_LAYER`` for everything else, which pruning does not change: each conv brings ~5.9
+#   tensors (its weight, bias and output; the SiLU's LOGISTIC and MUL outputs; its share of the concat/add/pad/
+#   resize/transpose/attention tensors and of the converter's requantize ops) at ~184 bytes each (name ~50 B, shape,
+#   per-tensor activation scale + zero point, flatbuffer tables, buffer alignment) and ~3.7 operators. Measured
+#   1,056-1,098 B/layer on yolo11n (C2PSA attention adds reshape/transpose/matmul tensors), 1,082-1,089 on yolo26n,
+#   1,020-1,046 on yolov8n. Tensor names carry TF's per-process counters ("model_32/tf.nn.convolution_78/..."), so
+#   the later a conversion runs in a process the longer they get (+26 B/layer by the 17th conversion; the first
+#   conversion of a process gives the 1,056); the converter also adds a few requantize ops depending on the weights
+#   and calibration (+8 on the pruned yolo11n: +15 B/layer). 1,120 is the largest measured plus ~20 B/layer (one
+#   more digit in every name). The file's fixed part (signature, metadata, operator codes: ~1 KB) is inside that.
+#   An ultralytics C2f/C3k2 counts as its ``SplitC2f`` form (cv1 as two convs: one layer more), so a model gets the
+#   same estimate before and after ``merge_split_blocks``; the merged export, one conv + a SPLIT op, is ~280 B
+#   smaller per block than the split one (bench: yolo11n at 30 %, 2.2 KB over 8 blocks), still under the estimate.
+# Per-tensor weights (``per_channel=False``) are ~24 B/channel smaller: the estimate is an upper bound for them
+# (7-11 % over on yolo11n).
 INT8_BYTES_PER_CHANNEL = 28
+INT8_BYTES_PER_LAYER = 1_120
 BUDGET_TOLERANCE = 0.03  # a solved model lands at most this far under its budget (unless round_to forbids it)
 
 
+def _split_blocks(model: nn.Module) -> int:
+    """How many ultralytics C2f/C3k2 blocks (unsplit) ``model`` holds."""
+    return sum(type(m) in SPLITTABLE for m in model.modules())
+
+
+def _not_exported(model: nn.Module) -> set[int]:
+    """ids of the layers the exported graph leaves out: the Detect head's DFL (decoded on the host) and the
+    one-to-one branch of end-to-end heads (``RawHeadModel(one2one=False)`` exports the one-to-many branch)."""
+    skip: set[int] = set()
+    for m in model.modules():
+        for attr in ("dfl", "one2one_cv2", "one2one_cv3"):
+            sub = getattr(m, attr, None)
+            if isinstance(sub, nn.Module):
+                skip.update(id(x) for x in sub.modules())
+    return skip
+
+
 def int8_bytes(model: nn.Module) -> int:
-    """Estimated size of the model's full-INT8 export: 1 byte per conv/linear weight (BatchNorm folded) plus
-    ``INT8_BYTES_PER_CHANNEL`` of quantization parameters and bias per output channel. Graph structure and
-    activation quantization parameters (a few KB) are not counted."""
+    """Estimated size in bytes of the model's full-INT8 TFLite file (per-channel weights): for each exported
+    conv/linear layer (BatchNorm folded), 1 byte per weight + ``INT8_BYTES_PER_CHANNEL`` per output channel +
+    ``INT8_BYTES_PER_LAYER`` of graph structure (a C2f/C3k2 counted in its split form, cv1 as two layers).
+
+    A walk over the module tree (no export), strictly increasing in every layer's channels. On the YOLO models of
+    ``bench/int8_size.py`` it lands 0.1-1 % above the real file (yolo11n: 0.1-0.5 %)."""
+    skip = _not_exported(model)
     n = 0
     for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            n += m.weight.numel() + INT8_BYTES_PER_CHANNEL * m.weight.shape[0]
-    return n
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and id(m) not in skip:
+            n += m.weight.numel() + INT8_BYTES_PER_CHANNEL * m.weight.shape[0] + INT8_BYTES_PER_LAYER
+    return n + INT8_BYTES_PER_LAYER * _split_blocks(model)
 
 
 def count_params(model: nn.Module) -> int:
