@@ -40,6 +40,9 @@ def write_report(path: str | Path, rows: list[dict], summary: dict) -> Path:
         if r.get("note") or r.get("artifact"):
             lines.append(f"- **{r['stage']}**: {r.get('note') or ''}"
                          + (f" (`{r['artifact']}`)" if r.get("artifact") else ""))
+        if c := r.get("check"):
+            lines.append(f"  - mAP50-95 {c['delta']:+.4f} vs {c['reference']} (expected within ±{c['tolerance']}): "
+                         + ("ok" if c["ok"] else "**outside**"))
     failed = [r for r in rows if r.get("status") == "failed"]
     if failed:
         lines += ["", "## Failed", ""] + [f"- {r['stage']}: {r['note']}" for r in failed]

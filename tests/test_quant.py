@@ -72,10 +72,17 @@ def _const(name, inits, prod):
     return onnx.numpy_helper.to_array(n.attribute[0].t)
 
 
-@pytest.mark.parametrize("per_channel", [True, False])
-def test_qdq_around_every_conv_with_configured_granularity(tmp_path, per_channel):
-    m, raw, gm = _qat_graph(per_channel)
-    path = backend.export_onnx(backend.convert(gm), tmp_path / "q.onnx", 64, raw.output_names())
+@pytest.fixture(scope="module", params=[True, False], ids=["per_channel", "per_tensor"])
+def qdq(request, tmp_path_factory):
+    """A QAT graph, its converted INT8 reference, and that exported as QDQ ONNX (the slow part: built once)."""
+    m, raw, gm = _qat_graph(request.param)
+    conv = backend.convert(gm)
+    path = backend.export_onnx(conv, tmp_path_factory.mktemp("qdq") / "q.onnx", 64, raw.output_names())
+    return request.param, m, raw, conv, path
+
+
+def test_qdq_around_every_conv_with_configured_granularity(qdq):
+    per_channel, m, raw, _, path = qdq
     g = onnx.load(str(path)).graph
     prod, inits = _producer(g), _init(g)
     convs = [n for n in g.node if n.op_type == "Conv"]
@@ -106,12 +113,10 @@ def test_qdq_around_every_conv_with_configured_granularity(tmp_path, per_channel
         assert int(_const(q.input[2], inits, prod)) == -128
 
 
-def test_onnx_int8_matches_the_converted_graph(tmp_path):
+def test_onnx_int8_matches_the_converted_graph(qdq):
     import onnxruntime as ort
 
-    m, raw, gm = _qat_graph()
-    conv = backend.convert(gm)
-    path = backend.export_onnx(conv, tmp_path / "q.onnx", 64, raw.output_names())
+    _, m, raw, conv, path = qdq
     s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = torch.rand(1, 3, 64, 64)
     got = s.run(None, {"images": x.numpy()})
@@ -161,3 +166,21 @@ def test_qat_phase_config_checks():
     with pytest.raises(UserError, match="granularity"):
         QATPhase.from_config(OmegaConf.create({**base, "granularity": "per_row"}), max_epochs=10, imgsz=64,
                              prune_end=None)
+
+
+def test_fidelity_checks_and_report(tmp_path):
+    from kdprune.export.stages import check_fidelity
+    from kdprune.report import stage_table, write_report
+
+    rows = [{"stage": "pruned fp32", "mAP50-95": 0.30}, {"stage": "QAT fake-quant", "mAP50-95": 0.29},
+            {"stage": "ONNX fp32", "mAP50-95": 0.3015}, {"stage": "ONNX INT8", "mAP50-95": 0.27},
+            {"stage": "TFLite INT8", "mAP50-95": None, "status": "failed", "note": "over the budget"}]
+    check_fidelity(rows)
+    by = {r["stage"]: r for r in rows}
+    assert by["ONNX fp32"]["check"] == {"reference": "pruned fp32", "delta": 0.0015, "tolerance": 0.002, "ok": True}
+    assert by["ONNX INT8"]["check"]["ok"] is False and by["ONNX INT8"]["check"]["delta"] == pytest.approx(-0.02)
+    assert "check" not in by["TFLite INT8"]  # no number, no verdict
+    table = stage_table(rows)
+    assert table.count("\n") == len(rows) + 1 and "| ONNX INT8 | — | — | — | — | 0.2700 |" in table
+    text = write_report(tmp_path / "report.md", rows, {"model": "m", "data": "d.yaml"}).read_text()
+    assert "**outside**" in text and "## Failed" in text and "- TFLite INT8: over the budget" in text

@@ -155,7 +155,10 @@ def run_stages(cfg: DictConfig, data: dict, hyp, run_dir: Path, module, ckpt, *,
         sr.torch_row("teacher", module.teacher.model, artifact=module.teacher.info.get("weights"),
                      note=str(module.teacher.info.get("model", "")))
     if ckpt.pre_prune.is_file():
-        sr.torch_row("student before pruning", load(ckpt.pre_prune), artifact=ckpt.pre_prune)
+        pre = load_checkpoint(str(ckpt.pre_prune), device="cpu")[1]
+        sr.torch_row("student before pruning", load(ckpt.pre_prune), artifact=ckpt.pre_prune,
+                     note=f"dense, after {pre.get('epoch', '?')} epochs (prune.start_epoch): what the first pruning "
+                          "step started from")
     weights = ckpt.best if ckpt.best.is_file() else ckpt.last  # last.pt: a run resumed during QAT, in a new dir
     if not weights.is_file():
         return sr.rows, sr.failed
@@ -207,9 +210,33 @@ def run_stages(cfg: DictConfig, data: dict, hyp, run_dir: Path, module, ckpt, *,
     if "tflite_int8" in formats:
         sr.export_row("TFLite INT8", lambda: _tflite(sr, qat_model or best, tfl_calib, per_channel),
                       lambda p: _tflite_eval(sr, p, head, stats, names, (cfg.get("export") or {}).get("max_bytes")))
+    check_fidelity(sr.rows)
     if sr.bug is not None:
         raise sr.bug
     return sr.rows, sr.failed
+
+
+# Each export against the model it came from: (export, reference, largest |mAP50-95 difference| expected).
+# ONNX fp32 runs the same float graph; ONNX INT8 the same integer graph as the fake-quant model (rounding aside);
+# TFLite re-calibrates activations (see kdprune/export/tflite.py), hence the wider margin.
+FIDELITY = [("ONNX fp32", ("pruned fp32", "student fp32"), 0.002), ("ONNX INT8", ("QAT fake-quant",), 0.01),
+            ("TFLite INT8", ("QAT fake-quant", "PTQ baseline"), 0.015)]
+
+
+def check_fidelity(rows: list[dict]) -> None:
+    """Adds ``check`` to each export row: its mAP50-95 minus its reference's, and whether that is within the
+    expected margin. Outside it is a warning in the log and the report, not a failed export (the artifact is
+    still what it is; the numbers say what it costs)."""
+    by = {r["stage"]: r for r in rows}
+    for name, refs, tol in FIDELITY:
+        row, ref = by.get(name), next((by[n] for n in refs if n in by), None)
+        if not row or not ref or row.get("mAP50-95") is None or ref.get("mAP50-95") is None:
+            continue
+        d = row["mAP50-95"] - ref["mAP50-95"]
+        ok = abs(d) <= tol
+        row["check"] = {"reference": ref["stage"], "delta": round(d, 4), "tolerance": tol, "ok": ok}
+        if not ok:
+            log.warning(f"kdprune: {name} mAP50-95 differs from {ref['stage']} by {d:+.4f} (expected within {tol})")
 
 
 def _tflite(sr: StageRunner, model, calib: np.ndarray, per_channel: bool) -> Path:

@@ -102,6 +102,8 @@ def export_onnx(converted: GraphModule, path: str | Path, imgsz: int, output_nam
     tmp, cut = path.with_suffix(".full.tmp.onnx"), path.with_suffix(".tmp.onnx")
     try:
         example = torch.zeros(1, 3, imgsz, imgsz)
+        for m in converted.modules():  # BN is folded and observers are gone: the flag only silences torch.onnx
+            m.training = False
         torch.onnx.export(converted, (example,), str(tmp), dynamo=True, opset_version=18, input_names=["images"],
                           output_names=list(output_names), external_data=False, verbose=False)
         onnx.utils.extract_model(str(tmp), str(cut), ["images"], list(output_names))
