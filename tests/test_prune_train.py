@@ -154,3 +154,25 @@ def test_ddp_two_processes_prune_and_distil_identically(tmp_path):
     assert r0["checksum"] == pytest.approx(r1["checksum"], rel=1e-6)  # DDP kept student and adapters identical
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["params"] < 0.65 * summary["pruning"]["before"]["params"]
+
+
+def test_ddp_qat_ranks_share_weights_and_ranges(tmp_path):
+    """QAT under trainer=ddp (2 gloo processes): each rank builds the fake-quant graph of the same pruned model; DDP
+    keeps the weights identical, and at each freeze rank 0's BN statistics and ranges go to every rank, so the frozen
+    scales are one set (without that sync each rank kept the ranges of its own data shard: 5 % apart)."""
+    probe = tmp_path / "probe"
+    p = kdprune("trainer=ddp", "trainer.devices=2", "trainer.max_epochs=3", "prune=gradual", "prune.start_epoch=0",
+                "prune.end_epoch=0", "prune.steps=1", "prune.target.ratio=0.3", "quant=int8_qat",
+                "quant.start_epoch=1", "quant.freeze_bn_epoch=2", "quant.freeze_observer_epoch=2",
+                "+callbacks.probe._target_=tests.ddp_probe.DumpQAT", f"+callbacks.probe.path={probe}",
+                run_dir=tmp_path / "run", timeout=600)
+    assert p.returncode == 0, p.stderr[-4000:]
+    r0, r1 = (json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["world_size"] == r1["world_size"] == 2
+    assert r0["state"]["bn_frozen"] and r0["state"]["observers_frozen"] and r0["state"] == r1["state"]
+    assert r0["scales"] and r0["scales"].keys() == r1["scales"].keys()
+    assert r0["checksum"] == pytest.approx(r1["checksum"], rel=1e-6)
+    for k in r0["scales"]:
+        assert r0["scales"][k] == pytest.approx(r1["scales"][k], rel=1e-6), k
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["quant"]["name"] == "int8_qat"
