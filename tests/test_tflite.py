@@ -10,8 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from kdprune.errors import UserError  # noqa: E402
-from kdprune.export import tflite as T  # noqa: E402
+from kdprune.errors import UserError
+from kdprune.export import tflite as T
+from kdprune.export import tflite_check as C
 
 IMGSZ = 64
 NAMES = ["box0", "cls0", "box1", "cls1", "box2", "cls2"]
@@ -86,7 +87,7 @@ def tflite_pt(onnx_model, tmp_path_factory):
 
 
 def _io_types(path):
-    schema, _, model = T._read_model(path)
+    schema, _, model = C._read_model(path)
     g = model.Subgraphs(0)
     ins = [g.Tensors(g.Inputs(i)).Type() for i in range(g.InputsLength())]
     outs = [g.Tensors(g.Outputs(i)).Type() for i in range(g.OutputsLength())]

@@ -90,3 +90,12 @@ class _ContiguousSampler(torch.utils.data.Sampler):
     def __len__(self):
         return len(self.idx)
 
+
+def square_val_loader(data: dict, hyp, imgsz: int, workers: int = 0) -> DataLoader:
+    """The val split of ``data`` as ultralytics' val dataset builds it, letterboxed to ``imgsz x imgsz``, batch 1,
+    in file order. ``hyp`` is the run's ultralytics namespace (``kdprune.train._hyp``); it is not modified."""
+    hyp = copy(hyp)
+    hyp.imgsz, hyp.rect = int(imgsz), False
+    ds = build_yolo_dataset(hyp, data["val"], 1, data, mode="val", rect=False, stride=32)
+    return DataLoader(ds, batch_size=1, shuffle=False, num_workers=workers, collate_fn=ds.collate_fn,
+                      pin_memory=False, drop_last=False)

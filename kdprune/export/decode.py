@@ -29,8 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from ultralytics.utils.nms import non_max_suppression
-from ultralytics.utils.tal import dist2bbox, make_anchors
+from kdprune.yolo.ops import dist2bbox, make_anchors, non_max_suppression
 
 
 def _as_nchw(x, channels_last: bool) -> torch.Tensor:

@@ -8,25 +8,13 @@ not ultralytics' rectangular val batches: numbers are comparable between artifac
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from copy import copy
 from types import SimpleNamespace
 
 import torch
-from torch.utils.data import DataLoader
-from ultralytics.data.build import build_yolo_dataset
 
+from kdprune.data import square_val_loader  # noqa: F401  (re-exported: the loader evaluate_runner expects)
 from kdprune.export.decode import decode
 from kdprune.yolo.evaluate import DetectionEvaluator
-
-
-def square_val_loader(data: dict, hyp, imgsz: int, workers: int = 0) -> DataLoader:
-    """The val split of ``data`` as ultralytics' val dataset builds it, letterboxed to ``imgsz x imgsz``, batch 1,
-    in file order. ``hyp`` is the run's ultralytics namespace (``kdprune.train._hyp``); it is not modified."""
-    hyp = copy(hyp)
-    hyp.imgsz, hyp.rect = int(imgsz), False
-    ds = build_yolo_dataset(hyp, data["val"], 1, data, mode="val", rect=False, stride=32)
-    return DataLoader(ds, batch_size=1, shuffle=False, num_workers=workers, collate_fn=ds.collate_fn,
-                      pin_memory=False, drop_last=False)
 
 
 @torch.no_grad()

@@ -137,9 +137,8 @@ class StageRunner:
 
 def run_stages(cfg: DictConfig, data: dict, hyp, run_dir: Path, module, ckpt, *, model_stats) -> tuple[list, list]:
     """Rows for report.md / summary.json. Returns ``(rows, failures)``; raises our own bugs after the rows exist."""
-    from ultralytics.nn.tasks import load_checkpoint
-
     from kdprune.quant import backend
+    from kdprune.yolo import load_ultralytics_checkpoint
 
     formats = check_exports(cfg)
     sr = StageRunner(cfg, data, hyp, run_dir, model_stats=model_stats)
@@ -149,13 +148,13 @@ def run_stages(cfg: DictConfig, data: dict, hyp, run_dir: Path, module, ckpt, *,
     pruned = bool(module.pruning_history)
 
     def load(path):
-        return load_checkpoint(str(path), device="cpu")[0].float().eval()
+        return load_ultralytics_checkpoint(path)[0]
 
     if module.teacher is not None:
         sr.torch_row("teacher", module.teacher.model, artifact=module.teacher.info.get("weights"),
                      note=str(module.teacher.info.get("model", "")))
     if ckpt.pre_prune.is_file():
-        pre = load_checkpoint(str(ckpt.pre_prune), device="cpu")[1]
+        pre = load_ultralytics_checkpoint(ckpt.pre_prune)[1]
         sr.torch_row("student before pruning", load(ckpt.pre_prune), artifact=ckpt.pre_prune,
                      note=f"dense, after {pre.get('epoch', '?')} epochs (prune.start_epoch): what the first pruning "
                           "step started from")

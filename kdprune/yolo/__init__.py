@@ -1,7 +1,7 @@
 """Everything that touches ultralytics' model code. Its internals drift between releases; the version is pinned
 (ultralytics==8.4.190) and this package is the one place that follows it."""
 
-from kdprune.yolo.checkpoint import save_ultralytics_checkpoint
+from kdprune.yolo.checkpoint import load_ultralytics_checkpoint, save_ultralytics_checkpoint
 from kdprune.yolo.criterion import DetectionCriterion, inverse_frequency_weights, raw_head
 from kdprune.yolo.ema import ModelEMA, refresh_ema
 from kdprune.yolo.evaluate import DetectionEvaluator, evaluate_checkpoint, nms_for_plot
@@ -25,6 +25,7 @@ __all__ = [
     "hyp_namespace",
     "inverse_frequency_weights",
     "load_teacher",
+    "load_ultralytics_checkpoint",
     "merge_split_blocks",
     "model_stats",
     "nms_for_plot",

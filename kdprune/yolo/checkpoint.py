@@ -49,3 +49,11 @@ def save_ultralytics_checkpoint(path: str | Path, model: torch.nn.Module, *, epo
     tmp.write_bytes(buf.getvalue())
     os.replace(tmp, path)
     return path
+
+
+def load_ultralytics_checkpoint(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """``(model, checkpoint dict)`` of an ultralytics checkpoint (ours or ultralytics'), as fp32 in eval mode."""
+    from ultralytics.nn.tasks import load_checkpoint
+
+    model, ckpt = load_checkpoint(str(path), device=device)
+    return model.float().eval(), ckpt if isinstance(ckpt, dict) else {}
