@@ -25,9 +25,7 @@ class QATDetector(nn.Module):
         self.source = [model]  # a list: not a submodule (its parameters are the graph's; no double registration)
         self.nl, self.nc, self.reg_max = head.nl, head.nc, head.reg_max
         self.per_channel, self.imgsz = per_channel, imgsz
-        for k in ("names", "yaml", "args", "stride", "nc"):
-            if hasattr(model, k):
-                setattr(self, k, getattr(model, k)) if k != "nc" else None
+        self.names, self.stride = model.names, model.stride  # what ultralytics' validator reads from a model
         raw = RawHeadModel(model, feats=True, one2one=False)
         self.output_names = raw.output_names()[: 2 * self.nl]
         example = torch.zeros(2, 3, imgsz, imgsz, device=next(model.parameters()).device)
@@ -75,17 +73,3 @@ class QATDetector(nn.Module):
     def state(self) -> dict:
         return {"per_channel": self.per_channel, "imgsz": self.imgsz, "bn_frozen": self.bn_frozen,
                 "observers_frozen": self.observers_frozen, "fake_quant": backend.describe(self.graph)}
-
-
-class ExportedOutputs(nn.Module):
-    """A converted (INT8 reference) graph restricted to the exported outputs, for ONNX export and evaluation."""
-
-    def __init__(self, converted: nn.Module, n: int, names: list[str]):
-        super().__init__()
-        self.converted, self.n, self.names = converted, n, names
-
-    def output_names(self) -> list[str]:
-        return list(self.names)
-
-    def forward(self, x):
-        return tuple(self.converted(x)[: self.n])
