@@ -163,6 +163,8 @@ def test_qat_phase_config_checks():
         QATPhase.from_config(OmegaConf.create(base), max_epochs=10, imgsz=64, prune_end=8)
     with pytest.raises(UserError, match="freeze_bn_epoch"):
         QATPhase.from_config(OmegaConf.create({**base, "freeze_bn_epoch": 3}), max_epochs=10, imgsz=64, prune_end=None)
+    with pytest.raises(UserError, match="quant.backend=fx"):
+        QATPhase.from_config(OmegaConf.create({**base, "backend": "fx"}), max_epochs=10, imgsz=64, prune_end=None)
     with pytest.raises(UserError, match="granularity"):
         QATPhase.from_config(OmegaConf.create({**base, "granularity": "per_row"}), max_epochs=10, imgsz=64,
                              prune_end=None)

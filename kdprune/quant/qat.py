@@ -27,7 +27,6 @@ class QATDetector(nn.Module):
         self.per_channel, self.imgsz = per_channel, imgsz
         self.names, self.stride = model.names, model.stride  # what ultralytics' validator reads from a model
         raw = RawHeadModel(model, feats=True, one2one=False)
-        self.output_names = raw.output_names()[: 2 * self.nl]
         example = torch.zeros(2, 3, imgsz, imgsz, device=next(model.parameters()).device)
         self.graph = backend.prepare_qat(raw, example, int(head.stride.max()), per_channel=per_channel)
         self.bn_frozen = False
@@ -65,10 +64,6 @@ class QATDetector(nn.Module):
         if self.training:
             return preds
         return self.model.model[-1]._inference(preds), preds
-
-    def raw(self, img: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The exported outputs (box0, cls0, ...) of the fake-quantized graph."""
-        return tuple(self.graph(img)[: 2 * self.nl])
 
     def state(self) -> dict:
         return {"per_channel": self.per_channel, "imgsz": self.imgsz, "bn_frozen": self.bn_frozen,
