@@ -1,43 +1,96 @@
-"""``python -m kdprune [+experiment=NAME] [overrides]``: the Hydra entry point."""
+"""``python -m kdprune [+experiment=NAME] [overrides]``: the Hydra entry point (one run, or a sweep with ``-m``)."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import sys
+import time
 import traceback
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from kdprune.errors import UserError
+from kdprune.errors import SweepFailed, UserError
 
 _CONF = str(Path(__file__).resolve().parent.parent / "conf")
 _entered = False
 
 
-def _clean_run_dir(run_dir: Path) -> None:
-    """A run stopped by a user error leaves nothing behind (Hydra has already made its dir and .hydra/)."""
-    if run_dir.is_dir() and not (run_dir / "weights").exists():
+def _clean_run_dir(run_dir: Path, keep: tuple[str, ...] = ()) -> None:
+    """A run stopped by a user error leaves nothing behind (Hydra has already made its dir and .hydra/); a sweep job
+    keeps ``keep`` (its overrides), so its row in the summary says which job failed."""
+    if not run_dir.is_dir() or (run_dir / "weights").exists():
+        return
+    if not keep:
         shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    for p in run_dir.iterdir():
+        if p.name not in keep:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def _job_failed(run_dir: Path, error: BaseException, kind: str, t0: float) -> None:
+    """A sweep job that failed: ``failed.json`` in its run dir, the error on stderr, and the sweep goes on."""
+    if kind == "user":
+        _clean_run_dir(run_dir, keep=(".hydra",))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = {"error": f"{error}" if kind == "user" else f"{type(error).__name__}: {error}", "kind": kind,
+              "wall_time_s": round(time.time() - t0, 1)}
+    if kind == "internal":
+        record["traceback"] = traceback.format_exc()
+    (run_dir / "failed.json").write_text(json.dumps(record, indent=2))
+
+
+def _check_sweep(cfg: DictConfig) -> None:
+    # Lightning's DDP launcher re-runs this command line once per extra rank: under `-m` every rank would start the
+    # whole sweep again. On SLURM, ranks are srun tasks instead (hydra/launcher=slurm), which works.
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    if strategy.startswith("ddp") and "SLURM_JOB_ID" not in os.environ:
+        raise UserError(f"trainer.strategy={strategy} inside a local multirun would restart the sweep on every rank: "
+                        "sweep on SLURM (hydra/launcher=slurm), or run the DDP jobs one at a time without -m")
 
 
 @hydra.main(version_base="1.3", config_path=_CONF, config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    """One job. Returns its score (``kdprune.report.score``: INT8 mAP50-95 within the budget, negative over it),
+    which is what ``+hparams_search=optuna`` maximises."""
     global _entered
     _entered = True
-    from kdprune.train import run  # heavy imports after Hydra has parsed the command line
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
+    # heavy imports after Hydra has parsed the command line
+    from kdprune.report.sweep import job_row, score
+
+    if cfg.get("task", "train") == "sensitivity":
+        from kdprune.sensitivity import run
+    else:
+        from kdprune.train import run
+
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    run_dir, t0 = Path(cfg.run_dir), time.time()
     try:
-        summary = run(cfg)
+        if multirun:
+            _check_sweep(cfg)
+        run(cfg)
     except UserError as e:
-        _clean_run_dir(Path(cfg.run_dir))
         print(f"kdprune: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except Exception:
+        if not multirun:
+            _clean_run_dir(run_dir)
+            sys.exit(2)
+        if not (run_dir / "summary.json").is_file():  # else: a finished run whose export failed (its rows say so)
+            _job_failed(run_dir, e, "user", t0)
+    except Exception as e:
         traceback.print_exc()  # our own bug: the full traceback (Hydra would shorten it)
-        sys.exit(1)
-    return summary.get("mAP50-95")
+        if not multirun:
+            sys.exit(1)
+        _job_failed(run_dir, e, "internal", t0)
+    if cfg.get("task", "train") != "train":
+        return None
+    return score(job_row(run_dir, run_dir.parent))  # (its name does not matter here)
 
 
 def main() -> None:
@@ -46,7 +99,7 @@ def main() -> None:
     except SystemExit as e:
         # Hydra reports a bad override or unknown key in one message and exits 1 before our task runs:
         # that is a user error, so it gets the user-error exit code.
-        if e.code == 1 and not _entered:
+        if e.code == 1 and not _entered and not isinstance(e, SweepFailed):
             sys.exit(2)
         raise
 

@@ -15,14 +15,22 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
-from kdprune.callbacks import GradualPruning, QATPhase, UltralyticsCheckpoint, log_per_class_ap, save_channels_png
+from kdprune.callbacks import (
+    GradualPruning,
+    QATPhase,
+    UltralyticsCheckpoint,
+    log_hparams,
+    log_per_class_ap,
+    run_hparams,
+    save_channels_png,
+)
 from kdprune.data import YOLODataModule, resolve_data
 from kdprune.errors import UserError
 from kdprune.export.stages import ExportFailed, check_exports, run_stages
 from kdprune.module import DetectionModule
 from kdprune.objectives import build_criterion, build_distiller, check_objectives
 from kdprune.pruning import int8_bytes
-from kdprune.report import stage_table, write_report
+from kdprune.report import deployed, stage_table, write_report
 from kdprune.teacher_stage import obtain_teacher
 from kdprune.yolo import build_model, evaluate_checkpoint, hyp_namespace, model_stats, split_blocks
 
@@ -150,6 +158,9 @@ def run(cfg: DictConfig) -> dict:
     summary["wall_time_s"] = round(time.time() - t0, 1)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     write_report(run_dir / "report.md", rows, summary)
+    log_hparams(trainer, run_hparams(cfg, run_dir),
+                {**{k: summary.get(k) for k in ("mAP50-95", "mAP50", "params", "gflops", "int8_bytes_est")},
+                 **{k: v for k, v in deployed(summary).items() if k != "int8_source"}})
     rank_zero_info("\n" + stage_table(rows))
     rank_zero_info(
         f"kdprune: mAP50-95 {summary['mAP50-95']:.4f}  mAP50 {summary['mAP50']:.4f}  params {summary['params']:,}  "

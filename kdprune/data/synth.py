@@ -21,6 +21,7 @@ import hashlib
 import inspect
 import json
 import multiprocessing
+import signal
 import os
 import shutil
 import time
@@ -177,6 +178,9 @@ def _write_one(task: tuple[str, int, str, int, int]) -> None:
 
 def _init_worker() -> None:
     cv2.setNumThreads(1)
+    # A forked worker inherits its parent's SIGTERM handler; under submitit that handler ignores SIGTERM, and the
+    # pool's shutdown then waits forever on workers that will not stop.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _write_yaml(root: Path, dataset_dir: Path, params: dict) -> Path:
@@ -216,9 +220,13 @@ def _generate(root: Path, dataset_dir: Path, n_train: int, n_val: int, imgsz: in
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
             pool = multiprocessing.get_context(method).Pool(workers, initializer=_init_worker)
-        with pool:
+        try:
             for _ in pool.imap_unordered(_write_one, tasks, chunksize=8):
                 pass
+            pool.close()  # workers finish and exit on their own
+        finally:
+            pool.terminate()
+            pool.join()
     params = dict(n_train=n_train, n_val=n_val, imgsz=imgsz, seed=seed)
     return _write_yaml(root, dataset_dir, params)
 

@@ -1,0 +1,7 @@
+"""What a run and a sweep cost: report.md per run (``run.py``); ``sweep_summary.csv``, ``pareto.png`` and
+``best.yaml`` per sweep (``sweep.py``, ``pareto.py``), rebuilt at any time with ``python -m kdprune.report PATH``."""
+
+from kdprune.report.run import stage_table, write_report
+from kdprune.report.sweep import collect, deployed, score, summarize, write_csv
+
+__all__ = ["collect", "deployed", "score", "stage_table", "summarize", "write_csv", "write_report"]
