@@ -24,7 +24,7 @@ def test_experiment_composes_and_instantiates(name, tmp_path):
     cfg = compose(experiment=name, run_dir=tmp_path)
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     loggers = [instantiate(c) for c in cfg.logger.values()]
-    assert callbacks and loggers
+    assert callbacks and (loggers or cfg.task == "sensitivity")  # the scan trains nothing: nothing to log
     names = {i: f"c{i}" for i in range(8)}
     model = build_model(cfg.model.cfg, cfg.model.weights, names, hyp_namespace())
     assert model.nc == 8 and model.names == names
@@ -92,3 +92,26 @@ def test_loss_options_pass_the_checks(loss):
 def test_the_mcu_experiment_distils():
     cfg = compose(experiment="yolo11n_mcu")
     assert cfg.distill.name == "kd" and cfg.teacher.name == "yolo11s"
+
+
+def test_sweep_options_compose():
+    """The shipped sweeper and launchers: Optuna maximises within a multirun; SLURM asks for what the trainer uses."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        opt = hydra_compose("config", ["+experiment=yolo11n_mcu", "+hparams_search=optuna"], return_hydra_config=True)
+        slurm = hydra_compose("config", ["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4",
+                                         "trainer.num_nodes=2"], return_hydra_config=True)
+        par = hydra_compose("config", ["hydra/launcher=parallel"], return_hydra_config=True)
+    assert str(opt.hydra.mode) == "RunMode.MULTIRUN" and opt.hydra.sweeper.direction == "maximize"
+    assert {"distill.cls", "prune.importance", "prune.schedule", "prune.start_epoch", "prune.end_epoch"} <= set(
+        opt.hydra.sweeper.params)
+    # every sampled start/end pair is a valid schedule before yolo11n_mcu's QAT (epoch 21 of 25)
+    assert opt.hydra.sweeper.params["prune.end_epoch"] == "range(6, 15)" and opt.trainer.max_epochs == 25
+    launcher = OmegaConf.to_container(slurm.hydra.launcher, resolve=True)
+    assert launcher["_target_"].endswith("SlurmLauncher")
+    assert (launcher["gpus_per_node"], launcher["tasks_per_node"], launcher["nodes"]) == (4, 4, 2)
+    assert par.hydra.launcher._target_.endswith("JoblibLauncher") and par.hydra.launcher.n_jobs == 2
+    assert "kdprune.report.callback.SweepSummary" in str(OmegaConf.to_container(opt.hydra.callbacks))
