@@ -51,7 +51,7 @@ def teacher_weights(a) -> tuple[str, dict]:
 
     from kdprune.data import resolve_data
     from kdprune.teacher_stage import obtain_teacher
-    from kdprune.train import _hyp, run
+    from kdprune.train import hyp_from_cfg, run
     from kdprune.yolo import build_model
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -59,7 +59,7 @@ def teacher_weights(a) -> tuple[str, dict]:
     with open_dict(cfg):
         cfg.run_dir = str(a.workdir / "teacher-stage")
     data = resolve_data(cfg.data.yaml, cfg.cache_dir, OmegaConf.to_container(cfg.data.embedded), False)
-    student = build_model(cfg.model.cfg, None, data["names"], _hyp(cfg, data))
+    student = build_model(cfg.model.cfg, None, data["names"], hyp_from_cfg(cfg, data))
     t = obtain_teacher(cfg, data, student, Path(cfg.run_dir), train_fn=run)
     return t.info["weights"], t.info
 

@@ -36,13 +36,13 @@ def main() -> None:
 
     from kdprune.data import YOLODataModule, resolve_data
     from kdprune.pruning import YoloPruner, build_graph, int8_bytes
-    from kdprune.train import _hyp
+    from kdprune.train import hyp_from_cfg
     from kdprune.yolo import build_model, evaluate_checkpoint, save_ultralytics_checkpoint, split_blocks
 
     cfg = default_cfg()
     budget = args.budget or int(cfg.prune.target.int8_bytes)
     data = resolve_data(str(default_data_yaml()), cfg.cache_dir, OmegaConf.to_container(cfg.data.embedded), False)
-    hyp = _hyp(cfg, data)
+    hyp = hyp_from_cfg(cfg, data)
     dense = build_model(None, args.weights, data["names"], hyp)
     split_blocks(dense)
     dm = YOLODataModule(data, hyp, batch=cfg.data.batch, val_batch=cfg.data.val_batch, workers=cfg.data.workers,

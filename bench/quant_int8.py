@@ -67,10 +67,10 @@ def ort_quantize_static(run: Path, cfg, n_calib: int) -> dict:
     from kdprune.data import resolve_data
     from kdprune.export import OnnxRunner, evaluate_runner, latency_ms
     from kdprune.export.stages import calibration_images
-    from kdprune.train import _hyp
+    from kdprune.train import hyp_from_cfg
 
     data = resolve_data(cfg.data.yaml, cfg.cache_dir, dict(cfg.data.embedded), False)
-    hyp = _hyp(cfg, data)
+    hyp = hyp_from_cfg(cfg, data)
     imgsz = int(cfg.data.imgsz)
     calib = calibration_images(data, hyp, imgsz, n_calib)
 

@@ -37,7 +37,7 @@ from kdprune.yolo import build_model, evaluate_checkpoint, hyp_namespace, model_
 log = logging.getLogger("kdprune")
 
 
-def _hyp(cfg: DictConfig, data: dict):
+def hyp_from_cfg(cfg: DictConfig, data: dict):
     """Ultralytics' hyperparameter namespace for this run (augmentation, loss gains, optimizer, imgsz, data)."""
     optim = OmegaConf.to_container(cfg.optim, resolve=True)
     return hyp_namespace(
@@ -68,7 +68,7 @@ def run(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     data = resolve_data(cfg.data.yaml, cfg.cache_dir, OmegaConf.to_container(cfg.data.embedded), cfg.data.check_labels)
-    hyp = _hyp(cfg, data)
+    hyp = hyp_from_cfg(cfg, data)
     model = build_model(cfg.model.cfg, cfg.model.weights, data["names"], hyp)
     stride = max(int(model.stride.max()), 32)
     pruning = None

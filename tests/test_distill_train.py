@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from kdprune.data import resolve_data
 from kdprune.errors import UserError
 from kdprune.teacher_stage import obtain_teacher, teacher_key
-from kdprune.train import _hyp, run
+from kdprune.train import hyp_from_cfg, run
 from kdprune.yolo import build_model, head_input_channels, hyp_namespace, save_ultralytics_checkpoint
 from tests.conftest import TINY, compose
 from tests.test_errors import assert_user_error, kdprune
@@ -41,7 +41,7 @@ def _data_and_student(cfg):
     from omegaconf import OmegaConf
 
     data = resolve_data(cfg.data.yaml, cfg.cache_dir, OmegaConf.to_container(cfg.data.embedded), False)
-    return data, build_model(cfg.model.cfg, None, data["names"], _hyp(cfg, data))
+    return data, build_model(cfg.model.cfg, None, data["names"], hyp_from_cfg(cfg, data))
 
 
 def test_kd_run_trains_the_teacher_once_and_reports_each_term(kd_run):

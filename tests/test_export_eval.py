@@ -86,11 +86,11 @@ def tiny_val(cache_dir):
     from tests.conftest import TINY, compose
 
     from kdprune.data import resolve_data
-    from kdprune.train import _hyp
+    from kdprune.train import hyp_from_cfg
 
     cfg = compose(TINY)
     data = resolve_data(cfg.data.yaml, cfg.cache_dir, dict(cfg.data.embedded), cfg.data.check_labels)
-    return data, square_val_loader(data, _hyp(cfg, data), IMGSZ)
+    return data, square_val_loader(data, hyp_from_cfg(cfg, data), IMGSZ)
 
 
 class GroundTruthRunner:

@@ -126,6 +126,10 @@ def test_bad_layer_ratios_and_unknown_family(tmp_path):
         _prune_cfg(f"prune.prune_ratios={bad}")()
     with pytest.raises(UserError, match="Segment"):
         _prune_cfg("prune.target.ratio=0.2", model="yolo11n-seg.yaml")()
+    good = tmp_path / "good.yaml"
+    good.write_text("prune_ratios: {4: 0.3}\n")
+    with pytest.raises(UserError, match="global_ranking=true ignores"):  # (it used to prune every layer to round_to)
+        _prune_cfg(f"prune.prune_ratios={good}", "prune.global_ranking=true")()
 
 
 def test_cli_bad_ratio_exits_2_before_training(tmp_path):

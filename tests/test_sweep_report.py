@@ -80,3 +80,12 @@ def test_summarize_writes_csv_plot_best_and_rebuilds_identically(tmp_path):
     summarize([sweep / "0", sweep / "1"], tmp_path / "elsewhere")
     assert (tmp_path / "elsewhere" / "sweep_summary.csv").read_bytes() == first
     assert labels(rows) == {"0": "distill=none", "1": "distill=kd"}  # only what the sweep varied
+
+
+def test_labels_shorten_paths_and_long_lists():
+    rows = [{"job": "0", "overrides": "seed=0 prune.prune_ratios=/a/b/ratios.yaml"},
+            {"job": "1", "overrides": "seed=1"},
+            {"job": "2", "overrides": " ".join(f"k{i}={i}" for i in range(30))}]
+    out = labels(rows)
+    assert out["0"] == "prune_ratios=ratios.yaml seed=0" and out["1"] == "seed=1"
+    assert len(out["2"]) == 48 and out["2"].endswith("…")

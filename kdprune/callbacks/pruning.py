@@ -77,6 +77,10 @@ class GradualPruning(L.Callback):
             if "ratio" in target:
                 raise UserError("prune.prune_ratios sets the ratios per layer: use it with a budget (which scales "
                                 "them) or alone, not with prune.target.ratio.")
+            if not target and cfg.global_ranking:  # global ranking would read the file's ratio 1.0 as "prune it all"
+                raise UserError("prune.prune_ratios without a target applies the ratios per layer, which "
+                                "prune.global_ranking=true ignores: set prune.global_ranking=false, or add a budget "
+                                "(prune.target.int8_bytes=...) for global ranking within the listed layers.")
             path = _resolve_ratios_path(str(cfg.prune_ratios))
             try:
                 layer_ratios = load_layer_ratios(path)

@@ -9,12 +9,18 @@ from kdprune.report.sweep import OK, OVER, best
 
 def labels(rows: list[dict]) -> dict[str, str]:
     """Per job, only the overrides that differ between jobs (``int8_bytes=1600000 distill=none``): what the sweep
-    varied. Keys are shortened to their last component."""
+    varied. Keys are shortened to their last component, paths to their file name."""
     parsed = {r["job"]: dict(o.split("=", 1) if "=" in o else (o, "") for o in r["overrides"].split()) for r in rows}
     keys = sorted({k for d in parsed.values() for k in d})
     varied = [k for k in keys if len({d.get(k) for d in parsed.values()}) > 1]
-    return {job: " ".join(f"{k.lstrip('+').split('.')[-1]}={d[k]}" for k in varied if k in d) or f"job {job}"
-            for job, d in parsed.items()}
+    def short(k: str, v: str) -> str:  # a path by its file name; the whole label kept to one readable line
+        return f"{k.lstrip('+~').split('.')[-1]}={v.rstrip('/').rsplit('/', 1)[-1]}"
+
+    out = {}
+    for job, d in parsed.items():
+        text = " ".join(short(k, d[k]) for k in varied if k in d) or f"job {job}"
+        out[job] = text if len(text) <= 48 else text[:47] + "…"
+    return out
 
 
 def plot_pareto(rows: list[dict], path: str | Path) -> Path:
