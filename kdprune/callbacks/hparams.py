@@ -7,6 +7,7 @@ from pathlib import Path
 
 import lightning as L
 import yaml
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
 
@@ -44,6 +45,6 @@ def log_hparams(trainer: L.Trainer, params: dict, metrics: dict) -> None:
     """One HParams entry per run, with its final metrics (None metrics are left out)."""
     metrics = {f"final/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
     for lg in trainer.loggers:
-        if type(lg).__name__ == "TensorBoardLogger":
+        if isinstance(lg, TensorBoardLogger):
             lg.log_hyperparams(params, metrics)
             lg.finalize("success")
