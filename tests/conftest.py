@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,12 @@ TINY = [
     "data.augment.close_mosaic=0",
     "val.plot_every=1",
 ]
+
+
+def run_cli(*args: str, module: str = "kdprune", timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
+    """``python -m MODULE ARGS`` from the repo root, as a user types it; ``env`` adds environment variables."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", **env}, timeout=timeout)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -5,25 +5,18 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from tests.conftest import ROOT, TINY
+from tests.conftest import TINY
+from tests.conftest import run_cli as kdprune
 
 SWEEP_ARGS = ["+experiment=yolo11n_mcu", "trainer.max_epochs=2", "prune.start_epoch=0", "prune.end_epoch=0",
               "prune.steps=1", "teacher.cfg=yolov8n.yaml", "teacher.epochs=1", "quant.start_epoch=-1",
               "quant.freeze_bn_epoch=-1", "quant.freeze_observer_epoch=-1", "export.formats=[]"]
-
-
-def kdprune(*args: str, module: str = "kdprune", timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1", **env}, timeout=timeout)
 
 
 def read_csv(path) -> list[dict]:

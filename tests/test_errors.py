@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT, TINY, run_cli
 
 
 def kdprune(*args: str, run_dir: Path, timeout: int = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "kdprune", *TINY, f"hydra.run.dir={run_dir}", *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    """One tiny run into ``run_dir``."""
+    return run_cli(*TINY, f"hydra.run.dir={run_dir}", *args, timeout=timeout)
 
 
 def assert_user_error(p: subprocess.CompletedProcess, *needles: str, run_dir: Path | None = None) -> str:

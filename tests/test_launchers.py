@@ -8,7 +8,8 @@ import json
 import yaml
 
 from tests.conftest import TINY
-from tests.test_cli import kdprune, read_csv
+from tests.conftest import run_cli as kdprune
+from tests.test_cli import read_csv
 
 # The MCU experiment at 64 px without QAT and exports (the basic-launcher sweep in test_cli covers those)
 ARGS = [a for a in TINY if not a.startswith("trainer.max_epochs")] + [

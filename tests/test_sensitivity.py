@@ -196,11 +196,9 @@ def test_summary_records_the_run(scan):
 def test_cli_runs_the_sensitivity_task(tmp_path):
     """`python -m kdprune +experiment=sensitivity` reaches this task (not training): its own budget check answers,
     as one line with exit code 2, and leaves no run dir."""
-    from tests.test_cli import kdprune
+    from tests.test_errors import assert_user_error, kdprune
 
     run_dir = tmp_path / "run"
-    p = kdprune("+experiment=sensitivity", *SCAN, "sensitivity.target_int8_bytes=100000", f"hydra.run.dir={run_dir}",
-                timeout=300)
-    assert p.returncode == 2, p.stderr[-2000:]
-    assert "kdprune: error: sensitivity.target_int8_bytes=100,000: unreachable" in p.stderr
-    assert "Traceback" not in p.stderr and "Epoch" not in p.stderr and not run_dir.exists()
+    p = kdprune("+experiment=sensitivity", *SCAN[len(TINY):], "sensitivity.target_int8_bytes=100000", run_dir=run_dir)
+    assert_user_error(p, "sensitivity.target_int8_bytes=100,000: unreachable", run_dir=run_dir)
+    assert "Epoch" not in p.stderr
