@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -13,23 +14,30 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from kdprune.errors import SweepFailed, UserError
+from kdprune.errors import Interrupted, SweepFailed, UserError
 
 _CONF = str(Path(__file__).resolve().parent.parent / "conf")
 _entered = False
 
 
+# What a run writes before a user error can stop it (Hydra's record and log, the resolved config, TensorBoard, a
+# teacher stage): all that _clean_run_dir may delete.
+_RUN_WRITES = (".hydra", "__main__.log", "config.yaml", "tensorboard", "teacher")
+
+
 def _clean_run_dir(run_dir: Path, keep: tuple[str, ...] = ()) -> None:
     """A run stopped by a user error leaves nothing behind (Hydra has already made its dir and .hydra/); a sweep job
-    keeps ``keep`` (its overrides), so its row in the summary says which job failed."""
-    if not run_dir.is_dir() or (run_dir / "weights").exists():
+    keeps ``keep`` (its overrides), so its row in the summary says which job failed. A dir that holds saved training
+    state (a resumed run's) or anything a run does not write (``hydra.run.dir=`` an existing folder) is left alone."""
+    if not run_dir.is_dir() or any((run_dir / d).exists() for d in ("weights", "checkpoints", "teacher/checkpoints")):
         return
-    if not keep:
-        shutil.rmtree(run_dir, ignore_errors=True)
+    if any(p.name not in _RUN_WRITES for p in run_dir.iterdir()):
         return
     for p in run_dir.iterdir():
         if p.name not in keep:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    if not keep and not any(run_dir.iterdir()):
+        run_dir.rmdir()
 
 
 def _job_failed(run_dir: Path, error: BaseException, kind: str, t0: float) -> None:
@@ -42,6 +50,24 @@ def _job_failed(run_dir: Path, error: BaseException, kind: str, t0: float) -> No
     if kind == "internal":
         record["traceback"] = traceback.format_exc()
     (run_dir / "failed.json").write_text(json.dumps(record, indent=2))
+
+
+def resume_command(run_dir: Path, overrides: list[str]) -> str:
+    """The command line that resumes the run in ``run_dir`` (started with ``overrides``) where it stopped."""
+    keep = [o for o in overrides if not o.lstrip("+~").startswith(("ckpt_path=", "hydra.run.dir="))]
+    return shlex.join([sys.executable, "-m", "kdprune", *keep, f"hydra.run.dir={run_dir}", "ckpt_path=last"])
+
+
+def _interrupted(e: Interrupted, run_dir: Path) -> None:
+    """One line on what was saved and how to go on; exit 128 + the signal's number, as a shell reports it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    n = e.epoch + 1
+    saved = (f"{n} finished epoch{'s' if n > 1 else ''} saved in {e.checkpoint}" if e.checkpoint is not None
+             else "no finished epoch to save")
+    print(f"\nkdprune: stopped by {e.signame}; {saved}; resume with: "
+          f"{resume_command(run_dir, list(HydraConfig.get().overrides.task))}", file=sys.stderr)
+    sys.exit(128 + e.signum)
 
 
 def _check_sweep(cfg: DictConfig) -> None:
@@ -76,6 +102,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         if multirun:
             _check_sweep(cfg)
         run(cfg)
+    except Interrupted as e:  # a signal: the whole sweep stops too
+        _interrupted(e, run_dir)
     except UserError as e:
         print(f"kdprune: error: {e}", file=sys.stderr)
         if not multirun:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from kdprune.callbacks import last_checkpoint
 from kdprune.data import data_fingerprint
 from kdprune.distill import Teacher
 from kdprune.errors import UserError
@@ -44,7 +45,8 @@ def _teacher_cfg(cfg: DictConfig, run_dir: Path) -> DictConfig:
         for k in ("strategy", "num_nodes"):
             t.trainer.pop(k, None)
         t.seed = int(cfg.teacher.seed)
-        t.ckpt_path = None
+        # resuming an interrupted run (ckpt_path=last) resumes its teacher stage too, if that was interrupted
+        t.ckpt_path = "last" if cfg.ckpt_path == "last" and last_checkpoint(run_dir).is_file() else None
         t.run_dir = str(run_dir)
     return t
 

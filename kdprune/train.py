@@ -19,6 +19,7 @@ from kdprune.callbacks import (
     GradualPruning,
     QATPhase,
     UltralyticsCheckpoint,
+    last_checkpoint,
     log_hparams,
     log_per_class_ap,
     run_hparams,
@@ -55,8 +56,21 @@ def _check_cfg(cfg: DictConfig) -> None:
         raise UserError(f"trainer.max_epochs={cfg.trainer.max_epochs}: must be >= 1.")
     if int(cfg.data.imgsz) % 32:
         raise UserError(f"data.imgsz={cfg.data.imgsz}: must be a multiple of 32 (the model's largest stride).")
-    if cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():
+    if cfg.ckpt_path == "last":
+        if not any(p.is_file() for p in (last_checkpoint(cfg.run_dir), last_checkpoint(Path(cfg.run_dir) / "teacher"))):
+            raise UserError(f"ckpt_path=last: {cfg.run_dir} holds no checkpoints/last.ckpt; resume in the interrupted "
+                            "run's dir: hydra.run.dir=<that dir> ckpt_path=last (or ckpt_path=<path to a .ckpt>)")
+    elif cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():
         raise UserError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint (use <run_dir>/checkpoints/last.ckpt).")
+
+
+def _ckpt_path(cfg: DictConfig) -> str | None:
+    """``ckpt_path=last``: this run dir's own checkpoint, if the student got that far (else the student starts fresh;
+    the teacher stage resumes its own)."""
+    if cfg.ckpt_path == "last":
+        p = last_checkpoint(cfg.run_dir)
+        return str(p) if p.is_file() else None
+    return cfg.ckpt_path
 
 
 def run(cfg: DictConfig) -> dict:
@@ -113,7 +127,7 @@ def run(cfg: DictConfig) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
-    trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
+    trainer.fit(module, datamodule=dm, ckpt_path=_ckpt_path(cfg))
     if not trainer.is_global_zero:
         return {}
 

@@ -6,6 +6,7 @@ from kdprune.callbacks.mosaic import CloseMosaic
 from kdprune.callbacks.plots import DetectionPlots, log_per_class_ap, save_channels_png
 from kdprune.callbacks.pruning import GradualPruning
 from kdprune.callbacks.qat import QATPhase
+from kdprune.callbacks.resume import ResumeCheckpoint, last_checkpoint
 
-__all__ = ["CloseMosaic", "DetectionPlots", "GradualPruning", "QATPhase", "UltralyticsCheckpoint", "log_hparams",
-           "log_per_class_ap", "run_hparams", "save_channels_png"]
+__all__ = ["CloseMosaic", "DetectionPlots", "GradualPruning", "QATPhase", "ResumeCheckpoint", "UltralyticsCheckpoint",
+           "last_checkpoint", "log_hparams", "log_per_class_ap", "run_hparams", "save_channels_png"]

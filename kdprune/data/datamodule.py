@@ -55,16 +55,17 @@ class YOLODataModule(L.LightningDataModule):
 
     def _loader(self, ds, batch: int, train: bool, shard: bool = True) -> DataLoader:
         world = self.trainer.world_size if self.trainer is not None and shard else 1
-        sampler = None
-        if world > 1:  # we set use_distributed_sampler=False: val shards must not be padded with duplicates
-            rank = self.trainer.global_rank
-            sampler = (DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=self.seed) if train
-                       else _ContiguousSampler(len(ds), world, rank))
-        g = torch.Generator()  # Lightning calls set_epoch on the sampler; the shuffle generator advances per epoch
+        rank = self.trainer.global_rank if world > 1 else 0
+        g = torch.Generator()
         g.manual_seed(self.seed)
+        sampler = None
+        if train:
+            sampler = _EpochShuffle(ds, g, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+        elif world > 1:  # we set use_distributed_sampler=False: val shards must not be padded with duplicates
+            sampler = _ContiguousSampler(len(ds), world, rank)
         workers = min(self.workers, len(ds) // max(batch, 1) or 0)
         return DataLoader(
-            ds, batch_size=min(batch, len(ds)), shuffle=train and sampler is None, sampler=sampler,
+            ds, batch_size=min(batch, len(ds)), shuffle=False, sampler=sampler,
             num_workers=workers, pin_memory=torch.cuda.is_available(), collate_fn=ds.collate_fn,
             worker_init_fn=seed_worker, generator=g, drop_last=False,
         )
@@ -75,6 +76,33 @@ class YOLODataModule(L.LightningDataModule):
     def val_dataloader(self, shard: bool = True) -> DataLoader:
         """This rank's slice of the val set under DDP; with ``shard=False`` all of it (the final evaluation)."""
         return self._loader(self.val_set, self.val_batch, train=False, shard=shard)
+
+
+class _EpochShuffle(DistributedSampler):
+    """DistributedSampler's shuffle, a function of (seed, epoch) (one replica when not under DDP). Lightning calls
+    ``set_epoch`` before each epoch's loader is iterated; it also re-seeds the loader's generator (the workers' base
+    seed) and empties ultralytics' mosaic buffer, so epoch k draws the same batches and augmentations whether the run
+    went through epochs 0..k-1 or was resumed from a checkpoint of epoch k-1."""
+
+    def __init__(self, ds, generator: torch.Generator, **kw):
+        super().__init__(ds, **kw)
+        self.generator = generator
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.generator.manual_seed(self.seed + epoch)
+        reset_mosaic_buffer(self.dataset)
+
+
+def reset_mosaic_buffer(ds) -> None:
+    """Empty a YOLO dataset's mosaic buffer (the recently loaded images mosaic draws partners from): with workers=0 it
+    would otherwise carry from one epoch into the next, and a resumed run would start with another one."""
+    if not hasattr(ds, "buffer"):
+        return
+    if getattr(ds, "cache", None) != "ram":  # images held only because they are in the buffer (ultralytics' BaseDataset.load_image)
+        for j in ds.buffer:
+            ds.ims[j], ds.im_hw0[j], ds.im_hw[j] = None, None, None
+    ds.buffer.clear()
 
 
 class _ContiguousSampler(torch.utils.data.Sampler):
