@@ -85,12 +85,44 @@ class DetectionModule(L.LightningModule):
         self.accumulate_nominal, self._optim_args = accumulate, (iterations, decay)
         return opt
 
-    def on_pruned(self) -> None:
-        """After channels were removed (from the model and its EMA): a new optimizer over the new parameters (moments
-        restart; the LR schedule is keyed to the global step, so it continues), an EMA that reads the new tensors,
-        and under DDP a new wrapper, whose buckets held the old tensors. Distillation adapters were pruned with the
-        model (``YoloPruner.apply(follow=...)``) and are in the new optimizer."""
+    def apply_pruning(self, pruner, plan: dict) -> dict:
+        """Remove ``plan``'s channels from the student, its EMA and the distillation adapters (pruned with the model:
+        ``YoloPruner.apply(follow=...)``), record them in ``pruning_history``, and carry every kept element's optimizer
+        state (Adam's moments, SGD's momentum) onto the new tensors; the LR schedule is keyed to the global step, so it
+        continues. Returns the index map (``kdprune.pruning.carry``) for other per-element state."""
+        from kdprune.pruning.carry import prune_with_index_map
+
+        opt = self.trainer.strategy.optimizers[0]
+        named = dict(self.named_parameters())
+        old_state = {n: dict(opt.state[p]) for n, p in named.items() if p in opt.state}
+        old_shapes = {n: p.shape for n, p in named.items()}
+        adapters = self.distiller.adapters if self.distiller is not None else None
+        records: list = []
+
+        def prune() -> None:
+            records.extend(pruner.apply(self.model, plan,
+                                        follow=adapters.prune_inputs if adapters is not None else None))
+
+        index_map = prune_with_index_map(self, prune)
+        if self.ema is not None:
+            pruner.apply(self.ema.ema, plan)
+        self.pruning_history.extend(records)
+        self._new_optimizer(carry=(old_state, old_shapes, index_map))
+        return index_map
+
+    def set_bn_sparsity(self, value: float) -> None:
+        """L1 on BN gammas (network slimming) from the next step on; 0 switches it off."""
+        self.bn_l1 = float(value)
+
+    def _new_optimizer(self, carry: tuple | None = None) -> None:
+        """A new optimizer over the current parameters (after channels were removed, or the QAT graph was built), with
+        ``carry``'s state for the parameters that have one (else moments restart), an EMA that reads the new tensors,
+        and under DDP a new wrapper, whose buckets held the old tensors."""
+        from kdprune.pruning.carry import carry_optimizer_state
+
         opt, _ = build_optimizer(self.trainable(), self.hyp, len(self.names), *self._optim_args)
+        if carry is not None:
+            carry_optimizer_state(*carry, dict(self.named_parameters()), opt)
         self.trainer.strategy.optimizers = [opt]
         if self.ema is not None:
             refresh_ema(self.ema)
@@ -155,7 +187,7 @@ class DetectionModule(L.LightningModule):
             self.model.load_state_dict(self.ema.ema.state_dict())
             self.ema = None
         self.qat = QATDetector(self.model, imgsz, per_channel=per_channel)
-        self.on_pruned()
+        self._new_optimizer()
 
     # ---- training ----------------------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:

@@ -18,12 +18,13 @@ from kdprune.teacher_stage import obtain_teacher, teacher_key
 from kdprune.train import hyp_from_cfg, run
 from kdprune.yolo import build_model, head_input_channels, hyp_namespace, save_ultralytics_checkpoint
 from tests.conftest import TINY, compose
+from tests.probes import assert_starts_from, probe
 from tests.test_errors import assert_user_error, kdprune
 
 # A tiny teacher (yolov8n, one epoch) trained by the teacher stage (its own seed, so no other test cached it first); the student is pruned at the start of epoch 0 with
 # KD on, so the adapters follow a prune step before any training; class-weighted loss.
 TEACHER = ["teacher=yolo11s", "teacher.cfg=yolov8n.yaml", "teacher.epochs=1"]
-KD = [*TINY, *TEACHER, "teacher.seed=1", "distill=kd", "trainer.max_epochs=2", "prune=gradual", "prune.start_epoch=0",
+KD = [*TINY, *TEACHER, "teacher.seed=1", "distill=kd", "trainer.max_epochs=2", "prune=gradual", "prune.fade_epochs=0", "prune.start_epoch=0",
       "prune.end_epoch=0", "prune.steps=1", "prune.target.ratio=0.5", "loss=class_weighted"]
 
 
@@ -113,10 +114,15 @@ def test_class_weights_are_counted_from_the_training_labels(kd_run):
 
 def test_resume_a_pruned_kd_run(kd_run, tmp_path):
     run_dir, s = kd_run
-    cfg = compose([*KD, "trainer.max_epochs=3", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"],
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    cfg = compose([*KD, "trainer.max_epochs=3", f"ckpt_path={ckpt}", *probe(tmp_path / "start")],
                   run_dir=tmp_path / "resumed")
     r = run(cfg)
     assert r["epochs"] == 3 and r["params"] == s["params"]
+    # pruned weights, adapters (pruned with the student), optimizer moments and EMA as saved
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert any(k.startswith("distiller.adapters.") for k in saved["state_dict"])
+    assert_starts_from(tmp_path / "start.0", saved)
 
 
 def test_distill_none_loads_no_teacher(tmp_path):

@@ -21,7 +21,7 @@ def test_submitit_jobs_run_concurrently_and_train_the_teacher_once(tmp_path):
     d = tmp_path / "sweep"
     # teacher.seed=7: a teacher no other test has cached, so both jobs start without one and race for it
     p = kdprune("-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=15", *ARGS,
-                "prune.start_epoch=0", "prune.end_epoch=0", "teacher.seed=7", "prune.target.int8_bytes=1500000,2000000",
+                "prune.start_epoch=0", "prune.end_epoch=0", "prune.fade_epochs=0", "teacher.seed=7", "prune.target.int8_bytes=1500000,2000000",
                 f"hydra.sweep.dir={d}", OMP_NUM_THREADS="1")  # two jobs on 2 cores (joblib sets this itself)
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     assert list((d / ".submitit").iterdir())  # the jobs went through submitit
@@ -39,7 +39,7 @@ def test_optuna_search_scores_trials_by_int8_map_and_writes_the_best(tmp_path):
     # -m: the search-space overrides on the command line (prune epochs narrowed to a 2-epoch run)
     p = kdprune("-m", *ARGS, "+hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
                 "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "prune.target.int8_bytes=1800000",
-                "prune.start_epoch=0", "prune.end_epoch=choice(0,1)", f"hydra.sweep.dir={d}")
+                "prune.start_epoch=0", "prune.fade_epochs=0", "prune.end_epoch=choice(0,1)", f"hydra.sweep.dir={d}")
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     rows = read_csv(d / "sweep_summary.csv")
     assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)

@@ -15,8 +15,9 @@ from kdprune.export import OnnxRunner, TorchRunner
 from kdprune.export.stages import ExportFailed
 from kdprune.train import run
 from tests.conftest import TINY, compose
+from tests.probes import assert_starts_from, probe
 
-QAT = [*TINY, "trainer.max_epochs=3", "prune=gradual", "prune.start_epoch=0", "prune.end_epoch=0", "prune.steps=1",
+QAT = [*TINY, "trainer.max_epochs=3", "prune=gradual", "prune.start_epoch=0", "prune.end_epoch=0", "prune.fade_epochs=0", "prune.steps=1",
        "prune.target.ratio=0.2", "quant=int8_qat", "quant.start_epoch=1", "quant.freeze_bn_epoch=2",
        "quant.freeze_observer_epoch=2", "quant.ptq_images=8", "export=int8", "export.calib_images=8",
        "export.latency_runs=20"]
@@ -92,11 +93,12 @@ def test_export_failure_is_a_user_error_that_keeps_the_run_dir(qat_run):
 
 def test_resume_during_qat(qat_run, tmp_path):
     """last.ckpt was written during QAT: resuming rebuilds the pruned architecture, then the fake-quant graph with
-    its frozen ranges, and continues to a 4th epoch."""
+    its frozen ranges (every scale and zero point as saved, not re-observed), and continues to a 4th epoch."""
     ckpt = torch.load(qat_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["qat"]["observers_frozen"] and any(k.startswith("qat.graph.") for k in ckpt["state_dict"])
-    s = run(compose([*QAT, "trainer.max_epochs=4", "export.formats=[]", f"ckpt_path={qat_run}/checkpoints/last.ckpt"],
-                    run_dir=tmp_path / "resumed"))
+    s = run(compose([*QAT, "trainer.max_epochs=4", "export.formats=[]", f"ckpt_path={qat_run}/checkpoints/last.ckpt",
+                     *probe(tmp_path / "start")], run_dir=tmp_path / "resumed"))
     assert s["epochs"] == 4 and s["quant"]["observers_frozen"]
-    scales = {k: v for k, v in ckpt["state_dict"].items() if k.startswith("qat.graph.") and k.endswith(".scale")}
-    assert scales  # the frozen ranges came back (and were not re-observed): compare with the resumed module's
+    assert_starts_from(tmp_path / "start.0", ckpt)  # weights, optimizer moments, QAT scales and state
+    scales = [k for k in ckpt["state_dict"] if k.startswith("qat.graph.") and k.endswith(".scale")]
+    assert scales and s["quant"]["bn_frozen"] == ckpt["qat"]["bn_frozen"]

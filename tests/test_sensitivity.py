@@ -159,7 +159,7 @@ def test_yaml_loads_in_prune_ratios_and_meets_the_budget_as_training_applies_it(
     ratios = load_layer_ratios(path)
     assert set(ratios) == {int(k.split()[0]) for k in summary["allocation"]} and isinstance(ratios[23], list)
     assert any(v > 0 for v in summary["allocation"].values())
-    cfg = compose([*TINY, "prune=gradual", f"prune.prune_ratios={path}", "prune.start_epoch=0", "prune.end_epoch=0",
+    cfg = compose([*TINY, "prune=gradual", f"prune.prune_ratios={path}", "prune.start_epoch=0", "prune.end_epoch=0", "prune.fade_epochs=0",
                    "prune.steps=1"], tmp_path)
     assert all(v is None for v in cfg.prune.target.values())  # the ratios alone, as written
     data = resolve_data(None, cfg.cache_dir, OmegaConf.to_container(cfg.data.embedded), False)

@@ -13,6 +13,8 @@ from kdprune.callbacks.plots import _tb, channels_chart
 from kdprune.errors import UserError
 from kdprune.pruning import (
     IMPORTANCES,
+    ChannelFade,
+    TaylorEMA,
     MEASURES,
     PruneSchedule,
     YoloPruner,
@@ -20,6 +22,7 @@ from kdprune.pruning import (
     model_costs,
     needs_gradients,
 )
+from kdprune.yolo import evaluate_model
 from kdprune.yolo.structure import ATTENTION_MODES
 
 BUDGETS = tuple(MEASURES)  # params, macs, int8_bytes
@@ -33,6 +36,27 @@ def _resolve_ratios_path(path: str) -> Path:
     return p
 
 
+def _check_fade(schedule: PruneSchedule, fade: int, importance_epochs: float, gradients: bool) -> str | None:
+    """What is wrong with ``prune.fade_epochs`` / ``prune.importance_epochs`` for this schedule, or None."""
+    if importance_epochs < 0:
+        return f"prune.importance_epochs={importance_epochs}: must be >= 0 (0: score taylor_batches at each step)"
+    if fade < 0:
+        return f"prune.fade_epochs={fade}: must be >= 0 (0: remove channels at once)"
+    if not fade:
+        return None
+    epochs = schedule.epochs()
+    scored = 1 if gradients and importance_epochs > 0 else 0  # accumulated scores need an epoch of steps first
+    if epochs[0] - fade < scored:
+        return (f"prune.fade_epochs={fade}: the first step (epoch {epochs[0]}) leaves no room to "
+                f"{'score channels for an epoch and ' if scored else ''}fade them before it; set "
+                f"prune.start_epoch >= {fade + scored} or a shorter fade")
+    gaps = [b - a for a, b in zip(epochs, epochs[1:])]
+    if gaps and fade > min(gaps):
+        return (f"prune.fade_epochs={fade} is longer than the pruning window between steps (epochs {epochs}: "
+                f"{min(gaps)} apart); set prune.fade_epochs <= {min(gaps)} or fewer prune.steps")
+    return None
+
+
 class GradualPruning(L.Callback):
     """Prunes ``pl_module.model`` (and its EMA) at the start of each scheduled epoch.
 
@@ -43,12 +67,20 @@ class GradualPruning(L.Callback):
     """
 
     def __init__(self, pruner: YoloPruner, schedule: PruneSchedule, *, ratio: float, budget: tuple[str, int] | None,
-                 imgsz: int, bn_sparsity: float = 0.0, taylor_batches: int = 4, costs_before: dict | None = None):
+                 imgsz: int, bn_sparsity: float, taylor_batches: int, fade_epochs: int, importance_epochs: float,
+                 costs_before: dict | None = None):
         self.pruner, self.schedule, self.ratio, self.budget, self.imgsz = pruner, schedule, ratio, budget, imgsz
         self.bn_sparsity, self.taylor_batches = bn_sparsity, taylor_batches
+        self.fade_epochs, self.importance_epochs = fade_epochs, importance_epochs
+        # Taylor scores averaged over the training steps (importance_epochs > 0), else from taylor_batches at a step
+        accumulate = needs_gradients(pruner.importance_name) and importance_epochs > 0
+        self.taylor: TaylorEMA | None = TaylorEMA() if accumulate else None
         self.costs_before = costs_before or {}
         self.steps_done = 0
         self.steps_log: list[dict] = []
+        self.plan: dict | None = None  # the next step's channels, chosen when its fade began
+        self.fade: ChannelFade | None = None
+        self.batches_per_epoch = 1
 
     # ---- config -----------------------------------------------------------------------------------------------------
     @classmethod
@@ -65,6 +97,9 @@ class GradualPruning(L.Callback):
             raise UserError(f"prune.round_to={cfg.round_to}: must be >= 1 (8 suits most NPUs).")
         if float(cfg.bn_sparsity) < 0:
             raise UserError(f"prune.bn_sparsity={cfg.bn_sparsity}: must be >= 0.")
+        if (msg := _check_fade(schedule, int(cfg.fade_epochs), float(cfg.importance_epochs),
+                               needs_gradients(cfg.importance))) is not None:
+            raise UserError(msg)
         target = {k: v for k, v in OmegaConf.to_container(cfg.target).items() if v is not None}
         unknown = set(target) - {"ratio", *BUDGETS}
         if unknown or len(target) > 1:
@@ -106,7 +141,9 @@ class GradualPruning(L.Callback):
             budget = (kind, int(value))
             ratio = cls._solve(pruner, model, budget, imgsz, int(cfg.round_to))
         return cls(pruner, schedule, ratio=float(ratio), budget=budget, imgsz=imgsz,
-                   bn_sparsity=float(cfg.bn_sparsity), taylor_batches=int(cfg.taylor_batches), costs_before=costs)
+                   bn_sparsity=float(cfg.bn_sparsity), taylor_batches=int(cfg.taylor_batches),
+                   fade_epochs=int(cfg.fade_epochs), importance_epochs=float(cfg.importance_epochs),
+                   costs_before=costs)
 
     @staticmethod
     def _solve(pruner: YoloPruner, model, budget: tuple[str, int], imgsz: int, round_to: int) -> float:
@@ -121,23 +158,48 @@ class GradualPruning(L.Callback):
         return ratio
 
     # ---- the phase -------------------------------------------------------------------------------------------------
+    # Step k (1-based) removes channels at the start of epoch epochs[k-1]. With fade_epochs = F > 0 its channels are
+    # chosen F epochs earlier and faded to zero over those epochs' batches, so the removal itself loses nothing.
+    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+        nb = max(int(trainer.num_training_batches), 1)
+        self.batches_per_epoch = nb
+        if self.taylor is not None:  # time constant in optimizer steps
+            self.taylor.set_time_constant(self.importance_epochs * nb / max(pl_module.accumulate_nominal, 1))
+            self.pruner.use_accumulated(self.taylor)
+
+    def _decisions_left(self) -> bool:
+        return self.steps_done + (self.plan is not None) < self.schedule.steps
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module, optimizer) -> None:
+        if self.taylor is not None and self._decisions_left():
+            self.taylor.update(pl_module.model)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self.fade is not None:  # after the optimizer step and the EMA update of this batch
+            self.fade.step(*self._models(pl_module))
+
+    @staticmethod
+    def _models(pl_module) -> list:
+        return [pl_module.model] + ([pl_module.ema.ema] if pl_module.ema is not None else [])
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
-        epochs = self.schedule.epochs()
-        while self.steps_done < len(epochs) and epochs[self.steps_done] <= trainer.current_epoch:
+        epochs, e = self.schedule.epochs(), trainer.current_epoch
+        while self.steps_done < len(epochs) and epochs[self.steps_done] <= e:
             self._step(trainer, pl_module)
-        in_phase = trainer.current_epoch <= self.schedule.end_epoch
-        pl_module.bn_l1 = self.bn_sparsity if in_phase else 0.0
+        k = self.steps_done  # the next step's index in epochs
+        if self.fade_epochs and k < len(epochs) and self.plan is None and e >= epochs[k] - self.fade_epochs:
+            self.plan = self._decide(trainer, pl_module, k + 1)
+            self.fade = ChannelFade(self.pruner.bn_targets(pl_module.model, self.plan),
+                                    steps=(epochs[k] - e) * self.batches_per_epoch)
+            pl_module.print(f"kdprune: pruning step {k + 1}/{self.schedule.steps}: fading "
+                            f"{sum(len(v) for v in self.plan.values())} channels to zero until epoch {epochs[k]}")
+        pl_module.set_bn_sparsity(self.bn_sparsity if e <= self.schedule.end_epoch else 0.0)
 
-    def _step(self, trainer: L.Trainer, pl_module) -> None:
-        k = self.steps_done + 1
+    def _decide(self, trainer: L.Trainer, pl_module, k: int) -> dict:
+        """Rank 0 chooses step ``k``'s channels (re-solving the budget at the last step, on the trained weights);
+        every rank gets the same plan."""
         model = pl_module.model
-        if k == 1:
-            from kdprune.callbacks.checkpoint import UltralyticsCheckpoint
-
-            for cb in trainer.callbacks:
-                if isinstance(cb, UltralyticsCheckpoint):
-                    cb.save_pre_prune(trainer, pl_module)
-        if needs_gradients(self.pruner.importance_name):
+        if self.taylor is None and needs_gradients(self.pruner.importance_name):
             self._gradients(trainer, pl_module)
         plan, ratio = None, self.ratio
         if trainer.is_global_zero:
@@ -145,16 +207,27 @@ class GradualPruning(L.Callback):
                 ratio = self.ratio = self._solve(self.pruner, model, self.budget, self.imgsz, self.pruner.round_to)
             plan = self.pruner.plan(model, ratio * self.schedule.fraction(k))
         plan, self.ratio = trainer.strategy.broadcast((plan, self.ratio), src=0)
-        distiller = getattr(pl_module, "distiller", None)
-        adapters = distiller.adapters if distiller is not None else None
-        records = self.pruner.apply(model, plan, follow=adapters.prune_inputs if adapters is not None else None)
-        if pl_module.ema is not None:
-            self.pruner.apply(pl_module.ema.ema, plan)
-        pl_module.pruning_history.extend(records)
         model.zero_grad(set_to_none=True)
-        pl_module.on_pruned()
-        self.steps_done = k
-        self._report(trainer, pl_module, k)
+        return plan
+
+    def _step(self, trainer: L.Trainer, pl_module) -> None:
+        k = self.steps_done + 1
+        if k == 1:
+            from kdprune.callbacks.checkpoint import UltralyticsCheckpoint
+
+            for cb in trainer.callbacks:
+                if isinstance(cb, UltralyticsCheckpoint):
+                    cb.save_pre_prune(trainer, pl_module)
+        plan = self.plan if self.plan is not None else self._decide(trainer, pl_module, k)
+        if self.fade is not None:
+            while not self.fade.complete:  # (only if the epoch had fewer batches than planned)
+                self.fade.step(*self._models(pl_module))
+        before = (pl_module.val_metrics or {}).get("mAP50-95")  # the last validation: after the fade, if any
+        index_map = pl_module.apply_pruning(self.pruner, plan)
+        if self.taylor is not None:
+            self.taylor.reindex(index_map, prefix="model.")
+        self.plan, self.fade, self.steps_done = None, None, k
+        self._report(trainer, pl_module, k, before)
 
     def _gradients(self, trainer: L.Trainer, pl_module) -> None:
         """First-order Taylor needs ``.grad``: accumulate it over a few training batches (no optimizer step)."""
@@ -170,15 +243,25 @@ class GradualPruning(L.Callback):
                 loss, _, _ = pl_module.criterion(model(img), batch)
                 loss.sum().backward()
 
-    def _report(self, trainer: L.Trainer, pl_module, k: int) -> None:
+    def _report(self, trainer: L.Trainer, pl_module, k: int, before: float | None) -> None:
+        """The step's sizes, and its cliff: val mAP50-95 of the EMA model just before the removal (the last
+        validation) and just after it (measured here, on rank 0)."""
         costs = model_costs(pl_module.model, self.imgsz)
+        after = None
+        if trainer.is_global_zero:
+            after = evaluate_model(pl_module.eval_model, trainer.datamodule.val_dataloader(shard=False),
+                                   pl_module.data, pl_module.device)["mAP50-95"]
         entry = {"step": k, "epoch": trainer.current_epoch, "ratio": round(self.ratio * self.schedule.fraction(k), 4),
-                 **costs}
+                 **costs, "mAP50-95_before": before, "mAP50-95_after": after,
+                 "cliff": round(before - after, 4) if before is not None and after is not None else None}
         self.steps_log.append(entry)
+        cliff = f", val mAP50-95 {before:.4f} -> {after:.4f}" if entry["cliff"] is not None else ""
         pl_module.print(f"kdprune: pruning step {k}/{self.schedule.steps} at epoch {trainer.current_epoch}: params "
-                        f"{costs['params']:,}, INT8 ~{costs['int8_bytes']:,} B, {costs['macs'] / 1e9:.3f} GMACs")
+                        f"{costs['params']:,}, INT8 ~{costs['int8_bytes']:,} B, {costs['macs'] / 1e9:.3f} GMACs{cliff}")
         if trainer.is_global_zero and (tb := _tb(trainer)) is not None:
             step = trainer.global_step
+            if entry["cliff"] is not None:
+                tb.add_scalar("prune/cliff", entry["cliff"], step)
             tb.add_scalar("prune/ratio", entry["ratio"], step)
             tb.add_scalar("prune/params", costs["params"], step)
             tb.add_scalar("prune/GMACs", costs["macs"] / 1e9, step)
@@ -207,9 +290,15 @@ class GradualPruning(L.Callback):
 
     # ---- resume -----------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"steps_done": self.steps_done, "ratio": self.ratio, "log": self.steps_log}
+        return {"steps_done": self.steps_done, "ratio": self.ratio, "log": self.steps_log, "plan": self.plan,
+                "fade": self.fade.state_dict() if self.fade is not None else None,
+                "taylor": self.taylor.state_dict() if self.taylor is not None else None}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.steps_done = state_dict["steps_done"]
         self.ratio = state_dict["ratio"]
         self.steps_log = state_dict.get("log", [])
+        self.plan = state_dict.get("plan")
+        self.fade = ChannelFade.from_state(state_dict["fade"]) if state_dict.get("fade") else None
+        if self.taylor is not None and state_dict.get("taylor"):
+            self.taylor.load_state_dict(state_dict["taylor"])

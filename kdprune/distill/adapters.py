@@ -47,6 +47,9 @@ class FeatureAdapters(nn.Module):
         new = _conv(len(keep), old.out_channels).to(old.weight.device, old.weight.dtype)
         new.weight.copy_(old.weight[:, keep])
         new.bias.copy_(old.bias)
+        if old.weight.grad is not None:  # sliced like the weights, as torch-pruning does (kdprune.pruning.carry)
+            new.weight.grad = old.weight.grad[:, keep].clone()
+            new.bias.grad = old.bias.grad.clone() if old.bias.grad is not None else None
         self.convs[level] = new
 
     def match(self, state_dict: dict, prefix: str) -> None:

@@ -72,6 +72,8 @@ class YoloPruner:
         self.importance = make_importance(importance)
         self.needs_grad = needs_gradients(importance)
         self._magnitude = make_importance("l2")
+        self._l1 = make_importance("l1")
+        self.accumulated = None  # a TaylorEMA that scores instead of one batch's gradients (use_accumulated)
         self.global_ranking, self.round_to, self.trace_imgsz = global_ranking, round_to, trace_imgsz
         names = {m: n for n, m in model.named_modules()}
         self.frozen = {names[m] for m in frozen_modules(model, keep_stem=keep_stem, attention=attention)}
@@ -98,9 +100,27 @@ class YoloPruner:
                     self.weights[n] = 0.0
         self.base_weights = dict(self.weights)
 
+    def use_accumulated(self, scores) -> None:
+        """Score channels by ``scores`` (a ``TaylorEMA`` of this model, once it has seen a step) from now on."""
+        self.accumulated = scores
+
     # ---- groups -----------------------------------------------------------------------------------------------------
     def units(self, model: nn.Module, *, scores: bool = True) -> list[Unit]:
-        """Every prunable group of ``model`` as a ``Unit`` (scored by the importance criterion if ``scores``)."""
+        """Every prunable group of ``model`` as a ``Unit`` (scored by the importance criterion if ``scores``; by the
+        accumulated Taylor scores once ``use_accumulated`` gave some)."""
+        if scores and self.accumulated is not None and self.accumulated.updates:
+            with self.accumulated.as_weights(model):  # torch-pruning's L1 group reduction over accumulated |w*g|
+                return self._groups(model, self._l1)
+        return self._groups(model, self._score if scores else None)
+
+    def _score(self, group) -> torch.Tensor:
+        if self.needs_grad and group[0].dep.target.module.weight.grad is None:
+            # Before training there are no gradients: magnitude stands in. Only a budget solved before training sees
+            # it; the last step re-solves with real (or accumulated) gradients.
+            return self._magnitude(group)
+        return self.importance(group)
+
+    def _groups(self, model: nn.Module, score) -> list[Unit]:
         dg = build_graph(model, self.trace_imgsz)
         frozen = [_module(model, n) for n in self.frozen]
         out = []
@@ -112,14 +132,7 @@ class YoloPruner:
                 if dg.is_out_channel_pruning_fn(dep.handler):
                     couple = couple or self.couple.get(dg._module2name.get(dep.target.module, ""))
             n = dg.get_out_channels(root)
-            if not scores:
-                s = torch.zeros(n)
-            elif self.needs_grad and root.weight.grad is None:
-                # Before training there are no gradients: magnitude stands in. Only a budget solved before training
-                # sees it; the last step re-solves with real gradients.
-                s = self._magnitude(group)
-            else:
-                s = self.importance(group)
+            s = score(group) if score is not None else torch.zeros(n)
             if s is None:  # torch-pruning found nothing in the group it knows how to score
                 raise RuntimeError(f"importance {self.importance_name!r} returned no scores for {name}")
             out.append(Unit(name, self.initial.get(name, n), n, s.detach(), self.weights.get(name, 1.0), couple))
@@ -156,6 +169,20 @@ class YoloPruner:
                 for level, ix in removed:
                     follow(level, ix)
         return [[name, True, list(idxs)] for name, idxs in plan.items()]
+
+    def bn_targets(self, model: nn.Module, plan: Plan) -> dict[str, list[int]]:
+        """Every BatchNorm channel that ``plan`` removes, as the dependency graph couples them (the root conv's BN and
+        the BNs of convs summed or split with it): ``{bn module name: channel indices}``, for ``ChannelFade``."""
+        dg = build_graph(model, self.trace_imgsz)
+        out: dict[str, set[int]] = {}
+        for name, idxs in plan.items():
+            m = _module(model, name)
+            group = dg.get_pruning_group(m, dg.get_pruner_of_module(m).prune_out_channels, list(idxs))
+            for dep, ix in group:
+                if isinstance(dep.target.module, nn.BatchNorm2d):  # (a BN's in and out channels are one)
+                    out.setdefault(dg._module2name[dep.target.module], set()).update(
+                        int(getattr(i, "idx", i)) for i in ix)
+        return {k: sorted(v) for k, v in out.items()}
 
     def cost_at(self, model: nn.Module, ratio: float, kind: str, imgsz: int, units: list[Unit]) -> int:
         """``kind`` cost of ``model`` pruned to ``ratio`` (measured on a copy)."""

@@ -81,6 +81,13 @@ def evaluate_checkpoint(weights, loader, data: dict, device="cpu", **kwargs) -> 
     from ultralytics.nn.tasks import load_checkpoint
 
     model, _ = load_checkpoint(str(weights), device=device)
+    return evaluate_model(model, loader, data, device, **kwargs)
+
+
+@torch.no_grad()
+def evaluate_model(model: torch.nn.Module, loader, data: dict, device="cpu", **kwargs) -> dict:
+    """Metrics of ``model`` (put in eval mode; its mode is restored) on ``loader``, in this process alone."""
+    was_training = model.training
     model.eval()
     ev = DetectionEvaluator(model.names, distributed=False, **kwargs)
     ev.reset(model, torch.device(device), data)
@@ -88,4 +95,5 @@ def evaluate_checkpoint(weights, loader, data: dict, device="cpu", **kwargs) -> 
         batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
         batch["img"] = batch["img"].float() / 255
         ev.update(model(batch["img"]), batch)
+    model.train(was_training)
     return ev.compute()

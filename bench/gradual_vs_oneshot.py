@@ -1,0 +1,94 @@
+"""Does gradual pruning beat cutting once? Every arm prunes yolo11n to the yolo11n_mcu budget (2,000,000 INT8 bytes)
+in the same number of epochs, on the embedded dataset, over several seeds, beside the recipe-matched dense model.
+
+    .venv/bin/python bench/gradual_vs_oneshot.py [--seeds 0 1 2] [--imgsz 160] [--arms today new oneshot ...]
+
+Arms (all: +experiment=yolo11n_mcu distill=none quant=none export=none, or --kd for the KD defaults):
+- ``dense``: prune=none, the reference row (what compression costs is read against it);
+- ``today``: gradual as before issue 13: cubic, 4 steps at epochs 2..10, Taylor from 4 fresh batches at each step,
+  channels cut at once (prune.importance_epochs=0 prune.fade_epochs=0);
+- ``new``: the conf/prune/gradual.yaml defaults: Taylor averaged over the training steps, each step's channels faded to
+  zero over the epoch before their removal;
+- ``oneshot``: everything at once at epoch 10 (the best one-shot epoch measured in issue 3), cut at once;
+- ``oneshot_fade``: one-shot at epoch 10 with the accumulated scores and the fade.
+Final mAP50-95 is the re-validated best.pt (chosen after the last pruning step). Each step's cliff (val mAP50-95 of the
+EMA just before and just after the removal) comes from summary.json. Runs are resumable: a finished run dir is read
+back, not re-run. Writes bench/gradual_vs_oneshot.json and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import ROOT, git_rev, machine  # noqa: E402
+
+ARMS = {
+    "dense": ["prune=none"],
+    "today": ["prune.importance_epochs=0", "prune.fade_epochs=0"],
+    "new": [],
+    "oneshot": ["prune.schedule=oneshot", "prune.start_epoch=10", "prune.importance_epochs=0", "prune.fade_epochs=0"],
+    "oneshot_fade": ["prune.schedule=oneshot", "prune.start_epoch=10"],
+}
+
+
+def run_arm(arm: str, seed: int, imgsz: int, kd: bool, out: Path) -> dict:
+    run_dir = out / f"{arm}-kd{int(kd)}-{imgsz}-s{seed}"
+    summary = run_dir / "summary.json"
+    if not summary.is_file():
+        args = ["+experiment=yolo11n_mcu", "quant=none", "export=none", f"data.imgsz={imgsz}", f"seed={seed}",
+                *([] if kd else ["distill=none"]), *ARMS[arm], f"hydra.run.dir={run_dir}", "val.plot_every=0"]
+        t0 = time.time()
+        p = subprocess.run([sys.executable, "-m", "kdprune", *args], cwd=ROOT, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise SystemExit(f"{arm} seed {seed} failed ({p.returncode}):\n{p.stderr[-3000:]}")
+        print(f"  {arm} seed {seed}: {time.time() - t0:.0f} s", flush=True)
+    s = json.loads(summary.read_text())
+    steps = (s.get("pruning") or {}).get("steps", [])
+    return {"mAP50-95": s["mAP50-95"], "mAP50": s["mAP50"], "params": s["params"], "int8_bytes_est": s["int8_bytes_est"],
+            "wall_time_s": s["wall_time_s"], "cliffs": [st.get("cliff") for st in steps],
+            "step_epochs": [st["epoch"] for st in steps]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--imgsz", type=int, default=160, help="reduced scale for the seeds (default run: 256)")
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    ap.add_argument("--kd", action="store_true", help="the yolo11n_mcu KD defaults (teacher trained once, cached)")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "runs" / "gradual"))
+    args = ap.parse_args()
+    out = Path(args.out)
+    results: dict[str, list[dict]] = {}
+    for seed in args.seeds:  # seed-major: a partial run still compares every arm
+        for arm in args.arms:
+            results.setdefault(arm, []).append(run_arm(arm, seed, args.imgsz, args.kd, out))
+
+    rows = []
+    dense = results.get("dense")
+    ref = statistics.mean(r["mAP50-95"] for r in dense) if dense else None
+    print(f"\n{machine()}, commit {git_rev()}, imgsz {args.imgsz}, KD {'on' if args.kd else 'off'}, seeds {args.seeds}")
+    print("| arm | mAP50-95 per seed | mean ± sd | vs dense | worst cliff per seed | params |")
+    print("|---|---|---|---|---|---|")
+    for arm, rs in results.items():
+        m = [r["mAP50-95"] for r in rs]
+        mean, sd = statistics.mean(m), (statistics.stdev(m) if len(m) > 1 else 0.0)
+        cliffs = [max((c for c in r["cliffs"] if c is not None), default=None) for r in rs]
+        rows.append({"arm": arm, "mean": mean, "sd": sd, "seeds": m, "runs": rs})
+        vs = f"{mean - ref:+.4f}" if ref is not None and arm != "dense" else "—"
+        print(f"| {arm} | {' / '.join(f'{x:.4f}' for x in m)} | {mean:.4f} ± {sd:.4f} | {vs} | "
+              f"{' / '.join('—' if c is None else f'{c:.4f}' for c in cliffs)} | {rs[0]['params']:,} |")
+    path = ROOT / "bench" / f"gradual_vs_oneshot{'_kd' if args.kd else ''}.json"
+    path.write_text(json.dumps({"machine": machine(), "commit": git_rev(), "imgsz": args.imgsz, "kd": args.kd,
+                                "seeds": args.seeds, "arms": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
