@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import kdprune  # noqa: E402,F401
-from bench.common import git_rev, machine  # noqa: E402
+from bench.common import default_cfg, git_rev, machine  # noqa: E402
 
 
 def main() -> None:
@@ -36,8 +36,9 @@ def main() -> None:
     student = build_model("yolo11n.yaml", None, names, hyp)
     teacher = Teacher(build_model(a.teacher, None, names, hyp))
     crit = DetectionCriterion(student)
-    kd = Distiller(cls=1, ld=1, cwd=1, student_channels=head_input_channels(student),
-                   teacher_channels=head_input_channels(teacher.model))
+    d = default_cfg().distill
+    kd = Distiller(cls=1, ld=1, cwd=1, t_cls=d.t_cls, t_ld=d.t_ld, t_cwd=d.t_cwd, anchors=d.anchors,
+                   student_channels=head_input_channels(student), teacher_channels=head_input_channels(teacher.model))
     b = a.batch
     batch = {"img": torch.rand(b, 3, a.imgsz, a.imgsz), "batch_idx": torch.arange(b).repeat_interleave(3).float(),
              "cls": torch.randint(0, 8, (3 * b, 1)).float(), "bboxes": torch.rand(3 * b, 4) * 0.4 + 0.3}

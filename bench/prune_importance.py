@@ -37,7 +37,7 @@ def main() -> None:
     from kdprune.data import YOLODataModule, resolve_data
     from kdprune.pruning import YoloPruner, build_graph, int8_bytes
     from kdprune.train import hyp_from_cfg
-    from kdprune.yolo import build_model, evaluate_checkpoint, save_ultralytics_checkpoint, split_blocks
+    from kdprune.yolo import build_model, evaluate_checkpoint, save_ultralytics_checkpoint, split_blocks, val_settings
 
     cfg = default_cfg()
     budget = args.budget or int(cfg.prune.target.int8_bytes)
@@ -53,7 +53,7 @@ def main() -> None:
     def evaluate(model) -> dict:
         with tempfile.TemporaryDirectory() as d:
             p = save_ultralytics_checkpoint(Path(d) / "m.pt", model, epoch=0, train_args=vars(hyp))
-            return evaluate_checkpoint(p, val, data)
+            return evaluate_checkpoint(p, val, data, **val_settings(cfg.val))
 
     def gradients(model) -> None:
         model.train()

@@ -68,6 +68,7 @@ def ort_quantize_static(run: Path, cfg, n_calib: int) -> dict:
     from kdprune.export import OnnxRunner, evaluate_runner, latency_ms
     from kdprune.export.stages import calibration_images
     from kdprune.train import hyp_from_cfg
+    from kdprune.yolo import val_settings
 
     data = resolve_data(cfg.data.yaml, cfg.cache_dir, dict(cfg.data.embedded), False)
     hyp = hyp_from_cfg(cfg, data)
@@ -92,7 +93,7 @@ def ort_quantize_static(run: Path, cfg, n_calib: int) -> dict:
     from kdprune.export.evaluate import square_val_loader
 
     m = evaluate_runner(runner, square_val_loader(data, hyp, imgsz), data, strides=[float(s) for s in head.stride],
-                        nc=head.nc, reg_max=head.reg_max, names=data["names"])
+                        nc=head.nc, reg_max=head.reg_max, names=data["names"], **val_settings(cfg.val))
     return {"path": str(dst), "bytes": dst.stat().st_size, "mAP50": m["mAP50"], "mAP50-95": m["mAP50-95"],
             "latency_ms": round(latency_ms(runner, imgsz, runs=30)["median"], 2), "quantize_s": round(took, 1)}
 

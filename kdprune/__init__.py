@@ -1,6 +1,7 @@
 """kdprune: knowledge-distillation-aware structured pruning + INT8 QAT for Ultralytics YOLO detectors."""
 
 import os as _os
+from pathlib import Path as _Path
 
 # kdprune runs offline: ultralytics must never reach for the network (settings sync, online checks, font or
 # weight downloads). YOLO_OFFLINE makes ultralytics.utils.ONLINE False; it must be set before ultralytics is
@@ -8,3 +9,4 @@ import os as _os
 _os.environ.setdefault("YOLO_OFFLINE", "1")
 
 __version__ = "0.1.0"
+CONF_DIR = _Path(__file__).resolve().parent.parent / "conf"  # the Hydra config tree (conf/config.yaml and groups)

@@ -14,9 +14,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from kdprune import CONF_DIR
 from kdprune.errors import Interrupted, SweepFailed, UserError
 
-_CONF = str(Path(__file__).resolve().parent.parent / "conf")
+_CONF = str(CONF_DIR)
 _entered = False
 
 

@@ -36,8 +36,9 @@ class DetectionModule(L.LightningModule):
     the batch size, as ultralytics' loss is) to the detection loss; ``kd_schedule`` sets ``kd_scale`` per epoch.
     """
 
-    def __init__(self, model: torch.nn.Module, hyp, names: dict[int, str], data: dict, *, grad_clip: float = 10.0,
-                 ema: bool = True, plot_every: int = 5, criterion: DetectionCriterion | None = None,
+    def __init__(self, model: torch.nn.Module, hyp, names: dict[int, str], data: dict, *, val: dict,
+                 grad_clip: float | None = None, ema: bool = False, plot_every: int = 0,
+                 criterion: DetectionCriterion | None = None,
                  distiller: Distiller | None = None, teacher: Teacher | None = None, kd_schedule: dict | None = None):
         super().__init__()
         self.model, self.hyp, self.names, self.data = model, hyp, dict(names), data
@@ -54,7 +55,8 @@ class DetectionModule(L.LightningModule):
         self.kd_ms_per_step: float | None = None  # teacher forward + KD loss, last epoch
         self._kd_time = 0.0
         self.ema: ModelEMA | None = None
-        self.evaluator = DetectionEvaluator(names)
+        self.val_args = dict(val)  # NMS settings of every evaluation (val_settings)
+        self.evaluator = DetectionEvaluator(names, **self.val_args)
         self.schedule: LRSchedule | None = None
         self.resolved_optim: dict = {}
         self.last_opt_step = -1
@@ -128,7 +130,8 @@ class DetectionModule(L.LightningModule):
             refresh_ema(self.ema)
         strategy = self.trainer.strategy
         if isinstance(strategy.model, torch.nn.parallel.DistributedDataParallel):
-            strategy.model = strategy._setup_model(self)
+            strategy.model = self  # unwrap, and wrap the new tensors as Lightning first did (DDP, its comm hooks)
+            strategy.configure_ddp()
         self._bns = None
 
     def trainable(self) -> torch.nn.Module:
@@ -157,7 +160,7 @@ class DetectionModule(L.LightningModule):
             return
         if info.get("mAP50-95") is None:
             m = evaluate_checkpoint(info["weights"], self.trainer.datamodule.val_dataloader(shard=False), self.data,
-                                    self.device)
+                                    self.device, **self.val_args)
             info["mAP50-95"], info["mAP50"] = m["mAP50-95"], m["mAP50"]
         self.print(f"kdprune: teacher {info['model']} ({info['source']}): val mAP50-95 {info['mAP50-95']:.4f}, "
                    f"mAP50 {info['mAP50']:.4f}")

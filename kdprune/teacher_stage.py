@@ -19,6 +19,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from kdprune import CONF_DIR
 from kdprune.callbacks import last_checkpoint
 from kdprune.data import data_fingerprint
 from kdprune.distill import Teacher
@@ -35,11 +36,10 @@ def _teacher_cfg(cfg: DictConfig, run_dir: Path) -> DictConfig:
     t = cfg.copy()
     with open_dict(t):
         t.model = {"name": cfg.teacher.name, "cfg": cfg.teacher.cfg, "weights": None}
-        t.teacher = {"name": "none", "cfg": None, "weights": None, "epochs": 0, "seed": 0}
-        t.prune = {"name": "none"}
-        t.distill = {"name": "none"}
-        t.loss = {"name": "default", **{k: cfg.loss[k] for k in ("box", "cls", "dfl")}}
-        t.quant, t.export = {"name": "none"}, {"name": "none"}
+        for group in ("teacher", "prune", "distill", "quant", "export"):  # each group's own 'none' option
+            t[group] = OmegaConf.load(CONF_DIR / group / "none.yaml")
+        t.loss = {**OmegaConf.load(CONF_DIR / "loss" / "default.yaml"),
+                  **{k: cfg.loss[k] for k in ("box", "cls", "dfl")}}
         t.trainer.max_epochs = int(cfg.teacher.epochs)
         t.trainer.devices = 1
         for k in ("strategy", "num_nodes"):

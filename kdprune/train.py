@@ -33,7 +33,7 @@ from kdprune.objectives import build_criterion, build_distiller, check_objective
 from kdprune.pruning import int8_bytes
 from kdprune.report import deployed, stage_table, write_report
 from kdprune.teacher_stage import obtain_teacher
-from kdprune.yolo import build_model, evaluate_checkpoint, hyp_namespace, model_stats, split_blocks
+from kdprune.yolo import build_model, evaluate_checkpoint, hyp_namespace, model_stats, split_blocks, val_settings
 
 log = logging.getLogger("kdprune")
 
@@ -64,6 +64,23 @@ def _check_cfg(cfg: DictConfig) -> None:
         raise UserError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint (use <run_dir>/checkpoints/last.ckpt).")
 
 
+def _check_options(cfg: DictConfig) -> QATPhase | None:
+    """Every check that needs only the config (and files it names): run, objectives, pruning, QAT, exports. Returns
+    the QAT phase, if any."""
+    _check_cfg(cfg)
+    check_objectives(cfg)
+    if cfg.prune.name != "none":
+        GradualPruning.check_config(cfg.prune, int(cfg.trainer.max_epochs))
+    qat = None
+    if cfg.quant.name == "int8_qat":
+        qat = QATPhase.from_config(cfg.quant, max_epochs=int(cfg.trainer.max_epochs), imgsz=int(cfg.data.imgsz),
+                                   prune_end=int(cfg.prune.end_epoch) if cfg.prune.name != "none" else None)
+    elif cfg.quant.name != "none":
+        raise UserError(f"quant={cfg.quant.name}: choose int8_qat or none")
+    check_exports(cfg)  # unknown formats, a bad granularity, a missing 'tflite' extra
+    return qat
+
+
 def _ckpt_path(cfg: DictConfig) -> str | None:
     """``ckpt_path=last``: this run dir's own checkpoint, if the student got that far (else the student starts fresh;
     the teacher stage resumes its own)."""
@@ -76,8 +93,7 @@ def _ckpt_path(cfg: DictConfig) -> str | None:
 def run(cfg: DictConfig) -> dict:
     """Train, validate and save one student; return the summary written to ``<run_dir>/summary.json``."""
     t0 = time.time()
-    _check_cfg(cfg)
-    check_objectives(cfg)
+    qat = _check_options(cfg)  # what needs only the config: one line in seconds, before any data or model is built
     run_dir = Path(cfg.run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -89,17 +105,9 @@ def run(cfg: DictConfig) -> dict:
     if cfg.prune.name != "none":
         split_blocks(model)  # C2f/C3k2's chunk as two convs, so torch-pruning's graph follows it
         pruning = GradualPruning.from_config(cfg.prune, model, imgsz=cfg.data.imgsz, max_epochs=cfg.trainer.max_epochs)
-    quant = cfg.get("quant") or {}
-    qat = None
-    if quant.get("name", "none") == "int8_qat":
-        if getattr(model.model[-1], "one2one_cv2", None) is not None:
-            raise UserError(f"quant=int8_qat: {cfg.model.cfg or cfg.model.weights} has an end-to-end head (YOLO26), "
-                            "which kdprune cannot quantize-train yet; use quant=none (INT8 exports then use PTQ)")
-        qat = QATPhase.from_config(quant, max_epochs=int(cfg.trainer.max_epochs), imgsz=int(cfg.data.imgsz),
-                                   prune_end=int(cfg.prune.end_epoch) if pruning is not None else None)
-    elif quant.get("name", "none") != "none":
-        raise UserError(f"quant={quant.get('name')}: choose int8_qat or none")
-    check_exports(cfg)  # unknown formats, a missing 'tflite' extra
+    if qat is not None and getattr(model.model[-1], "one2one_cv2", None) is not None:
+        raise UserError(f"quant=int8_qat: {cfg.model.cfg or cfg.model.weights} has an end-to-end head (YOLO26), "
+                        "which kdprune cannot quantize-train yet; use quant=none (INT8 exports then use PTQ)")
 
     # Last of the checks, first of the work: the teacher stage may train (and cache) a teacher for many minutes.
     teacher = obtain_teacher(cfg, data, model, run_dir, train_fn=run)
@@ -110,7 +118,8 @@ def run(cfg: DictConfig) -> dict:
     dm.setup("fit")  # class weights are counted from the training labels
     criterion, loss_info = build_criterion(cfg.loss, model, dm.train_set, data["names"])
     distiller, kd_schedule = build_distiller(cfg.distill, model, teacher) if teacher else (None, None)
-    module = DetectionModule(model, hyp, data["names"], data, grad_clip=cfg.optim.grad_clip, ema=cfg.optim.ema,
+    module = DetectionModule(model, hyp, data["names"], data, val=val_settings(cfg.val), grad_clip=cfg.optim.grad_clip,
+                             ema=cfg.optim.ema,
                              plot_every=cfg.val.plot_every, criterion=criterion, distiller=distiller, teacher=teacher,
                              kd_schedule=kd_schedule)
     module.train_args = {**vars(hyp), "model": cfg.model.cfg or cfg.model.weights, "save_dir": str(run_dir)}
@@ -136,7 +145,7 @@ def run(cfg: DictConfig) -> dict:
     # (a run resumed during QAT, in a new run dir, has no best.pt: its float weights are last.pt)
     weights = ckpt_cb.best if ckpt_cb.best.is_file() else ckpt_cb.last
     if weights.is_file():  # on this rank alone, over the whole val set
-        final = evaluate_checkpoint(weights, dm.val_dataloader(shard=False), data, module.device)
+        final = evaluate_checkpoint(weights, dm.val_dataloader(shard=False), data, module.device, **module.val_args)
     log_per_class_ap(trainer, final.get("per_class", {}), trainer.global_step)
     final_model = module.model if module.qat is not None else module.eval_model  # the architecture (QAT: its floats)
     summary = {

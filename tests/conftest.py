@@ -58,6 +58,13 @@ def compose(overrides: list[str] | None = None, run_dir: Path | None = None, exp
     return cfg
 
 
+def val_args() -> dict:
+    """The NMS settings every evaluation uses in the default config (``val.conf/iou/max_det``)."""
+    from kdprune.yolo import val_settings
+
+    return val_settings(compose().val)
+
+
 @pytest.fixture
 def tiny_cfg(tmp_path):
     def make(*extra: str, run_dir: Path | None = None):

@@ -35,8 +35,9 @@ def test_config_groups_and_none_options():
     for group in ("data", "model", "teacher", "prune", "distill", "loss", "quant", "export", "trainer", "logger",
                   "callbacks"):
         assert group in cfg, group
-    for group in ("prune", "distill", "quant", "export"):
+    for group in ("prune", "distill", "quant"):
         assert cfg[group].name == "none"
+    assert cfg.export.formats == []  # export=none: no formats (the group has no name key: nothing would read it)
     assert "experiment" not in cfg
 
 

@@ -22,6 +22,7 @@ from kdprune.yolo import (
     raw_head,
     split_blocks,
 )
+from tests.conftest import compose
 
 NAMES = {i: f"c{i}" for i in range(4)}
 
@@ -39,8 +40,9 @@ def _batch(bs=2, imgsz=64, seed=0):
 
 
 def _distiller(student, teacher, **kw):
-    args = dict(cls=1.0, ld=1.0, cwd=1.0, reg_max=16, student_channels=head_input_channels(student),
-                teacher_channels=head_input_channels(teacher))
+    kd = compose(["distill=kd"]).distill  # temperatures and anchor mode as configured (conf/distill/kd.yaml)
+    args = dict(cls=1.0, ld=1.0, cwd=1.0, t_cls=kd.t_cls, t_ld=kd.t_ld, t_cwd=kd.t_cwd, anchors=kd.anchors,
+                reg_max=16, student_channels=head_input_channels(student), teacher_channels=head_input_channels(teacher))
     return Distiller(**{**args, **kw})
 
 

@@ -99,3 +99,18 @@ def test_undecodable_image_is_skipped_and_counted(tmp_path, user_data):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["images_skipped"] == {"train": 1, "val": 0}
     assert bad.name in p.stdout + p.stderr  # ultralytics' warning names the file
+
+
+@pytest.mark.parametrize("key", ["model.weights", "teacher.weights"])
+@pytest.mark.parametrize("yaml,task", [("yolo11n-cls.yaml", "classify"), ("yolo11n-seg.yaml", "segment")])
+def test_a_checkpoint_of_another_task_is_named(tmp_path, key, yaml, task):
+    """A classification or segmentation checkpoint where a detection one is needed: the message says what it is."""
+    import torch
+    from ultralytics.nn.tasks import ClassificationModel, SegmentationModel
+
+    model = (ClassificationModel if task == "classify" else SegmentationModel)(yaml, nc=3, verbose=False)
+    path = tmp_path / f"{task}.pt"
+    torch.save({"model": model, "train_args": {}}, path)
+    extra = ["distill=kd", "teacher=yolo11s"] if key == "teacher.weights" else []
+    p = kdprune(f"{key}={path}", *extra, run_dir=tmp_path / "run")
+    assert_user_error(p, f"a {task} checkpoint", "needs a detection model", run_dir=tmp_path / "run")

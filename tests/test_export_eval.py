@@ -15,6 +15,7 @@ from kdprune.export.evaluate import evaluate_runner, square_val_loader
 from kdprune.export.onnx import export_onnx, onnx_ops
 from kdprune.export.runtime import OnnxRunner, TorchRunner, latency_ms
 from kdprune.yolo.rawhead import RawHeadModel
+from tests.conftest import val_args
 
 IMGSZ = 64
 ORACLE_SCALE = 3.0  # val mAP50-95 ~0.73: imperfect boxes, so ranking and IoU both matter
@@ -158,7 +159,7 @@ def test_evaluate_runner_scores_ground_truth(tiny_val, reg_max, end2end):
     data, loader = tiny_val
     names, nc = data["names"], len(data["names"])
     assert all(b["img"].shape[2:] == (IMGSZ, IMGSZ) for b in loader)  # letterboxed square, whatever the aspect
-    kw = dict(strides=[8, 16, 32], nc=nc, reg_max=reg_max, names=names, end2end=end2end)
+    kw = dict(strides=[8, 16, 32], nc=nc, reg_max=reg_max, names=names, end2end=end2end, **val_args())
     gt = GroundTruthRunner(loader, nc, reg_max)
     seen = []
     res = evaluate_runner(gt, loader, data, progress=lambda n, total: seen.append((n, total)), **kw)
@@ -241,8 +242,8 @@ def test_evaluate_runner_onnx_equals_torch(onnx_fp32, tiny_val):
     head = raw.raw.model.model[-1]
     dec = dict(strides=head.stride.tolist(), nc=head.nc, reg_max=head.reg_max)
     ort_run, pt_run = OnnxRunner(path), TorchRunner(raw)
-    r_ort = evaluate_runner(ort_run, loader, data, names=data["names"], **dec)
-    r_pt = evaluate_runner(pt_run, loader, data, names=data["names"], **dec)
+    r_ort = evaluate_runner(ort_run, loader, data, names=data["names"], **dec, **val_args())
+    r_pt = evaluate_runner(pt_run, loader, data, names=data["names"], **dec, **val_args())
     assert r_ort["images"] == r_pt["images"] == 8
     assert r_pt["mAP50"] > 0.9 and 0.3 < r_pt["mAP50-95"] < 0.97, r_pt  # real, imperfect predictions: not 0 == 0
     for k in ("mAP50", "mAP50-95", "precision", "recall"):

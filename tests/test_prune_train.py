@@ -33,7 +33,9 @@ def test_pruned_run_shrinks_the_model_and_reports_it(pruned):
     p = s["pruning"]
     assert [st["epoch"] for st in p["steps"]] == [0, 1]
     assert p["steps"][0]["params"] > p["steps"][1]["params"] == p["after"]["params"]
-    assert p["after"]["params"] < 0.65 * p["before"]["params"]  # 30 % of channels ~ half the weights
+    # 30 % of the channels of every prunable layer (rounded to 8; stem and head outputs kept): 0.558 of the weights
+    # measured; ratio 0.2 gives ~0.66 and 0.4 ~0.42, so this bound fails if the ratio were not the one asked for
+    assert 0.50 < p["after"]["params"] / p["before"]["params"] < 0.62
     assert s["params"] == p["after"]["params"] and s["int8_bytes_est"] == p["after"]["int8_bytes"]
     assert all(kept % 8 == 0 and kept < orig for kept, orig in p["channels"].values() if orig > 8)
     assert (run_dir / "prune_channels.png").stat().st_size > 10_000

@@ -23,6 +23,7 @@ from kdprune.pruning import (
 from kdprune.pruning.budget import INT8_BYTES_PER_LAYER
 from kdprune.yolo import SplitC2f, hyp_namespace, merge_split_blocks, split_blocks
 from kdprune.yolo.structure import head_outputs
+from tests.conftest import val_args
 
 
 # ---- schedules -----------------------------------------------------------------------------------------------------
@@ -256,14 +257,14 @@ def test_bn_sparsity_adds_the_l1_subgradient_to_bn_gammas():
     from kdprune.module import DetectionModule
 
     model = _model("yolov8n.yaml")
-    module = DetectionModule(model, model.args, {0: "a", 1: "b", 2: "c"}, {})
+    module = DetectionModule(model, model.args, {0: "a", 1: "b", 2: "c"}, {}, val=val_args())
     x = torch.rand(2, 3, 64, 64)
     module.criterion(model(x), _batch(x))[0].sum().backward()
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     with torch.no_grad():
         bns[0].weight[:3] = torch.tensor([-1.0, 0.5, 2.0])
     grads = [m.weight.grad.clone() for m in bns]
-    module.bn_l1 = 1e-3
+    module.set_bn_sparsity(1e-3)
     module._bn_sparsity()
     for m, g in zip(bns, grads):
         torch.testing.assert_close(m.weight.grad - g, 1e-3 * torch.sign(m.weight.detach()))

@@ -154,7 +154,10 @@ def test_qat_refuses_end_to_end_heads():
 
 
 def test_qat_phase_config_checks():
-    base = dict(start_epoch=-2, freeze_bn_epoch=-1, freeze_observer_epoch=10, granularity="per_channel")
+    from kdprune import CONF_DIR
+
+    base = {**OmegaConf.to_container(OmegaConf.load(CONF_DIR / "quant" / "int8_qat.yaml")),
+            "start_epoch": -2, "freeze_bn_epoch": -1, "freeze_observer_epoch": 10, "granularity": "per_channel"}
     p = QATPhase.from_config(OmegaConf.create(base), max_epochs=10, imgsz=64, prune_end=5)
     assert (p.start_epoch, p.freeze_bn_epoch, p.freeze_observer_epoch, p.per_channel) == (8, 9, 10, True)
     with pytest.raises(UserError, match=r"start_epoch=12 is outside the run"):

@@ -100,7 +100,7 @@ def _tb(trainer: L.Trainer):
 class DetectionPlots(L.Callback):
     """Logs model params/GFLOPs at fit start and a grid of val predictions every ``every`` epochs (and the last)."""
 
-    def __init__(self, imgsz: int, conf: float = 0.25):
+    def __init__(self, imgsz: int, conf: float):
         self.imgsz, self.conf = imgsz, conf
 
     def on_fit_start(self, trainer, pl_module) -> None:

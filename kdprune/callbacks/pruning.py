@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from kdprune import CONF_DIR
 from kdprune.callbacks.plots import _tb, channels_chart
 from kdprune.errors import UserError
 from kdprune.pruning import (
@@ -26,7 +27,6 @@ from kdprune.yolo import evaluate_model
 from kdprune.yolo.structure import ATTENTION_MODES
 
 BUDGETS = tuple(MEASURES)  # params, macs, int8_bytes
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def _resolve_ratios_path(path: str) -> Path:
@@ -83,9 +83,10 @@ class GradualPruning(L.Callback):
         self.batches_per_epoch = 1
 
     # ---- config -----------------------------------------------------------------------------------------------------
-    @classmethod
-    def from_config(cls, cfg: DictConfig, model: torch.nn.Module, *, imgsz: int, max_epochs: int) -> "GradualPruning":
-        """Validate ``prune.*`` (one-line ``UserError``s, before any training) and build the callback for ``model``."""
+    @staticmethod
+    def check_config(cfg: DictConfig, max_epochs: int) -> tuple[PruneSchedule, dict, dict | None]:
+        """Everything about ``prune.*`` that needs no model (run first, before data or models are built): the
+        schedule, the target and the per-layer ratios file. Raises one-line ``UserError``s."""
         schedule = PruneSchedule(int(cfg.start_epoch), int(cfg.end_epoch), int(cfg.steps), str(cfg.schedule))
         if (msg := schedule.validate(max_epochs)) is not None:
             raise UserError(msg)
@@ -121,6 +122,19 @@ class GradualPruning(L.Callback):
                 layer_ratios = load_layer_ratios(path)
             except ValueError as e:
                 raise UserError(f"prune.prune_ratios={cfg.prune_ratios}: {e}.") from None
+        for kind, value in target.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise UserError(f"prune.target.{kind}={value}: must be a number.")
+            if kind == "ratio" and not 0 <= value < 1:
+                raise UserError(f"prune.target.ratio={value}: must be in [0, 1).")
+            if kind != "ratio" and value <= 0:
+                raise UserError(f"prune.target.{kind}={value}: must be a positive number.")
+        return schedule, target, layer_ratios
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, model: torch.nn.Module, *, imgsz: int, max_epochs: int) -> "GradualPruning":
+        """Validate ``prune.*`` (one-line ``UserError``s, before any training) and build the callback for ``model``."""
+        schedule, target, layer_ratios = cls.check_config(cfg, max_epochs)
         try:
             pruner = YoloPruner(model, importance=cfg.importance, global_ranking=bool(cfg.global_ranking),
                                 round_to=int(cfg.round_to), keep_stem=bool(cfg.keep_stem), attention=cfg.attention,
@@ -132,12 +146,8 @@ class GradualPruning(L.Callback):
         budget, ratio = None, 1.0
         if "ratio" in target:
             ratio = target["ratio"]
-            if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
-                raise UserError(f"prune.target.ratio={ratio}: must be in [0, 1).")
         elif target:
             kind, value = next(iter(target.items()))
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise UserError(f"prune.target.{kind}={value}: must be a positive number.")
             budget = (kind, int(value))
             ratio = cls._solve(pruner, model, budget, imgsz, int(cfg.round_to))
         return cls(pruner, schedule, ratio=float(ratio), budget=budget, imgsz=imgsz,
@@ -199,6 +209,12 @@ class GradualPruning(L.Callback):
         """Rank 0 chooses step ``k``'s channels (re-solving the budget at the last step, on the trained weights);
         every rank gets the same plan."""
         model = pl_module.model
+        if k == 1:  # the dense student as it was before any channel was chosen (and faded)
+            from kdprune.callbacks.checkpoint import UltralyticsCheckpoint
+
+            for cb in trainer.callbacks:
+                if isinstance(cb, UltralyticsCheckpoint):
+                    cb.save_pre_prune(trainer, pl_module)
         if self.taylor is None and needs_gradients(self.pruner.importance_name):
             self._gradients(trainer, pl_module)
         plan, ratio = None, self.ratio
@@ -212,12 +228,6 @@ class GradualPruning(L.Callback):
 
     def _step(self, trainer: L.Trainer, pl_module) -> None:
         k = self.steps_done + 1
-        if k == 1:
-            from kdprune.callbacks.checkpoint import UltralyticsCheckpoint
-
-            for cb in trainer.callbacks:
-                if isinstance(cb, UltralyticsCheckpoint):
-                    cb.save_pre_prune(trainer, pl_module)
         plan = self.plan if self.plan is not None else self._decide(trainer, pl_module, k)
         if self.fade is not None:
             while not self.fade.complete:  # (only if the epoch had fewer batches than planned)
@@ -250,7 +260,7 @@ class GradualPruning(L.Callback):
         after = None
         if trainer.is_global_zero:
             after = evaluate_model(pl_module.eval_model, trainer.datamodule.val_dataloader(shard=False),
-                                   pl_module.data, pl_module.device)["mAP50-95"]
+                                   pl_module.data, pl_module.device, **pl_module.val_args)["mAP50-95"]
         entry = {"step": k, "epoch": trainer.current_epoch, "ratio": round(self.ratio * self.schedule.fraction(k), 4),
                  **costs, "mAP50-95_before": before, "mAP50-95_after": after,
                  "cliff": round(before - after, 4) if before is not None and after is not None else None}

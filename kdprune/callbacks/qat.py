@@ -42,14 +42,12 @@ class QATPhase(L.Callback):
         if prune_end is not None and prune_end >= start:
             raise UserError(f"quant.start_epoch={start} must come after the last pruning step "
                             f"(prune.end_epoch={prune_end}): QAT trains the final architecture")
-        from kdprune.quant import backend
+        from kdprune.quant import backend, per_channel
 
-        if str(cfg.get("backend", backend.NAME)) != backend.NAME:
+        if str(cfg.backend) != backend.NAME:
             raise UserError(f"quant.backend={cfg.backend}: kdprune has one quantization backend, {backend.NAME}")
-        if str(cfg.granularity) not in ("per_channel", "per_tensor"):
-            raise UserError(f"quant.granularity={cfg.granularity}: choose per_channel or per_tensor")
         return cls(start_epoch=start, freeze_bn_epoch=bn, freeze_observer_epoch=obs,
-                   per_channel=str(cfg.granularity) == "per_channel", imgsz=imgsz)
+                   per_channel=per_channel(cfg.granularity), imgsz=imgsz)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
         e = trainer.current_epoch

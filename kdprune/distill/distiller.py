@@ -16,9 +16,9 @@ class Distiller(nn.Module):
     itself lives elsewhere, so it is never in this module's state, optimizer or DDP wrapper.
     """
 
-    def __init__(self, *, cls: float = 0.0, ld: float = 0.0, cwd: float = 0.0, t_cls: float = 1.0,
-                 t_ld: float = 10.0, t_cwd: float = 1.0, anchors: str = "teacher_conf", reg_max: int = 16,
-                 student_channels: list[int] | None = None, teacher_channels: list[int] | None = None):
+    def __init__(self, *, cls: float, ld: float, cwd: float, t_cls: float, t_ld: float, t_cwd: float, anchors: str,
+                 reg_max: int = 16, student_channels: list[int] | None = None,
+                 teacher_channels: list[int] | None = None):
         super().__init__()
         if anchors not in ANCHOR_WEIGHTS:
             raise ValueError(f"anchors={anchors!r}: choose one of {', '.join(ANCHOR_WEIGHTS)}")

@@ -20,8 +20,8 @@ from kdprune.yolo.evaluate import DetectionEvaluator
 @torch.no_grad()
 def evaluate_runner(runner, loader, data: dict, *, strides: Sequence[float], nc: int, reg_max: int,
                     names: dict[int, str], end2end: bool = False, channels_last: bool = False,
-                    progress: Callable[[int, int], None] | None = None, conf: float = 0.001, iou: float = 0.7,
-                    max_det: int = 300) -> dict:
+                    progress: Callable[[int, int], None] | None = None, conf: float, iou: float,
+                    max_det: int) -> dict:
     """Ultralytics' detection metrics of ``runner`` over ``loader`` (``square_val_loader``): the dict
     ``DetectionEvaluator.compute()`` returns (mAP50, mAP50-95, precision, recall, fitness, per_class, images).
 

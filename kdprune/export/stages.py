@@ -21,6 +21,7 @@ from kdprune.errors import UserError
 from kdprune.export.evaluate import evaluate_runner, square_val_loader
 from kdprune.export.onnx import export_onnx
 from kdprune.export.runtime import OnnxRunner, TorchRunner, latency_ms
+from kdprune.yolo.evaluate import val_settings
 from kdprune.yolo.rawhead import RawHeadModel
 
 log = logging.getLogger("kdprune")
@@ -34,7 +35,10 @@ class ExportFailed(UserError):
 
 def check_exports(cfg: DictConfig) -> list[str]:
     """The configured formats, validated before any training (unknown names, missing extras)."""
-    formats = list((cfg.get("export") or {}).get("formats") or [])
+    from kdprune.quant import per_channel
+
+    per_channel(cfg.quant.granularity)  # a typo is an error before any work, whatever the quant option
+    formats = list(cfg.export.formats or [])
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise UserError(f"export.formats: unknown {', '.join(map(str, unknown))}; choose from {', '.join(FORMATS)}")
@@ -88,15 +92,17 @@ class StageRunner:
         self.export_dir = self.run_dir / "export"
         self.rows: list[dict] = []
         self.failed: list[str] = []
-        exp = cfg.get("export") or {}
-        self.latency_runs, self.threads = int(exp.get("latency_runs", 30)), int(exp.get("threads", 1))
+        # (export=none has no exports, so no latency or threads to set)
+        self.latency_runs = int(cfg.export.latency_runs) if "latency_runs" in cfg.export else None
+        self.threads = int(cfg.export.threads) if "threads" in cfg.export else None
+        self.val = val_settings(cfg.val)
 
     # ---- one row ---------------------------------------------------------------------------------------------
     def evaluate(self, name: str, runner, head, *, stats: dict | None = None, artifact=None, latency: bool = False,
                  channels_last: bool = False, note: str = "") -> dict:
         t0 = time.perf_counter()
         m = evaluate_runner(runner, self.loader, self.data, strides=[float(s) for s in head.stride], nc=head.nc,
-                            reg_max=head.reg_max, names=self.data["names"], channels_last=channels_last)
+                            reg_max=head.reg_max, names=self.data["names"], channels_last=channels_last, **self.val)
         row = {"stage": name, "params": (stats or {}).get("params"), "gflops": (stats or {}).get("gflops"),
                "bytes": _bytes(artifact), "mAP50": round(m["mAP50"], 4), "mAP50-95": round(m["mAP50-95"], 4),
                "latency_ms": None, "artifact": str(artifact) if artifact else None, "status": "ok", "note": note}
@@ -138,13 +144,14 @@ class StageRunner:
 def run_stages(cfg: DictConfig, data: dict, hyp, run_dir: Path, module, ckpt, *, model_stats) -> tuple[list, list]:
     """Rows for report.md / summary.json. Returns ``(rows, failures)``; raises our own bugs after the rows exist."""
     from kdprune.quant import backend
+    from kdprune.quant import per_channel as quant_per_channel
     from kdprune.yolo import load_ultralytics_checkpoint
 
     formats = check_exports(cfg)
     sr = StageRunner(cfg, data, hyp, run_dir, model_stats=model_stats)
     sr.bug = None
     sr.export_dir.mkdir(parents=True, exist_ok=True)
-    per_channel = str((cfg.get("quant") or {}).get("granularity", "per_channel")) == "per_channel"
+    per_channel = quant_per_channel(cfg.quant.granularity)
     pruned = bool(module.pruning_history)
 
     def load(path):
@@ -156,8 +163,8 @@ def run_stages(cfg: DictConfig, data: dict, hyp, run_dir: Path, module, ckpt, *,
     if ckpt.pre_prune.is_file():
         pre = load_ultralytics_checkpoint(ckpt.pre_prune)[1]
         sr.torch_row("student before pruning", load(ckpt.pre_prune), artifact=ckpt.pre_prune,
-                     note=f"dense, after {pre.get('epoch', '?')} epochs (prune.start_epoch): what the first pruning "
-                          "step started from")
+                     note=f"dense, after {pre.get('epoch', '?')} epochs: what the first pruning step started from "
+                          "(before its fade)")
     weights = ckpt.best if ckpt.best.is_file() else ckpt.last  # last.pt: a run resumed during QAT, in a new dir
     if not weights.is_file():
         return sr.rows, sr.failed
@@ -179,8 +186,8 @@ def run_stages(cfg: DictConfig, data: dict, hyp, run_dir: Path, module, ckpt, *,
     if not formats and qat is None:
         return sr.rows, sr.failed
     # PTQ baseline: the float model above, calibrated on training images, no QAT
-    n_ptq = int((cfg.get("quant") or {}).get("ptq_images", 128))
-    n_tfl = int((cfg.get("export") or {}).get("calib_images", 128))
+    n_ptq = int(cfg.quant.ptq_images)
+    n_tfl = int(cfg.export.calib_images) if "tflite_int8" in formats else 0
     images = calibration_images(data, hyp, sr.imgsz, max(n_ptq, n_tfl))
     calib, tfl_calib = images[:n_ptq], images[:n_tfl]
     batches = [torch.from_numpy(calib[i:i + 16]) for i in range(0, len(calib), 16)]
@@ -208,7 +215,7 @@ def run_stages(cfg: DictConfig, data: dict, hyp, run_dir: Path, module, ckpt, *,
                                             latency=True, note="onnxruntime, QDQ from the QAT graph"))
     if "tflite_int8" in formats:
         sr.export_row("TFLite INT8", lambda: _tflite(sr, qat_model or best, tfl_calib, per_channel),
-                      lambda p: _tflite_eval(sr, p, head, stats, names, (cfg.get("export") or {}).get("max_bytes")))
+                      lambda p: _tflite_eval(sr, p, head, stats, names, cfg.export.max_bytes))
     check_fidelity(sr.rows)
     if sr.bug is not None:
         raise sr.bug

@@ -48,8 +48,8 @@ def recalibrate_bn(model: nn.Module, batches: list[dict], device: torch.device) 
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: list[dict], data: dict, device: torch.device, *, conf: float = 0.001,
-             iou: float = 0.7, max_det: int = 300) -> dict:
+def evaluate(model: nn.Module, batches: list[dict], data: dict, device: torch.device, *, conf: float, iou: float,
+             max_det: int) -> dict:
     """Ultralytics' detection metrics (``mAP50``, ``mAP50-95``, ...) of ``model`` (eval mode) on ``batches``."""
     was_training = model.training
     model.eval()

@@ -26,7 +26,7 @@ from kdprune.sensitivity.config import check_config
 from kdprune.sensitivity.groups import to_layer_ratios, widths
 from kdprune.sensitivity.measure import Scanner
 from kdprune.sensitivity.outputs import layer_notes, write_csv, write_heatmap, write_ratios_yaml
-from kdprune.yolo import build_model, split_blocks
+from kdprune.yolo import build_model, split_blocks, val_settings
 
 
 def _say(msg: str) -> None:
@@ -69,7 +69,7 @@ def _scanner(cfg: DictConfig, s: dict) -> tuple[Scanner, dict, int, int]:
     scanner = Scanner(
         model, pruner,
         calibrate=lambda m: recalibrate_bn(m, calib, device),
-        evaluate=lambda m: evaluate(m, val, data, device, conf=cfg.val.conf, iou=cfg.val.iou, max_det=cfg.val.max_det),
+        evaluate=lambda m: evaluate(m, val, data, device, **val_settings(cfg.val)),
     )
     return scanner, data, len(calib), sum(len(b["img"]) for b in val)
 

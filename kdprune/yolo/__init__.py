@@ -4,7 +4,7 @@
 from kdprune.yolo.checkpoint import load_ultralytics_checkpoint, save_ultralytics_checkpoint
 from kdprune.yolo.criterion import DetectionCriterion, inverse_frequency_weights, raw_head
 from kdprune.yolo.ema import ModelEMA, refresh_ema
-from kdprune.yolo.evaluate import DetectionEvaluator, evaluate_checkpoint, evaluate_model, nms_for_plot
+from kdprune.yolo.evaluate import DetectionEvaluator, evaluate_checkpoint, evaluate_model, nms_for_plot, val_settings
 from kdprune.yolo.models import build_model, hyp_namespace, load_teacher, model_stats, teacher_mismatch
 from kdprune.yolo.optim import LRSchedule, build_optimizer, nominal_accumulate, optimizer_iterations
 from kdprune.yolo.prunable import SplitC2f, merge_split_blocks, split_blocks
@@ -21,6 +21,7 @@ __all__ = [
     "check_prunable",
     "evaluate_checkpoint",
     "evaluate_model",
+    "val_settings",
     "head_input_channels",
     "head_inputs",
     "hyp_namespace",

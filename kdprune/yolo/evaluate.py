@@ -20,14 +20,20 @@ METRIC_KEYS = {
 }
 
 
+VAL_KEYS = ("conf", "iou", "max_det")
+
+
+def val_settings(val) -> dict:
+    """The NMS settings of every evaluation (``conf``, ``iou``, ``max_det``) from the ``val`` config (conf/config.yaml:
+    ultralytics' validation defaults)."""
+    return {k: val[k] for k in VAL_KEYS}
+
+
 class DetectionEvaluator:
-    """Accumulates predictions over a val pass and returns ultralytics' detection metrics.
+    """Accumulates predictions over a val pass and returns ultralytics' detection metrics, with the NMS settings
+    ``conf``/``iou``/``max_det`` (``val_settings``)."""
 
-    ``conf``/``iou``/``max_det`` default to ultralytics' validation settings (0.001 / 0.7 / 300).
-    """
-
-    def __init__(self, names: dict[int, str], conf: float = 0.001, iou: float = 0.7, max_det: int = 300,
-                 distributed: bool = True):
+    def __init__(self, names: dict[int, str], *, conf: float, iou: float, max_det: int, distributed: bool = True):
         self.names, self.distributed = dict(names), distributed
         self.validator = DetectionValidator(
             args=dict(task="detect", conf=conf, iou=iou, max_det=max_det, plots=False, save_json=False,
@@ -75,21 +81,22 @@ def nms_for_plot(out: list[dict], conf: float = 0.25) -> list[np.ndarray]:
 
 
 @torch.no_grad()
-def evaluate_checkpoint(weights, loader, data: dict, device="cpu", **kwargs) -> dict:
+def evaluate_checkpoint(weights, loader, data: dict, device="cpu", **val) -> dict:
     """Metrics of a saved ultralytics checkpoint on ``loader`` (fp32, as ultralytics' validator runs it on CPU), in
     this process alone: under DDP it runs on rank 0 after training, over the whole val set."""
     from ultralytics.nn.tasks import load_checkpoint
 
     model, _ = load_checkpoint(str(weights), device=device)
-    return evaluate_model(model, loader, data, device, **kwargs)
+    return evaluate_model(model, loader, data, device, **val)
 
 
 @torch.no_grad()
-def evaluate_model(model: torch.nn.Module, loader, data: dict, device="cpu", **kwargs) -> dict:
-    """Metrics of ``model`` (put in eval mode; its mode is restored) on ``loader``, in this process alone."""
+def evaluate_model(model: torch.nn.Module, loader, data: dict, device="cpu", **val) -> dict:
+    """Metrics of ``model`` (put in eval mode; its mode is restored) on ``loader``, in this process alone; ``val``:
+    the NMS settings (``val_settings``)."""
     was_training = model.training
     model.eval()
-    ev = DetectionEvaluator(model.names, distributed=False, **kwargs)
+    ev = DetectionEvaluator(model.names, distributed=False, **val)
     ev.reset(model, torch.device(device), data)
     for batch in loader:
         batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}

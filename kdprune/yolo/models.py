@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 from ultralytics.cfg import get_cfg
-from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+from ultralytics.nn.tasks import DetectionModel, guess_model_task, load_checkpoint
 from ultralytics.utils import DEFAULT_CFG_DICT
 from ultralytics.utils.torch_utils import get_flops, get_num_params
 
@@ -42,9 +42,11 @@ def _load_weights(weights: str | Path, key: str = "model") -> tuple[torch.nn.Mod
     except Exception as e:  # a corrupt or foreign file is the user's to fix
         raise UserError(f"{key}.weights={weights}: not a loadable ultralytics checkpoint "
                         f"({type(e).__name__}: {e}).") from None
-    if not isinstance(model, DetectionModel) or getattr(model, "task", "detect") != "detect":
-        task = getattr(model, "task", type(model).__name__)
-        raise UserError(f"{key}.weights={weights}: a {task} model; kdprune needs a detection model.")
+    # ultralytics' own answer from the architecture's head (the checkpoint's train args may be missing or stale)
+    task = guess_model_task(getattr(model, "yaml", None) or model)
+    if task != "detect" or not isinstance(model, DetectionModel):
+        raise UserError(f"{key}.weights={weights}: a {task} checkpoint ({type(model).__name__}); kdprune needs a "
+                        "detection model (task=detect), e.g. yolo11n.pt.")
     return model, ckpt
 
 

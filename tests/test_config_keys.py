@@ -1,0 +1,123 @@
+"""Every key of every option file has a reader: a key that nothing reads is a bug (a user sets it and nothing
+happens). Each leaf key is matched to its consumer:
+
+- under a ``_target_``: Hydra passes it to that class, whose signature must take it;
+- ``trainer.*``: Lightning's ``Trainer`` arguments;
+- ``data.augment.*``, ``optim.*``, the loss gains: ultralytics' hyperparameters (``hyp_from_cfg`` passes them on),
+  but for the two optim keys kdprune reads itself;
+- ``distill.schedule.*``: ``kd_scale_at``'s arguments; ``data.embedded.*``: the dataset generator's;
+- ``prune.target.*``: the budget kinds;
+- anything else: kdprune's source must read it as ``<parent>.<key>`` (or ``cfg.<key>`` where the group is handed
+  over as ``cfg``), ``["<key>"]`` or ``get("<key>"``; a group's ``name`` only as ``<group>.name``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import lightning as L
+import pytest
+from hydra.utils import get_class
+from omegaconf import OmegaConf
+
+from kdprune import CONF_DIR
+from kdprune.distill import kd_scale_at
+from kdprune.pruning import MEASURES
+
+ROOT = CONF_DIR.parent
+SOURCE = "\n".join(p.read_text() for p in (ROOT / "kdprune").rglob("*.py"))
+SKIP_DIRS = {"hydra", "hparams_search", "experiment", "prune_ratios"}  # Hydra's own, sweeps, overrides, data files
+
+
+def _leaves(node, path=()):
+    if isinstance(node, dict):
+        if "_target_" in node:
+            for k in node:
+                if k != "_target_":
+                    yield path + (k,), node["_target_"]
+            return
+        for k, v in node.items():
+            if k == "defaults":
+                continue
+            yield from _leaves(v, path + (k,))
+    else:
+        yield path, None
+
+
+def _option_keys():
+    for f in sorted(CONF_DIR.rglob("*.yaml")):
+        rel = f.relative_to(CONF_DIR)
+        if rel.parts[0] in SKIP_DIRS:
+            continue
+        group = rel.parts[:-1]  # () for config.yaml
+        node = OmegaConf.to_container(OmegaConf.load(f), resolve=False)
+        for path, target in _leaves(node):
+            yield str(rel), group + path, target
+
+
+def _hyp_keys() -> set[str]:
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    return set(DEFAULT_CFG_DICT)
+
+
+def _read_in_source(path: tuple[str, ...]) -> bool:
+    key, parent = path[-1], path[-2] if len(path) > 1 else None
+    if key == "name":
+        return bool(re.search(rf"\b{parent}\.name\b|\b{parent}\.get\(\"name\"", SOURCE))
+    pats = [rf"\[\"{key}\"\]", rf"get\(\"{key}\"", rf"\bcfg\.{key}\b"]
+    if parent is not None:
+        pats.append(rf"\b{parent}\.{key}\b")
+    else:
+        pats.append(rf"\bcfg\.get\(\"{key}\"|\bcfg\.{key}\b")
+    return any(re.search(p, SOURCE) for p in pats)
+
+
+CASES = list(_option_keys())
+
+
+@pytest.mark.parametrize("file,path,target", CASES, ids=[f"{f}:{'.'.join(p)}" for f, p, _ in CASES])
+def test_every_option_key_has_a_reader(file, path, target):
+    key = path[-1]
+    if target is not None:
+        params = inspect.signature(get_class(target).__init__).parameters
+        assert key in params or any(p.kind == p.VAR_KEYWORD for p in params.values()), f"{target} takes no {key}"
+    elif path[0] == "trainer":
+        assert key in inspect.signature(L.Trainer.__init__).parameters, f"Lightning's Trainer takes no {key}"
+    elif (path[:2] == ("data", "augment") or (path[0] == "optim" and key not in ("grad_clip", "ema"))
+          or (path[0] == "loss" and key in ("box", "cls", "dfl"))):
+        assert key in _hyp_keys(), f"ultralytics has no hyperparameter {key}"
+    elif path[:2] == ("distill", "schedule"):
+        assert key in inspect.signature(kd_scale_at).parameters
+    elif path[:2] == ("data", "embedded"):
+        from kdprune.data.synth import generate
+
+        assert key in inspect.signature(generate).parameters
+    elif path[:2] == ("prune", "target"):
+        assert key == "ratio" or key in MEASURES
+    else:
+        assert _read_in_source(path), f"{file}: nothing in kdprune/ reads {'.'.join(path)}"
+
+
+def test_the_key_walk_sees_every_option_file():
+    files = {f for f, _, _ in CASES}
+    assert {"config.yaml", "prune/gradual.yaml", "quant/int8_qat.yaml", "export/int8.yaml", "distill/kd.yaml",
+            "callbacks/default.yaml", "trainer/cpu.yaml", "data/shapes.yaml"} <= files
+    assert len(CASES) > 100
+    assert not _read_in_source(("export", "no_such_key"))  # the source check can say no
+    assert Path(__file__).is_file()
+
+
+def test_nms_settings_have_no_default_in_code():
+    """val.conf / val.iou / val.max_det reach every evaluation: no evaluator has a default of its own to fall back
+    on, so a call site that did not pass the configured values would fail, not silently use 0.001 / 0.7 / 300."""
+    from kdprune.export.evaluate import evaluate_runner
+    from kdprune.sensitivity.calibrate import evaluate
+    from kdprune.yolo import DetectionEvaluator
+
+    for fn in (DetectionEvaluator.__init__, evaluate_runner, evaluate):
+        params = inspect.signature(fn).parameters
+        for k in ("conf", "iou", "max_det"):
+            assert params[k].default is inspect.Parameter.empty, (fn.__qualname__, k)

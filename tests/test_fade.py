@@ -1,0 +1,163 @@
+"""Gradual pruning without cliffs: the fade makes a removal lossless, the optimizer state and EMA of kept channels
+survive it exactly, accumulated Taylor scores decide the cut, and bad fade settings are one-line errors."""
+
+from __future__ import annotations
+
+from copy import deepcopy
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from kdprune.errors import UserError
+from kdprune.pruning import ChannelFade, TaylorEMA, YoloPruner
+from tests.conftest import TINY, compose, val_args
+from tests.test_pruning import _batch, _model
+
+
+def _out(model, x) -> torch.Tensor:
+    with torch.no_grad():
+        y = model(x)
+    return y[0] if isinstance(y, (tuple, list)) else y
+
+
+def test_a_faded_step_removes_its_channels_without_changing_the_output():
+    model = _model("yolo11n.yaml")
+    x = torch.rand(4, 3, 64, 64)
+    model(x)  # one training-mode pass: BN running statistics that are not the identity
+    model.eval()
+    pruner = YoloPruner(model, importance="l2")
+    plan = pruner.plan(model, 0.3)
+    ref = _out(model, x)
+    cut = deepcopy(model)
+    pruner.apply(cut, plan)
+    cliff = (_out(cut, x) - ref).abs().max().item()
+
+    targets = pruner.bn_targets(model, plan)
+    assert sum(len(v) for v in targets.values()) >= sum(len(v) for v in plan.values())  # coupled BNs too
+    bn_name, idxs = next(iter(targets.items()))
+    w0 = model.get_submodule(bn_name).weight.detach()[idxs].clone()
+    fade = ChannelFade(targets, steps=3)
+    fade.step(model)
+    torch.testing.assert_close(model.get_submodule(bn_name).weight.detach()[idxs], w0 * (2 / 3))  # linear, 1/3 done
+    fade.step(model)
+    fade.step(model)
+    assert fade.complete
+    faded = _out(model, x)
+    pruner.apply(model, plan)
+    after = _out(model, x)
+    assert (after - faded).abs().max().item() < 1e-4  # the removal itself loses nothing
+    assert cliff > 1e-2  # while the same cut without the fade changes the output
+
+
+def test_apply_pruning_carries_the_optimizer_state_and_ema_of_kept_channels_exactly():
+    from kdprune.module import DetectionModule
+    from kdprune.yolo import ModelEMA, build_optimizer
+
+    model = _model("yolo11n.yaml")
+    module = DetectionModule(model, model.args, {0: "a", 1: "b", 2: "c"}, {}, val=val_args())
+    module._optim_args = (100, 1.0)
+    opt, _ = build_optimizer(module.trainable(), model.args, 3, *module._optim_args)
+    strategy = SimpleNamespace(optimizers=[opt], model=module)
+    module.trainer = SimpleNamespace(strategy=strategy)
+    module.ema = ModelEMA(model)
+    x = torch.rand(2, 3, 64, 64)
+    for _ in range(2):  # real Adam steps: every parameter has moments and a step count
+        module.criterion(model(x), _batch(x))[0].sum().backward()
+        opt.step()
+        opt.zero_grad()
+    with torch.no_grad():  # state as a known function of the weights, so its indexing can be checked exactly
+        stepped = {n for n, p in model.named_parameters() if p in opt.state}  # (not the frozen DFL)
+        for p in opt.state:
+            opt.state[p]["exp_avg"].copy_(3 * p)
+            opt.state[p]["exp_avg_sq"].copy_(p * p)
+        sd = model.state_dict()
+        for k, v in module.ema.ema.state_dict().items():
+            if v.is_floating_point():
+                v.copy_(2 * sd[k])
+    pruner = YoloPruner(model, importance="l2")
+    plan = pruner.plan(model, 0.3)
+    shapes = {n: p.shape for n, p in model.named_parameters()}
+    index_map = module.apply_pruning(pruner, plan)
+
+    new = strategy.optimizers[0]
+    assert new is not opt and module.pruning_history
+    changed = [n for n, p in model.named_parameters() if p.shape != shapes[n]]
+    assert changed and {f"model.{n}" for n in changed} <= set(index_map)
+    assert len(stepped) > 100
+    for n, p in model.named_parameters():
+        if n not in stepped:
+            assert p not in new.state, n
+            continue
+        st = new.state[p]
+        assert torch.equal(st["exp_avg"], 3 * p.detach()) and torch.equal(st["exp_avg_sq"], p.detach() ** 2), n
+        assert float(st["step"]) == 2.0, n
+    sd = model.state_dict()
+    for k, v in module.ema.ema.state_dict().items():
+        if v.is_floating_point():
+            assert v.shape == sd[k].shape and torch.equal(v, 2 * sd[k]), k
+
+
+def test_accumulated_taylor_scores_average_the_steps_and_decide_the_cut():
+    model = _model("yolo11n.yaml")
+    acc = TaylorEMA(steps=2)  # decay 1/2
+    terms = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        x = torch.rand(2, 3, 64, 64)
+        model.zero_grad()
+        model.init_criterion()(model(x), _batch(x))[0].sum().backward()
+        terms.append({n: (p.detach() * p.grad).abs() for n, p in model.named_parameters() if p.grad is not None})
+        acc.update(model)
+    name = "model.0.conv.weight"
+    torch.testing.assert_close(acc.acc[name], 0.5 * terms[0][name] + 0.5 * terms[1][name])
+
+    pruner = YoloPruner(model, importance="taylor")
+    unit = next(u for u in pruner.units(model) if u.current >= 32 and u.couple is None and u.weight > 0)
+    conv = unit.name  # e.g. model.3.conv: its BN is the sibling .bn
+    for k in acc.acc:
+        acc.acc[k] = torch.ones_like(acc.acc[k])
+    acc.acc[f"{conv}.weight"][:8] = 0  # on average, these 8 channels did nothing
+    acc.acc[f"{conv[:-len('conv')]}bn.weight"][:8] = 0
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    pruner.use_accumulated(acc)
+    units = pruner.units(model)
+    assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters())  # weights are back after scoring
+    u = next(u for u in units if u.name == conv)
+    ratio = 8 / unit.current + 1e-6
+    assert pruner.plan(model, ratio, [u])[conv] == list(range(8))
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["prune.fade_epochs=2", "prune.start_epoch=2"], "no room to score channels for an epoch and fade them"),
+    (["prune.fade_epochs=2", "prune.start_epoch=3", "prune.end_epoch=5", "prune.steps=3"], "longer than the pruning"),
+    (["prune.fade_epochs=-1"], "must be >= 0"),
+    (["prune.importance_epochs=-0.5"], "must be >= 0"),
+])
+def test_bad_fade_settings_are_one_line_errors(extra, needle):
+    from kdprune.callbacks import GradualPruning
+    from kdprune.yolo import split_blocks
+    from ultralytics.nn.tasks import DetectionModel
+
+    cfg = compose([*TINY, "trainer.max_epochs=8", "prune=gradual", "prune.start_epoch=3", "prune.end_epoch=6",
+                   "prune.steps=2", "prune.target.ratio=0.2", *extra])
+    m = DetectionModel("yolo11n.yaml", nc=3, verbose=False)
+    split_blocks(m)
+    with pytest.raises(UserError) as e:
+        GradualPruning.from_config(cfg.prune, m, imgsz=64, max_epochs=8)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_bn_targets_cover_every_bn_the_group_removes():
+    model = _model("yolo11n.yaml")
+    pruner = YoloPruner(model, importance="l2")
+    plan = pruner.plan(model, 0.3)
+    targets = pruner.bn_targets(model, plan)
+    cut = deepcopy(model)
+    pruner.apply(cut, plan)
+    shrunk = {n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)
+              and cut.get_submodule(n).num_features < m.num_features}
+    assert set(targets) == shrunk
+    for n, idxs in targets.items():
+        assert len(idxs) == model.get_submodule(n).num_features - cut.get_submodule(n).num_features, n
