@@ -62,6 +62,8 @@ def _check_cfg(cfg: DictConfig) -> None:
                             "run's dir: hydra.run.dir=<that dir> ckpt_path=last (or ckpt_path=<path to a .ckpt>)")
     elif cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():
         raise UserError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint (use <run_dir>/checkpoints/last.ckpt).")
+    if cfg.reference and not Path(cfg.reference).expanduser().is_file():
+        raise UserError(f"reference={cfg.reference}: no such file (a dense run's weights/best.pt on the same data).")
 
 
 def _check_options(cfg: DictConfig) -> QATPhase | None:
@@ -164,6 +166,7 @@ def run(cfg: DictConfig) -> dict:
         "wall_time_s": round(time.time() - t0, 1),
         "weights": {"best": str(ckpt_cb.best), "last": str(ckpt_cb.last)},
         "device": str(module.device),
+        "val": module.val_args,
     }
     if teacher is not None:
         summary["teacher"] = teacher.info

@@ -114,3 +114,8 @@ def test_a_checkpoint_of_another_task_is_named(tmp_path, key, yaml, task):
     extra = ["distill=kd", "teacher=yolo11s"] if key == "teacher.weights" else []
     p = kdprune(f"{key}={path}", *extra, run_dir=tmp_path / "run")
     assert_user_error(p, f"a {task} checkpoint", "needs a detection model", run_dir=tmp_path / "run")
+
+
+def test_missing_reference_weights(tmp_path):
+    p = kdprune("reference=/nonexistent/best.pt", run_dir=tmp_path / "run")
+    assert_user_error(p, "reference=/nonexistent/best.pt", "no such file", run_dir=tmp_path / "run")

@@ -26,17 +26,24 @@ QAT = [*TINY, "trainer.max_epochs=3", "prune=gradual", "prune.start_epoch=0", "p
 @pytest.fixture(scope="module")
 def qat_run(tmp_path_factory):
     """One tiny pruned run with QAT and every export, whose TFLite file is over an impossible byte budget."""
+    from kdprune.data.synth import CLASS_NAMES
+    from kdprune.yolo import build_model, hyp_namespace, save_ultralytics_checkpoint
+
     run_dir = tmp_path_factory.mktemp("qat") / "run"
+    hyp = hyp_namespace()  # a dense reference model on the same classes (untrained: the row's presence is tested)
+    ref = save_ultralytics_checkpoint(run_dir.parent / "dense.pt", build_model("yolo11n.yaml", None,
+                                      dict(enumerate(CLASS_NAMES)), hyp), epoch=0, train_args=vars(hyp))
     with pytest.raises(ExportFailed, match=r"TFLite INT8: model_int8.tflite is [\d,]+ bytes, over the budget"):
-        run(compose([*QAT, "export.max_bytes=1000"], run_dir=run_dir))
+        run(compose([*QAT, "export.max_bytes=1000", f"reference={ref}"], run_dir=run_dir))
     return run_dir
 
 
 def test_every_stage_is_reported(qat_run):
     summary = json.loads((qat_run / "summary.json").read_text())
     rows = {r["stage"]: r for r in summary["stages"]}
-    assert list(rows) == ["student before pruning", "pruned fp32", "QAT fake-quant", "PTQ baseline", "ONNX fp32",
-                          "ONNX INT8", "TFLite INT8"]
+    assert list(rows) == ["dense reference", "student before pruning", "pruned fp32", "QAT fake-quant", "PTQ baseline",
+                          "ONNX fp32", "ONNX INT8", "TFLite INT8"]
+    assert rows["dense reference"]["params"] > rows["pruned fp32"]["params"]
     assert rows["pruned fp32"]["params"] < rows["student before pruning"]["params"]  # pruning happened
     for name in ("PTQ baseline", "ONNX fp32", "ONNX INT8", "TFLite INT8"):
         r = rows[name]
@@ -48,6 +55,7 @@ def test_every_stage_is_reported(qat_run):
     assert summary["quant"]["bn_frozen"] and summary["quant"]["observers_frozen"]
     report = (qat_run / "report.md").read_text()
     assert "| TFLite INT8 |" in report and "## Failed" in report and "over the budget" in report
+    assert "## Pruning steps" in report and "(conf 0.001, IoU 0.7, max_det 300)" in report
 
 
 def test_tflite_artifact_is_fully_int8_and_tracks_the_qdq_onnx(qat_run):

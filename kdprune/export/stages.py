@@ -157,6 +157,10 @@ def run_stages(cfg: DictConfig, data: dict, hyp, run_dir: Path, module, ckpt, *,
     def load(path):
         return load_ultralytics_checkpoint(path)[0]
 
+    if cfg.reference:
+        path = Path(cfg.reference).expanduser()
+        sr.torch_row("dense reference", load(path), artifact=path,
+                     note="reference=: the dense model compression is measured against")
     if module.teacher is not None:
         sr.torch_row("teacher", module.teacher.model, artifact=module.teacher.info.get("weights"),
                      note=str(module.teacher.info.get("model", "")))

@@ -29,11 +29,13 @@ def stage_table(rows: list[dict]) -> str:
 def write_report(path: str | Path, rows: list[dict], summary: dict) -> Path:
     """``report.md``: the stage table, notes per row (where each number comes from), failures."""
     path = Path(path)
+    val = summary.get("val") or {}
     lines = [f"# kdprune run: {summary.get('model')} on {Path(str(summary.get('data'))).name}", "",
              f"imgsz {summary.get('imgsz')}, {summary.get('epochs')} epochs, device {summary.get('device')}, "
              f"wall time {summary.get('wall_time_s')} s.", "",
              "Every row is evaluated the same way: the val split letterboxed to imgsz, batch 1, raw outputs decoded on "
-             "the host (kdprune.export.decode) and scored by ultralytics' validator (conf 0.001, IoU 0.7). Latency: "
+             "the host (kdprune.export.decode) and scored by ultralytics' validator "
+             f"(conf {val.get('conf')}, IoU {val.get('iou')}, max_det {val.get('max_det')}). Latency: "
              "batch 1, median after warm-up, onnxruntime / LiteRT on this machine's CPU.", "",
              stage_table(rows), "", "## Notes", ""]
     for r in rows:
@@ -43,6 +45,16 @@ def write_report(path: str | Path, rows: list[dict], summary: dict) -> Path:
         if c := r.get("check"):
             lines.append(f"  - mAP50-95 {c['delta']:+.4f} vs {c['reference']} (expected within ±{c['tolerance']}): "
                          + ("ok" if c["ok"] else "**outside**"))
+    if steps := (summary.get("pruning") or {}).get("steps"):
+        lines += ["", "## Pruning steps", "", "The cliff is val mAP50-95 of the EMA model just before a removal minus "
+                  "just after it (0: the removal lost nothing).", "",
+                  "| step | epoch | ratio | params | INT8 bytes (est.) | mAP50-95 before | after | cliff |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for s in steps:
+            def f(x):
+                return "—" if x is None else f"{x:.4f}"
+            lines.append(f"| {s['step']} | {s['epoch']} | {s['ratio']} | {s['params']:,} | {s['int8_bytes']:,} | "
+                         f"{f(s.get('mAP50-95_before'))} | {f(s.get('mAP50-95_after'))} | {f(s.get('cliff'))} |")
     failed = [r for r in rows if r.get("status") == "failed"]
     if failed:
         lines += ["", "## Failed", ""] + [f"- {r['stage']}: {r['note']}" for r in failed]
