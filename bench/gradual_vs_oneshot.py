@@ -5,12 +5,13 @@ in the same number of epochs, on the embedded dataset, over several seeds, besid
 
 Arms (all: +experiment=yolo11n_mcu distill=none quant=none export=none, or --kd for the KD defaults):
 - ``dense``: prune=none, the reference row (what compression costs is read against it);
-- ``today``: gradual as before issue 13: cubic, 4 steps at epochs 2..10, Taylor from 4 fresh batches at each step,
-  channels cut at once (prune.importance_epochs=0 prune.fade_epochs=0);
-- ``new``: the conf/prune/gradual.yaml defaults: Taylor averaged over the training steps, each step's channels faded to
-  zero over the epoch before their removal;
+- ``today``: gradual as before issue 13 and the default: cubic, 4 steps at epochs 2..10, Taylor from 4 fresh batches
+  at each step, channels cut at once (prune.importance_epochs=0 prune.fade_epochs=0), optimizer moments carried;
+- ``new``: Taylor averaged over the training steps (time constant 1 epoch), each step's channels faded to zero over the
+  epoch before their removal (prune.importance_epochs=1 prune.fade_epochs=1);
 - ``oneshot``: everything at once at epoch 10 (the best one-shot epoch measured in issue 3), cut at once;
-- ``oneshot_fade``: one-shot at epoch 10 with the accumulated scores and the fade.
+- ``oneshot_fade``: one-shot at epoch 10 with the accumulated scores and the fade;
+- ``accumulate_only`` / ``fade_only``: ``new`` with one of its two ingredients (the other as ``today``).
 Final mAP50-95 is the re-validated best.pt (chosen after the last pruning step). Each step's cliff (val mAP50-95 of the
 EMA just before and just after the removal) comes from summary.json. Runs are resumable: a finished run dir is read
 back, not re-run. Writes bench/gradual_vs_oneshot.json and prints a markdown table.
@@ -33,9 +34,12 @@ from bench.common import ROOT, git_rev, machine  # noqa: E402
 ARMS = {
     "dense": ["prune=none"],
     "today": ["prune.importance_epochs=0", "prune.fade_epochs=0"],
-    "new": [],
+    "new": ["prune.importance_epochs=1.0", "prune.fade_epochs=1"],
     "oneshot": ["prune.schedule=oneshot", "prune.start_epoch=10", "prune.importance_epochs=0", "prune.fade_epochs=0"],
-    "oneshot_fade": ["prune.schedule=oneshot", "prune.start_epoch=10"],
+    "oneshot_fade": ["prune.schedule=oneshot", "prune.start_epoch=10", "prune.importance_epochs=1.0",
+                     "prune.fade_epochs=1"],
+    "accumulate_only": ["prune.importance_epochs=1.0", "prune.fade_epochs=0"],  # ablations of "new"
+    "fade_only": ["prune.importance_epochs=0", "prune.fade_epochs=1"],
 }
 
 

@@ -130,7 +130,9 @@ def test_accumulated_taylor_scores_average_the_steps_and_decide_the_cut():
 
 
 @pytest.mark.parametrize("extra,needle", [
-    (["prune.fade_epochs=2", "prune.start_epoch=2"], "no room to score channels for an epoch and fade them"),
+    (["prune.fade_epochs=2", "prune.start_epoch=2", "prune.importance_epochs=1"],
+     "no room to score channels for an epoch and fade them"),
+    (["prune.fade_epochs=4", "prune.start_epoch=3"], "no room to fade them"),
     (["prune.fade_epochs=2", "prune.start_epoch=3", "prune.end_epoch=5", "prune.steps=3"], "longer than the pruning"),
     (["prune.fade_epochs=-1"], "must be >= 0"),
     (["prune.importance_epochs=-0.5"], "must be >= 0"),

@@ -130,12 +130,13 @@ def test_cli_bad_ratio_exits_2_before_training(tmp_path):
 
 
 def test_ddp_two_processes_prune_and_distil_identically(tmp_path):
-    """trainer=ddp on 2 CPU processes (gloo), with the default accumulated Taylor scores and fade: the scores average
+    """trainer=ddp on 2 CPU processes (gloo), with accumulated Taylor scores and a fade: the scores average
     gradients after DDP's all-reduce, and rank 0 decides the plan, so every rank fades and removes the same channels. With
     distillation on, the adapters are pruned with the student on every rank and stay in sync under DDP."""
     probe = tmp_path / "probe"
     p = kdprune("trainer=ddp", "trainer.devices=2", "trainer.max_epochs=4", "prune=gradual", "prune.start_epoch=2",
-                "prune.end_epoch=2", "prune.steps=1", "prune.fade_epochs=1", "prune.target.ratio=0.3",
+                "prune.end_epoch=2", "prune.steps=1", "prune.fade_epochs=1", "prune.importance_epochs=1",
+                "prune.target.ratio=0.3",
                 "prune.importance=taylor", "distill=kd", *TEACHER,
                 "+callbacks.probe._target_=tests.ddp_probe.DumpPruning",
                 f"+callbacks.probe.path={probe}", run_dir=tmp_path / "run", timeout=600)

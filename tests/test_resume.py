@@ -20,6 +20,7 @@ from tests.test_distill_train import TEACHER
 RUN = [o for o in TINY if not o.startswith(("trainer.max_epochs", "data.embedded.n_train"))] + [
     "data.embedded.n_train=32", "trainer.max_epochs=8", "val.plot_every=0",
     "prune=gradual", "prune.start_epoch=3", "prune.end_epoch=5", "prune.steps=2", "prune.fade_epochs=2",
+    "prune.importance_epochs=1",
     "prune.target.ratio=0.3",
     "quant=int8_qat", "quant.start_epoch=6", "quant.freeze_bn_epoch=7", "quant.freeze_observer_epoch=7"]
 
