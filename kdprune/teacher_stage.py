@@ -45,6 +45,7 @@ def _teacher_cfg(cfg: DictConfig, run_dir: Path) -> DictConfig:
         for k in ("strategy", "num_nodes"):
             t.trainer.pop(k, None)
         t.seed = int(cfg.teacher.seed)
+        t.reference = None  # the student's dense reference is no row of the teacher's report
         # resuming an interrupted run (ckpt_path=last) resumes its teacher stage too, if that was interrupted
         t.ckpt_path = "last" if cfg.ckpt_path == "last" and last_checkpoint(run_dir).is_file() else None
         t.run_dir = str(run_dir)

@@ -14,10 +14,10 @@ from kdprune.callbacks.plots import _tb, channels_chart
 from kdprune.errors import UserError
 from kdprune.pruning import (
     IMPORTANCES,
-    ChannelFade,
-    TaylorEMA,
     MEASURES,
+    ChannelFade,
     PruneSchedule,
+    TaylorEMA,
     YoloPruner,
     load_layer_ratios,
     model_costs,
