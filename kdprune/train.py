@@ -121,9 +121,8 @@ def run(cfg: DictConfig) -> dict:
     criterion, loss_info = build_criterion(cfg.loss, model, dm.train_set, data["names"])
     distiller, kd_schedule = build_distiller(cfg.distill, model, teacher) if teacher else (None, None)
     module = DetectionModule(model, hyp, data["names"], data, val=val_settings(cfg.val), grad_clip=cfg.optim.grad_clip,
-                             ema=cfg.optim.ema,
-                             plot_every=cfg.val.plot_every, criterion=criterion, distiller=distiller, teacher=teacher,
-                             kd_schedule=kd_schedule)
+                             ema=cfg.optim.ema, plot_every=cfg.val.plot_every, criterion=criterion,
+                             distiller=distiller, teacher=teacher, kd_schedule=kd_schedule)
     module.train_args = {**vars(hyp), "model": cfg.model.cfg or cfg.model.weights, "save_dir": str(run_dir)}
 
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
