@@ -50,6 +50,8 @@ class TaylorEMA:
             if a is None:
                 self.acc[name] = x
             else:
+                if a.device != x.device:  # restored from a checkpoint on the CPU, training on a GPU
+                    a = self.acc[name] = a.to(x.device)
                 a.mul_(self.decay).add_(x, alpha=1.0 - self.decay)
         self.updates += 1
 
@@ -62,7 +64,7 @@ class TaylorEMA:
                 a = self.acc.get(name)
                 if a is not None and a.shape == p.shape:
                     swapped.append((p, p.data))
-                    p.data = a
+                    p.data = a.to(p.device)
             yield
         finally:
             for p, data in swapped:
