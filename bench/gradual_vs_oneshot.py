@@ -2,6 +2,7 @@
 in the same number of epochs, on the embedded dataset, over several seeds, beside the recipe-matched dense model.
 
     .venv/bin/python bench/gradual_vs_oneshot.py [--seeds 0 1 2] [--imgsz 160] [--arms today new oneshot ...]
+        [--kd] [--data glyphs] [--finetune bench/runs/gradual/dense-kd0-160-s0/weights/best.pt]
 
 Arms (all: +experiment=yolo11n_mcu distill=none quant=none export=none, or --kd for the KD defaults):
 - ``dense``: prune=none, the reference row (what compression costs is read against it);
@@ -11,7 +12,10 @@ Arms (all: +experiment=yolo11n_mcu distill=none quant=none export=none, or --kd 
   epoch before their removal (prune.importance_epochs=1 prune.fade_epochs=1);
 - ``oneshot``: everything at once at epoch 10 (the best one-shot epoch measured in issue 3), cut at once;
 - ``oneshot_fade``: one-shot at epoch 10 with the accumulated scores and the fade;
-- ``accumulate_only`` / ``fade_only``: ``new`` with one of its two ingredients (the other as ``today``).
+- ``accumulate_only`` / ``fade_only``: ``new`` with one of its two ingredients (the other as ``today``);
+- ``late``: gradual around the one-shot epoch, 4 equal steps at epochs 7, 8, 9, 10, cut at once.
+``--data glyphs`` runs the arms on the second generated dataset (conf/data/glyphs.yaml); ``--finetune BEST_PT`` runs
+the fine-tuning case (FINETUNE_ARMS: 10 epochs from a trained dense model).
 Final mAP50-95 is the re-validated best.pt (chosen after the last pruning step). Each step's cliff (val mAP50-95 of the
 EMA just before and just after the removal) comes from summary.json. Runs are resumable: a finished run dir is read
 back, not re-run. Writes bench/gradual_vs_oneshot.json and prints a markdown table.
@@ -31,6 +35,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import ROOT, git_rev, machine  # noqa: E402
 
+# The fine-tuning case (--finetune DENSE_BEST_PT): 10 epochs from a trained dense model; pruning can start at once.
+FINETUNE_EPOCHS = 10
+FINETUNE_ARMS = {
+    "dense": ["prune=none"],
+    "today": ["prune.start_epoch=0", "prune.end_epoch=6", "prune.importance_epochs=0", "prune.fade_epochs=0"],
+    "oneshot": ["prune.schedule=oneshot", "prune.start_epoch=0", "prune.importance_epochs=0", "prune.fade_epochs=0"],
+    "linear": ["prune.start_epoch=1", "prune.end_epoch=4", "prune.schedule=linear", "prune.importance_epochs=0",
+             "prune.fade_epochs=0"],
+}
 ARMS = {
     "dense": ["prune=none"],
     "today": ["prune.importance_epochs=0", "prune.fade_epochs=0"],
@@ -40,15 +53,23 @@ ARMS = {
                      "prune.fade_epochs=1"],
     "accumulate_only": ["prune.importance_epochs=1.0", "prune.fade_epochs=0"],  # ablations of "new"
     "fade_only": ["prune.importance_epochs=0", "prune.fade_epochs=1"],
+    # gradual around the one-shot epoch: equal steps at epochs 7..10 (the same mean epoch of removal as one-shot@10
+    # minus 1.5), so the comparison is between cutting gently and cutting once, not between cutting early and late
+    "late": ["prune.start_epoch=7", "prune.end_epoch=10", "prune.schedule=linear", "prune.importance_epochs=0",
+             "prune.fade_epochs=0"],
 }
 
 
-def run_arm(arm: str, seed: int, imgsz: int, kd: bool, out: Path) -> dict:
-    run_dir = out / f"{arm}-kd{int(kd)}-{imgsz}-s{seed}"
+def run_arm(arm: str, seed: int, imgsz: int, kd: bool, out: Path, data: str = "shapes",
+            finetune: str | None = None) -> dict:
+    tag = ("" if data == "shapes" else f"{data}-") + ("ft-" if finetune else "")
+    run_dir = out / f"{tag}{arm}-kd{int(kd)}-{imgsz}-s{seed}"
     summary = run_dir / "summary.json"
     if not summary.is_file():
-        args = ["+experiment=yolo11n_mcu", "quant=none", "export=none", f"data.imgsz={imgsz}", f"seed={seed}",
-                *([] if kd else ["distill=none"]), *ARMS[arm], f"hydra.run.dir={run_dir}", "val.plot_every=0"]
+        extra = [f"model.weights={finetune}", f"trainer.max_epochs={FINETUNE_EPOCHS}"] if finetune else []
+        args = ["+experiment=yolo11n_mcu", "quant=none", "export=none", f"data={data}", f"data.imgsz={imgsz}",
+                f"seed={seed}", *([] if kd else ["distill=none"]), *(FINETUNE_ARMS if finetune else ARMS)[arm],
+                *extra, f"hydra.run.dir={run_dir}", "val.plot_every=0"]
         t0 = time.time()
         p = subprocess.run([sys.executable, "-m", "kdprune", *args], cwd=ROOT, capture_output=True, text=True)
         if p.returncode != 0:
@@ -65,20 +86,27 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--imgsz", type=int, default=160, help="reduced scale for the seeds (default run: 256)")
-    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    ap.add_argument("--arms", nargs="+", default=None, choices=sorted(set(ARMS) | set(FINETUNE_ARMS)))
+    ap.add_argument("--data", default="shapes", choices=["shapes", "glyphs"], help="conf/data group option")
+    ap.add_argument("--finetune", metavar="BEST_PT", help=f"the fine-tuning case: {FINETUNE_EPOCHS} epochs from "
+                    "this trained dense checkpoint, pruning from epoch 0 (arms: " + ", ".join(FINETUNE_ARMS) + ")")
     ap.add_argument("--kd", action="store_true", help="the yolo11n_mcu KD defaults (teacher trained once, cached)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "runs" / "gradual"))
     args = ap.parse_args()
     out = Path(args.out)
+    arms = args.arms or list(FINETUNE_ARMS if args.finetune else ARMS)
+    if bad := [a for a in arms if a not in (FINETUNE_ARMS if args.finetune else ARMS)]:
+        raise SystemExit(f"arms {bad} are not defined {'with' if args.finetune else 'without'} --finetune")
     results: dict[str, list[dict]] = {}
     for seed in args.seeds:  # seed-major: a partial run still compares every arm
-        for arm in args.arms:
-            results.setdefault(arm, []).append(run_arm(arm, seed, args.imgsz, args.kd, out))
+        for arm in arms:
+            results.setdefault(arm, []).append(run_arm(arm, seed, args.imgsz, args.kd, out, args.data, args.finetune))
 
     rows = []
     dense = results.get("dense")
     ref = statistics.mean(r["mAP50-95"] for r in dense) if dense else None
-    print(f"\n{machine()}, commit {git_rev()}, imgsz {args.imgsz}, KD {'on' if args.kd else 'off'}, seeds {args.seeds}")
+    print(f"\n{machine()}, commit {git_rev()}, data {args.data}, imgsz {args.imgsz}, KD {'on' if args.kd else 'off'}, "
+          f"seeds {args.seeds}" + (f", fine-tuned {FINETUNE_EPOCHS} epochs from {args.finetune}" if args.finetune else ""))
     print("| arm | mAP50-95 per seed | mean ± sd | vs dense | worst cliff per seed | params |")
     print("|---|---|---|---|---|---|")
     for arm, rs in results.items():
@@ -89,9 +117,10 @@ def main() -> None:
         vs = f"{mean - ref:+.4f}" if ref is not None and arm != "dense" else "—"
         print(f"| {arm} | {' / '.join(f'{x:.4f}' for x in m)} | {mean:.4f} ± {sd:.4f} | {vs} | "
               f"{' / '.join('—' if c is None else f'{c:.4f}' for c in cliffs)} | {rs[0]['params']:,} |")
-    path = ROOT / "bench" / f"gradual_vs_oneshot{'_kd' if args.kd else ''}.json"
-    path.write_text(json.dumps({"machine": machine(), "commit": git_rev(), "imgsz": args.imgsz, "kd": args.kd,
-                                "seeds": args.seeds, "arms": rows}, indent=2))
+    name = "gradual_vs_oneshot" + ("" if args.data == "shapes" else f"_{args.data}") + ("_ft" if args.finetune else "")
+    path = ROOT / "bench" / f"{name}{'_kd' if args.kd else ''}.json"
+    path.write_text(json.dumps({"machine": machine(), "commit": git_rev(), "data": args.data, "imgsz": args.imgsz,
+                                "kd": args.kd, "finetune": args.finetune, "seeds": args.seeds, "arms": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,9 @@ def test_pruned_run_shrinks_the_model_and_reports_it(pruned):
     p = s["pruning"]
     assert [st["epoch"] for st in p["steps"]] == [0, 1]
     assert p["steps"][0]["params"] > p["steps"][1]["params"] == p["after"]["params"]
+    # every step removes channels; "ratio" is what was removed (share of the prunable channels), near the 0.3 asked
+    assert all(st["channels_removed"] > 0 for st in p["steps"])
+    assert 0 < p["steps"][0]["ratio"] < p["steps"][1]["ratio"] and abs(p["steps"][1]["ratio"] - 0.3) < 0.05
     # 30 % of the channels of every prunable layer (rounded to 8; stem and head outputs kept): 0.558 of the weights
     # measured; ratio 0.2 gives ~0.66 and 0.4 ~0.42, so this bound fails if the ratio were not the one asked for
     assert 0.50 < p["after"]["params"] / p["before"]["params"] < 0.62

@@ -16,6 +16,7 @@ from kdprune.pruning import (
     count_params,
     fraction_at,
     int8_bytes,
+    fraction_at,
     keep_counts,
     measure,
     solve_ratio,
@@ -74,6 +75,27 @@ def test_coupled_halves_keep_one_width_under_global_ranking():
     assert keep["x.cv0"] == keep["x.cv1"]
     free = keep_counts([_unit("x.cv0", 64, lo.tolist()), _unit("x.cv1", 64, hi.tolist())], 0.4, global_ranking=True)
     assert free["x.cv0"] < free["x.cv1"]  # without the coupling, global ranking would split them
+
+
+@pytest.mark.parametrize("global_ranking", [False, True])
+def test_every_scheduled_step_removes_channels_and_the_last_lands_on_the_ratio(global_ranking):
+    """yolo11n-like widths, 30 %, cubic over 4 steps (fractions .58/.88/.98/1): scaling the ratio per step made
+    step 4 round to step 3's widths (it removed nothing); whole blocks per step leave every step something."""
+    widths = [16, 32, 64, 64, 128, 128, 256, 256, 64, 80]
+    final = keep_counts([_unit(str(i), n) for i, n in enumerate(widths)], 0.3, global_ranking=global_ranking)
+    units = [_unit(str(i), n) for i, n in enumerate(widths)]
+    removed = []
+    for k in range(1, 5):
+        keep = keep_counts(units, 0.3, global_ranking=global_ranking, round_to=8, fraction=fraction_at(k, 4, "cubic"))
+        assert all(v % 8 == 0 and v <= u.current for u, v in zip(units, keep.values()))
+        removed.append(sum(u.current - keep[u.name] for u in units))
+        for u in units:
+            u.scores = u.scores[-keep[u.name]:]  # arange scores: the lowest go
+            u.current = keep[u.name]
+    # global ranking concentrates the cut in fewer units, whose few blocks can leave step 3 (+11 %) empty
+    assert all(r > 0 for r in (removed if not global_ranking else removed[:2] + removed[3:])), removed
+    assert removed[0] > removed[1] and removed[0] > removed[3]  # still front-loaded (cubic)
+    assert {u.name: u.current for u in units} == final  # the last step reaches the one-shot widths
 
 
 def test_allocation_never_grows_a_layer_back():

@@ -218,3 +218,26 @@ def test_ensure_dataset_loses_race(tmp_path, monkeypatch):
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError):
         generate(tmp_path, n_train=2, n_val=1, imgsz=16, workers=0)
+    with pytest.raises(ValueError, match="glyphs"):
+        generate(tmp_path, n_train=2, n_val=1, imgsz=64, kind="letters", workers=0)
+
+
+def test_glyphs_is_a_second_dataset_with_other_content(tmp_path):
+    """data=glyphs: other classes and backgrounds, a steeper tail, more and smaller objects, its own cache folder."""
+    from kdprune.data.shapes import GLYPHS
+    from kdprune.data.synth import KINDS, make_image
+
+    y = ensure_dataset(tmp_path, n_train=120, n_val=8, imgsz=96, kind="glyphs", workers=0)
+    assert y.parent.name.startswith("glyphs-v1-")
+    assert ensure_dataset(tmp_path, n_train=120, n_val=8, imgsz=96, workers=0).parent.name.startswith(DATASET_VERSION)
+    data = check_data_yaml(y)
+    check_labels(data)
+    assert data["names"] == dict(enumerate(GLYPHS))
+    labs = _read_labels(y.parent, "train")
+    counts = np.bincount(np.concatenate([lab[:, 0] for *_, lab in labs]).astype(int), minlength=len(GLYPHS))
+    assert counts[0] > 12 * max(counts[-1], 1)  # ~33x by design; the shapes tail is ~15x
+    assert np.mean([len(lab) for *_, lab in labs]) > 4.5  # 0-12 objects (shapes: 0-8, mean ~4)
+    first, again = make_image(0, "train", 5, 96, "glyphs"), make_image(0, "train", 5, 96, "glyphs")
+    assert np.array_equal(first[0], again[0]) and first[1] == again[1]
+    assert not np.array_equal(first[0], make_image(0, "train", 5, 96, "shapes")[0])
+    assert KINDS["glyphs"].names != KINDS["shapes"].names

@@ -221,7 +221,7 @@ class GradualPruning(L.Callback):
         if trainer.is_global_zero:
             if k == self.schedule.steps and self.budget is not None:  # meet the budget on the trained weights
                 ratio = self.ratio = self._solve(self.pruner, model, self.budget, self.imgsz, self.pruner.round_to)
-            plan = self.pruner.plan(model, ratio * self.schedule.fraction(k))
+            plan = self.pruner.plan(model, ratio, fraction=self.schedule.fraction(k))
         plan, self.ratio = trainer.strategy.broadcast((plan, self.ratio), src=0)
         model.zero_grad(set_to_none=True)
         return plan
@@ -237,7 +237,7 @@ class GradualPruning(L.Callback):
         if self.taylor is not None:
             self.taylor.reindex(index_map, prefix="model.")
         self.plan, self.fade, self.steps_done = None, None, k
-        self._report(trainer, pl_module, k, before)
+        self._report(trainer, pl_module, k, before, sum(len(v) for v in plan.values()))
 
     def _gradients(self, trainer: L.Trainer, pl_module) -> None:
         """First-order Taylor needs ``.grad``: accumulate it over a few training batches (no optimizer step)."""
@@ -253,7 +253,7 @@ class GradualPruning(L.Callback):
                 loss, _, _ = pl_module.criterion(model(img), batch)
                 loss.sum().backward()
 
-    def _report(self, trainer: L.Trainer, pl_module, k: int, before: float | None) -> None:
+    def _report(self, trainer: L.Trainer, pl_module, k: int, before: float | None, removed: int) -> None:
         """The step's sizes, and its cliff: val mAP50-95 of the EMA model just before the removal (the last
         validation) and just after it (measured here, on rank 0)."""
         costs = model_costs(pl_module.model, self.imgsz)
@@ -261,12 +261,16 @@ class GradualPruning(L.Callback):
         if trainer.is_global_zero:
             after = evaluate_model(pl_module.eval_model, trainer.datamodule.val_dataloader(shard=False),
                                    pl_module.data, pl_module.device, **pl_module.val_args)["mAP50-95"]
-        entry = {"step": k, "epoch": trainer.current_epoch, "ratio": round(self.ratio * self.schedule.fraction(k), 4),
-                 **costs, "mAP50-95_before": before, "mAP50-95_after": after,
+        kept, initial = (sum(c) for c in zip(*self.pruner.channels(pl_module.model).values()))
+        entry = {"step": k, "epoch": trainer.current_epoch, "channels_removed": removed,
+                 "ratio": round(1 - kept / initial, 4),  # realised: share of the prunable channels gone so far
+                 "ratio_planned": round(self.ratio * self.schedule.fraction(k), 4), **costs,
+                 "mAP50-95_before": before, "mAP50-95_after": after,
                  "cliff": round(before - after, 4) if before is not None and after is not None else None}
         self.steps_log.append(entry)
         cliff = f", val mAP50-95 {before:.4f} -> {after:.4f}" if entry["cliff"] is not None else ""
-        pl_module.print(f"kdprune: pruning step {k}/{self.schedule.steps} at epoch {trainer.current_epoch}: params "
+        pl_module.print(f"kdprune: pruning step {k}/{self.schedule.steps} at epoch {trainer.current_epoch}: "
+                        f"{removed} channels removed ({entry['ratio']:.1%} of the prunable ones so far), params "
                         f"{costs['params']:,}, INT8 ~{costs['int8_bytes']:,} B, {costs['macs'] / 1e9:.3f} GMACs{cliff}")
         if trainer.is_global_zero and (tb := _tb(trainer)) is not None:
             step = trainer.global_step

@@ -123,7 +123,7 @@ class ResumeCheckpoint(Checkpoint):
         if trainer.sanity_checking or trainer.fast_dev_run:
             return
         tmp = self.dirpath / f".last.ckpt.tmp{os.getpid()}"
-        trainer.save_checkpoint(tmp)  # every rank calls it; rank 0 writes
+        trainer.save_checkpoint(tmp, weights_only=False)  # every rank calls it; rank 0 writes
         if trainer.is_global_zero:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())  # on disk before the rename, so a reboot cannot leave an empty last.ckpt

@@ -161,3 +161,41 @@ def clutter(img: np.ndarray, rng: np.random.Generator) -> None:
         steps = rng.normal(0, 0.15 * w, (n - 1, 2))
         pts = np.round(np.vstack([start, start + np.cumsum(steps, 0)]) * _ONE).astype(np.int32)
         cv2.polylines(img, [pts], False, random_color(rng).tolist(), int(rng.integers(1, 3)), cv2.LINE_AA, _SHIFT)
+
+
+# ---- the second kind ("glyphs"): letters on procedural backgrounds ----------------------------------------------------
+GLYPHS = ("A", "E", "G", "K", "R", "S", "Y")  # no pair is a rotation of another within the +-30 degrees drawn
+
+
+@lru_cache(maxsize=None)
+def _glyph_contours(ch: str, thickness: int) -> tuple[tuple[np.ndarray, int], ...]:
+    """Outline and holes of ``ch`` drawn with cv2's Hershey font at ``thickness`` (of a 120-px letter), radius 1."""
+    mask = np.zeros((240, 240), np.uint8)
+    cv2.putText(mask, ch, (40, 180), cv2.FONT_HERSHEY_SIMPLEX, 4.0, 255, thickness, cv2.LINE_AA)
+    found, hier = cv2.findContours((mask >= 128).astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    outer = max((i for i in range(len(found)) if hier[0][i][3] < 0), key=lambda i: cv2.contourArea(found[i]))
+    parts = [found[outer]] + [found[i] for i in range(len(found)) if hier[0][i][3] == outer]
+    pts = [p.reshape(-1, 2).astype(np.float64) for p in parts]
+    centre = (pts[0].max(0) + pts[0].min(0)) / 2
+    radius = float(np.linalg.norm(pts[0] - centre, axis=1).max())
+    return tuple(((p - centre) / radius, 255 if i == 0 else 0) for i, p in enumerate(pts))
+
+
+def unit_glyph(name: str, rng: np.random.Generator) -> list[tuple[np.ndarray, int]]:
+    """Contours of one letter (stroke width drawn at random) around the origin, radius 1; fill 0 cuts a hole."""
+    if name not in GLYPHS:
+        raise ValueError(f"unknown glyph {name!r}")
+    return [(p.copy(), f) for p, f in _glyph_contours(name, int(rng.integers(9, 19)))]
+
+
+def procedural_background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """No photograph: a large-scale texture, smooth colour noise and a few unlabelled panels; float32."""
+    img = texture(h, w, max(h, w), rng)
+    g = rng.uniform(0, 1, (rng.integers(3, 9), rng.integers(3, 9), 3)).astype(np.float32)
+    noise = cv2.resize(g, (w, h), interpolation=cv2.INTER_CUBIC).clip(0, 1)
+    img = img * rng.uniform(0.5, 0.9) + noise * 255 * rng.uniform(0.1, 0.5)
+    for _ in range(rng.integers(0, 4)):  # panels: flat rectangles with edges that are not objects
+        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+        x1, y1 = x0 + int(rng.uniform(0.1, 0.5) * w), y0 + int(rng.uniform(0.1, 0.5) * h)
+        img[y0:y1, x0:x1] = img[y0:y1, x0:x1] * 0.3 + random_color(rng) * 0.7
+    return np.ascontiguousarray(img.clip(0, 255), dtype=np.float32)

@@ -139,10 +139,12 @@ class YoloPruner:
         return out
 
     # ---- deciding and applying ----------------------------------------------------------------------------------
-    def plan(self, model: nn.Module, ratio: float, units: list[Unit] | None = None) -> Plan:
-        """Which channels to remove from ``model`` to reach ``ratio`` (a share of the initial channels)."""
+    def plan(self, model: nn.Module, ratio: float, units: list[Unit] | None = None, fraction: float = 1.0) -> Plan:
+        """Which channels to remove from ``model`` to reach ``ratio`` (a share of the initial channels), or
+        ``fraction`` of the way there (a schedule's intermediate step; see ``keep_counts``)."""
         units = units if units is not None else self.units(model)
-        keep = keep_counts(units, ratio, global_ranking=self.global_ranking, round_to=self.round_to)
+        keep = keep_counts(units, ratio, global_ranking=self.global_ranking, round_to=self.round_to,
+                           fraction=fraction)
         return channels_to_remove(units, keep)
 
     def apply(self, model: nn.Module, plan: Plan, follow: Callable[[int, list[int]], None] | None = None) -> list:

@@ -48,12 +48,13 @@ def write_report(path: str | Path, rows: list[dict], summary: dict) -> Path:
     if steps := (summary.get("pruning") or {}).get("steps"):
         lines += ["", "## Pruning steps", "", "The cliff is val mAP50-95 of the EMA model just before a removal minus "
                   "just after it (0: the removal lost nothing).", "",
-                  "| step | epoch | ratio | params | INT8 bytes (est.) | mAP50-95 before | after | cliff |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| step | epoch | channels removed | ratio so far | params | INT8 bytes (est.) | mAP50-95 before | "
+                  "after | cliff |", "|---|---|---|---|---|---|---|---|---|"]
         for s in steps:
             def f(x):
                 return "—" if x is None else f"{x:.4f}"
-            lines.append(f"| {s['step']} | {s['epoch']} | {s['ratio']} | {s['params']:,} | {s['int8_bytes']:,} | "
+            lines.append(f"| {s['step']} | {s['epoch']} | {s.get('channels_removed', '—')} | {s['ratio']} | "
+                         f"{s['params']:,} | {s['int8_bytes']:,} | "
                          f"{f(s.get('mAP50-95_before'))} | {f(s.get('mAP50-95_after'))} | {f(s.get('cliff'))} |")
     failed = [r for r in rows if r.get("status") == "failed"]
     if failed:
