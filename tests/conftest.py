@@ -65,6 +65,14 @@ def val_args() -> dict:
     return val_settings(compose().val)
 
 
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, cache_dir):
+    """``(data.yaml, best.pt, summary)``: yolo11n trained to a real mAP on an easy dataset (tests/trained.py)."""
+    from tests.trained import train
+
+    return train(tmp_path_factory.mktemp("trained"))
+
+
 @pytest.fixture
 def tiny_cfg(tmp_path):
     def make(*extra: str, run_dir: Path | None = None):

@@ -23,9 +23,11 @@ PRUNED = [*TINY, "trainer.max_epochs=3", "prune=gradual", "prune.fade_epochs=0",
 
 
 @pytest.fixture(scope="module")
-def pruned(tmp_path_factory):
+def pruned(tmp_path_factory, trained):
+    """PRUNED from a trained yolo11n on tests/trained.py's easy data, so the mAPs compared below are not zeros."""
+    data, best, _ = trained
     run_dir = tmp_path_factory.mktemp("pruned") / "run"
-    return run_dir, run(compose(PRUNED, run_dir=run_dir))
+    return run_dir, run(compose([*PRUNED, f"data.yaml={data}", f"model.weights={best}"], run_dir=run_dir))
 
 
 def test_pruned_run_shrinks_the_model_and_reports_it(pruned):
@@ -36,6 +38,10 @@ def test_pruned_run_shrinks_the_model_and_reports_it(pruned):
     # every step removes channels; "ratio" is what was removed (share of the prunable channels), near the 0.3 asked
     assert all(st["channels_removed"] > 0 for st in p["steps"])
     assert 0 < p["steps"][0]["ratio"] < p["steps"][1]["ratio"] and abs(p["steps"][1]["ratio"] - 0.3) < 0.05
+    # the step at epoch 0 (no validation yet) measures its own "before": the trained model's, and a real cliff
+    first = p["steps"][0]
+    assert first["mAP50-95_before"] > 0.3 and first["cliff"] == pytest.approx(
+        first["mAP50-95_before"] - first["mAP50-95_after"], abs=1e-4) and first["cliff"] > 0.01
     # 30 % of the channels of every prunable layer (rounded to 8; stem and head outputs kept): 0.558 of the weights
     # measured; ratio 0.2 gives ~0.66 and 0.4 ~0.42, so this bound fails if the ratio were not the one asked for
     assert 0.50 < p["after"]["params"] / p["before"]["params"] < 0.62
@@ -73,6 +79,7 @@ print("RESULT", n, r.box.map, len(p), f)
     assert out.returncode == 0, out.stderr[-3000:]
     _, n, m, npred, onnx = next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT")).split()
     assert int(n) == s["params"]
+    assert s["mAP50-95"] > 0.05  # the pruned model still detects: the comparison below is not 0 == 0
     assert float(m) == pytest.approx(s["mAP50-95"], abs=2e-3)
     assert npred == "1" and onnx.endswith(".onnx")
 

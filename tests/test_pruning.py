@@ -73,29 +73,35 @@ def test_coupled_halves_keep_one_width_under_global_ranking():
              _unit("y", 64, torch.linspace(5, 6, 64).tolist())]
     keep = keep_counts(units, 0.4, global_ranking=True, round_to=8)
     assert keep["x.cv0"] == keep["x.cv1"]
+    for f in (0.3, 0.5, 0.7):  # an intermediate step shares its blocks out per couple, never per half
+        half = keep_counts(units, 0.4, global_ranking=True, round_to=8, fraction=f)
+        assert half["x.cv0"] == half["x.cv1"] >= keep["x.cv0"]
     free = keep_counts([_unit("x.cv0", 64, lo.tolist()), _unit("x.cv1", 64, hi.tolist())], 0.4, global_ranking=True)
     assert free["x.cv0"] < free["x.cv1"]  # without the coupling, global ranking would split them
 
 
+@pytest.mark.parametrize("shape", ["cubic", "linear"])
 @pytest.mark.parametrize("global_ranking", [False, True])
-def test_every_scheduled_step_removes_channels_and_the_last_lands_on_the_ratio(global_ranking):
-    """yolo11n-like widths, 30 %, cubic over 4 steps (fractions .58/.88/.98/1): scaling the ratio per step made
-    step 4 round to step 3's widths (it removed nothing); whole blocks per step leave every step something."""
+def test_every_step_removes_its_share_of_the_blocks_and_the_last_lands_on_the_ratio(global_ranking, shape):
+    """yolo11n-like widths, 30 %, 4 steps. Scaling the ratio per step made cubic's step 4 (1.6 %) round to step 3's
+    widths (it removed nothing); rounding each layer down put most of a linear schedule into its last step. Each step
+    must remove its share of all blocks (within one block) and the last must reach the one-shot widths."""
     widths = [16, 32, 64, 64, 128, 128, 256, 256, 64, 80]
-    final = keep_counts([_unit(str(i), n) for i, n in enumerate(widths)], 0.3, global_ranking=global_ranking)
     units = [_unit(str(i), n) for i, n in enumerate(widths)]
+    final = keep_counts(units, 0.3, global_ranking=global_ranking)
+    total = sum(n - final[str(i)] for i, n in enumerate(widths)) // 8  # blocks the whole schedule removes
     removed = []
     for k in range(1, 5):
-        keep = keep_counts(units, 0.3, global_ranking=global_ranking, round_to=8, fraction=fraction_at(k, 4, "cubic"))
+        keep = keep_counts(units, 0.3, global_ranking=global_ranking, round_to=8, fraction=fraction_at(k, 4, shape))
         assert all(v % 8 == 0 and v <= u.current for u, v in zip(units, keep.values()))
-        removed.append(sum(u.current - keep[u.name] for u in units))
+        removed.append(sum(u.current - keep[u.name] for u in units) // 8)
         for u in units:
             u.scores = u.scores[-keep[u.name]:]  # arange scores: the lowest go
             u.current = keep[u.name]
-    # global ranking concentrates the cut in fewer units, whose few blocks can leave step 3 (+11 %) empty
-    assert all(r > 0 for r in (removed if not global_ranking else removed[:2] + removed[3:])), removed
-    assert removed[0] > removed[1] and removed[0] > removed[3]  # still front-loaded (cubic)
-    assert {u.name: u.current for u in units} == final  # the last step reaches the one-shot widths
+    share = [fraction_at(k, 4, shape) - fraction_at(k - 1, 4, shape) for k in range(1, 5)]
+    assert all(r > 0 for r in removed), removed
+    assert all(abs(r - s * total) <= 1 for r, s in zip(removed, share)), (removed, [s * total for s in share])
+    assert {u.name: u.current for u in units} == final
 
 
 def test_allocation_never_grows_a_layer_back():

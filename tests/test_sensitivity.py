@@ -202,3 +202,21 @@ def test_cli_runs_the_sensitivity_task(tmp_path):
     p = kdprune("+experiment=sensitivity", *SCAN[len(TINY):], "sensitivity.target_int8_bytes=100000", run_dir=run_dir)
     assert_user_error(p, "sensitivity.target_int8_bytes=100,000: unreachable", run_dir=run_dir)
     assert "Epoch" not in p.stderr
+
+
+def test_scan_of_a_trained_model_sees_drops_that_grow_with_the_ratio(trained, tmp_path):
+    """On untrained weights every drop is 0 and the scan could rank layers by nothing; a trained model must lose
+    accuracy when its channels go, more at 0.75 than at 0.25 (BN recalibrated in both)."""
+    data, best, s = trained
+    assert s["mAP50-95"] > 0.1  # the fixture detects
+    summary = run(compose([*TINY, f"data.yaml={data}", f"model.weights={best}", "sensitivity.ratios=[0.25,0.75]",
+                           "sensitivity.bn_batches=2", f"sensitivity.target_int8_bytes={BUDGET}"], tmp_path,
+                          experiment="sensitivity"))
+    assert summary["dense"]["mAP50-95"] == pytest.approx(s["mAP50-95"], abs=0.02)  # the scan starts from best.pt
+    rows = list(csv.DictReader(open(tmp_path / "sensitivity.csv")))
+    drop = {r: [float(x["drop_mAP50-95"]) for x in rows if x["ratio"] == r] for r in ("0.25", "0.75")}
+    # measured: 7 of 17 groups lose > 0.05 at 0.75 (the backbone's P3/P4 layers, layer 16 and the head; the P5 path
+    # barely matters for one large object at 64 px), sums 1.13 at 0.75 vs 0.11 at 0.25
+    hurt = [i for i, d in enumerate(drop["0.75"]) if d > 0.05]
+    assert len(hurt) >= 4 and all(drop["0.75"][i] > drop["0.25"][i] for i in hurt)
+    assert sum(drop["0.75"]) > 3 * sum(drop["0.25"]) > 0  # cutting more costs more

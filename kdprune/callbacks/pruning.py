@@ -233,6 +233,8 @@ class GradualPruning(L.Callback):
             while not self.fade.complete:  # (only if the epoch had fewer batches than planned)
                 self.fade.step(*self._models(pl_module))
         before = (pl_module.val_metrics or {}).get("mAP50-95")  # the last validation: after the fade, if any
+        if before is None and trainer.is_global_zero:  # a step at epoch 0 (a fine-tuned checkpoint): measure it
+            before = self._val_map(trainer, pl_module)
         index_map = pl_module.apply_pruning(self.pruner, plan)
         if self.taylor is not None:
             self.taylor.reindex(index_map, prefix="model.")
@@ -253,14 +255,16 @@ class GradualPruning(L.Callback):
                 loss, _, _ = pl_module.criterion(model(img), batch)
                 loss.sum().backward()
 
+    @staticmethod
+    def _val_map(trainer: L.Trainer, pl_module) -> float:
+        return evaluate_model(pl_module.eval_model, trainer.datamodule.val_dataloader(shard=False), pl_module.data,
+                              pl_module.device, **pl_module.val_args)["mAP50-95"]
+
     def _report(self, trainer: L.Trainer, pl_module, k: int, before: float | None, removed: int) -> None:
         """The step's sizes, and its cliff: val mAP50-95 of the EMA model just before the removal (the last
         validation) and just after it (measured here, on rank 0)."""
         costs = model_costs(pl_module.model, self.imgsz)
-        after = None
-        if trainer.is_global_zero:
-            after = evaluate_model(pl_module.eval_model, trainer.datamodule.val_dataloader(shard=False),
-                                   pl_module.data, pl_module.device, **pl_module.val_args)["mAP50-95"]
+        after = self._val_map(trainer, pl_module) if trainer.is_global_zero else None
         kept, initial = (sum(c) for c in zip(*self.pruner.channels(pl_module.model).values()))
         entry = {"step": k, "epoch": trainer.current_epoch, "channels_removed": removed,
                  "ratio": round(1 - kept / initial, 4),  # realised: share of the prunable channels gone so far

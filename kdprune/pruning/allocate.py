@@ -39,10 +39,8 @@ def keep_counts(units: list[Unit], ratio: float, *, global_ranking: bool = False
     Local ranking gives every unit ``ratio * weight``; global ranking removes the lowest-scored channels across all
     units with a non-zero weight until the total reaches ``ratio`` of the initial total.
 
-    ``fraction`` < 1 is an intermediate step of a schedule: each unit removes ``fraction`` of the ``round_to`` blocks
-    it loses at ``ratio``, rounded down, so the last step (fraction 1) always has the remaining blocks to remove.
-    (Scaling the ratio instead and rounding each width to the nearest block made the last steps of a cubic schedule,
-    1.6 % of the removal, round to the same widths as the step before: a step that removed nothing.)
+    ``fraction`` < 1 is an intermediate step of a schedule: ``fraction`` of the ``round_to`` blocks the units lose at
+    ``ratio`` go now (see ``_partial_step``), the rest at later steps.
     """
     keep = {u.name: u.current for u in units}
     active = [u for u in units if u.weight > 0 and u.initial > round_to]
@@ -70,11 +68,34 @@ def keep_counts(units: list[Unit], ratio: float, *, global_ranking: bool = False
         for u in members:
             keep[u.name] = width
     if fraction < 1.0:
-        for u in active:
-            lost = u.initial - keep[u.name]
-            blocks = math.ceil(lost / round_to * (1.0 - max(fraction, 0.0)) - 1e-9)
-            keep[u.name] = min(keep[u.name] + min(blocks * round_to, lost), u.current)
+        _partial_step(active, keep, round_to, fraction)
     return keep
+
+
+def _partial_step(active: list[Unit], keep: dict[str, int], round_to: int, fraction: float) -> None:
+    """Turn the final widths in ``keep`` into those of a step ``fraction`` of the way there (in place).
+
+    Channels go in whole ``round_to`` blocks. The step removes ``round(fraction x all blocks)`` blocks in total,
+    shared out by largest remainder of ``fraction x`` each unit's blocks (coupled units count as one), so the schedule
+    removes what it says at every step. (Scaling the ratio per step and rounding each width to the nearest block made
+    the cubic schedule's last step, 1.6 % of the removal, round to the widths of the step before: it removed nothing.
+    Rounding each unit down instead pushed most of a linear schedule into its last step: small layers lose 1-3
+    blocks, and 0.25 x 2 rounds to 0.)
+    """
+    f = min(max(fraction, 0.0), 1.0)
+    groups: dict[str, list[Unit]] = {}
+    for u in active:
+        groups.setdefault(u.couple or u.name, []).append(u)
+    blocks = {g: math.ceil((us[0].initial - keep[us[0].name]) / round_to) for g, us in groups.items()}
+    share = {g: f * b for g, b in blocks.items()}
+    take = {g: math.floor(x + 1e-9) for g, x in share.items()}
+    extra = round(f * sum(blocks.values())) - sum(take.values())
+    for g in sorted(share, key=lambda g: take[g] - share[g])[:max(extra, 0)]:  # largest remainders first (stable)
+        take[g] += 1
+    for g, us in groups.items():
+        for u in us:
+            lost = u.initial - keep[u.name]
+            keep[u.name] = min(u.initial - min(take[g] * round_to, lost), u.current)
 
 
 def channels_to_remove(units: list[Unit], keep: dict[str, int]) -> dict[str, list[int]]:
