@@ -6,14 +6,15 @@ in the same number of epochs, on the embedded dataset, over several seeds, besid
 
 Arms (all: +experiment=yolo11n_mcu distill=none quant=none export=none, or --kd for the KD defaults):
 - ``dense``: prune=none, the reference row (what compression costs is read against it);
-- ``today``: gradual as before issue 13 and the default: cubic, 4 steps at epochs 2..10, Taylor from 4 fresh batches
+- ``today``: gradual as before issue 13 (the default until then): cubic, 4 steps at epochs 2..10, Taylor from 4 fresh batches
   at each step, channels cut at once (prune.importance_epochs=0 prune.fade_epochs=0), optimizer moments carried;
 - ``new``: Taylor averaged over the training steps (time constant 1 epoch), each step's channels faded to zero over the
   epoch before their removal (prune.importance_epochs=1 prune.fade_epochs=1);
 - ``oneshot``: everything at once at epoch 10 (the best one-shot epoch measured in issue 3), cut at once;
 - ``oneshot_fade``: one-shot at epoch 10 with the accumulated scores and the fade;
 - ``accumulate_only`` / ``fade_only``: ``new`` with one of its two ingredients (the other as ``today``);
-- ``late``: gradual around the one-shot epoch, 4 equal steps at epochs 7, 8, 9, 10, cut at once.
+- ``late``: gradual around the one-shot epoch, 4 equal steps at epochs 7, 8, 9, 10, cut at once (the conf/prune/
+  gradual.yaml default since issue 13).
 ``--data glyphs`` runs the arms on the second generated dataset (conf/data/glyphs.yaml); ``--finetune BEST_PT`` runs
 the fine-tuning case (FINETUNE_ARMS: 10 epochs from a trained dense model).
 Final mAP50-95 is the re-validated best.pt (chosen after the last pruning step). Each step's cliff (val mAP50-95 of the
@@ -39,20 +40,22 @@ from bench.common import ROOT, git_rev, machine  # noqa: E402
 FINETUNE_EPOCHS = 10
 FINETUNE_ARMS = {
     "dense": ["prune=none"],
-    "today": ["prune.start_epoch=0", "prune.end_epoch=6", "prune.importance_epochs=0", "prune.fade_epochs=0"],
+    "today": ["prune.schedule=cubic", "prune.start_epoch=0", "prune.end_epoch=6", "prune.importance_epochs=0",
+              "prune.fade_epochs=0"],
     "oneshot": ["prune.schedule=oneshot", "prune.start_epoch=0", "prune.importance_epochs=0", "prune.fade_epochs=0"],
     "linear": ["prune.start_epoch=1", "prune.end_epoch=4", "prune.schedule=linear", "prune.importance_epochs=0",
              "prune.fade_epochs=0"],
 }
+CUBIC = ["prune.schedule=cubic", "prune.start_epoch=2", "prune.end_epoch=10", "prune.steps=4"]  # the pre-13 default
 ARMS = {
     "dense": ["prune=none"],
-    "today": ["prune.importance_epochs=0", "prune.fade_epochs=0"],
-    "new": ["prune.importance_epochs=1.0", "prune.fade_epochs=1"],
+    "today": CUBIC + ["prune.importance_epochs=0", "prune.fade_epochs=0"],
+    "new": CUBIC + ["prune.importance_epochs=1.0", "prune.fade_epochs=1"],
     "oneshot": ["prune.schedule=oneshot", "prune.start_epoch=10", "prune.importance_epochs=0", "prune.fade_epochs=0"],
     "oneshot_fade": ["prune.schedule=oneshot", "prune.start_epoch=10", "prune.importance_epochs=1.0",
                      "prune.fade_epochs=1"],
-    "accumulate_only": ["prune.importance_epochs=1.0", "prune.fade_epochs=0"],  # ablations of "new"
-    "fade_only": ["prune.importance_epochs=0", "prune.fade_epochs=1"],
+    "accumulate_only": CUBIC + ["prune.importance_epochs=1.0", "prune.fade_epochs=0"],  # ablations of "new"
+    "fade_only": CUBIC + ["prune.importance_epochs=0", "prune.fade_epochs=1"],
     # gradual around the one-shot epoch: equal steps at epochs 7..10 (the same mean epoch of removal as one-shot@10
     # minus 1.5), so the comparison is between cutting gently and cutting once, not between cutting early and late
     "late": ["prune.start_epoch=7", "prune.end_epoch=10", "prune.schedule=linear", "prune.importance_epochs=0",
