@@ -119,3 +119,8 @@ def test_a_checkpoint_of_another_task_is_named(tmp_path, key, yaml, task):
 def test_missing_reference_weights(tmp_path):
     p = kdprune("reference=/nonexistent/best.pt", run_dir=tmp_path / "run")
     assert_user_error(p, "reference=/nonexistent/best.pt", "no such file", run_dir=tmp_path / "run")
+
+
+def test_unknown_embedded_dataset_kind(tmp_path):
+    p = kdprune("data.embedded.kind=letters", run_dir=tmp_path / "run")
+    assert_user_error(p, "data.embedded.kind=letters", "shapes, glyphs", run_dir=tmp_path / "run")
