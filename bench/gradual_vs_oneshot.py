@@ -3,6 +3,7 @@ in the same number of epochs, on the embedded dataset, over several seeds, besid
 
     .venv/bin/python bench/gradual_vs_oneshot.py [--seeds 0 1 2] [--imgsz 160] [--arms today new oneshot ...]
         [--kd] [--data glyphs] [--finetune bench/runs/gradual/dense-kd0-160-s0/weights/best.pt]
+        [--set trainer=gpu ...] [--jobs 4] [--json NAME]
 
 Arms (all: +experiment=yolo11n_mcu distill=none quant=none export=none, or --kd for the KD defaults):
 - ``dense``: prune=none, the reference row (what compression costs is read against it);
@@ -19,7 +20,9 @@ Arms (all: +experiment=yolo11n_mcu distill=none quant=none export=none, or --kd 
 the fine-tuning case (FINETUNE_ARMS: 10 epochs from a trained dense model).
 Final mAP50-95 is the re-validated best.pt (chosen after the last pruning step). Each step's cliff (val mAP50-95 of the
 EMA just before and just after the removal) comes from summary.json. Runs are resumable: a finished run dir is read
-back, not re-run. Writes bench/gradual_vs_oneshot.json and prints a markdown table.
+back, not re-run. ``--jobs N`` runs N arms at once (a GPU machine with many cores); ``--set`` appends Hydra overrides
+to every arm (e.g. ``trainer=gpu``). Writes bench/gradual_vs_oneshot.json (or ``--json NAME``) after every finished
+run, so an interrupted sweep leaves what it measured, and prints a markdown table at the end.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ import json
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -64,7 +69,7 @@ ARMS = {
 
 
 def run_arm(arm: str, seed: int, imgsz: int, kd: bool, out: Path, data: str = "shapes",
-            finetune: str | None = None) -> dict:
+            finetune: str | None = None, extra_overrides: tuple[str, ...] = ()) -> dict:
     tag = ("" if data == "shapes" else f"{data}-") + ("ft-" if finetune else "")
     run_dir = out / f"{tag}{arm}-kd{int(kd)}-{imgsz}-s{seed}"
     summary = run_dir / "summary.json"
@@ -72,7 +77,7 @@ def run_arm(arm: str, seed: int, imgsz: int, kd: bool, out: Path, data: str = "s
         extra = [f"model.weights={finetune}", f"trainer.max_epochs={FINETUNE_EPOCHS}"] if finetune else []
         args = ["+experiment=yolo11n_mcu", "quant=none", "export=none", f"data={data}", f"data.imgsz={imgsz}",
                 f"seed={seed}", *([] if kd else ["distill=none"]), *(FINETUNE_ARMS if finetune else ARMS)[arm],
-                *extra, f"hydra.run.dir={run_dir}", "val.plot_every=0"]
+                *extra, *extra_overrides, f"hydra.run.dir={run_dir}", "val.plot_every=0"]
         t0 = time.time()
         p = subprocess.run([sys.executable, "-m", "kdprune", *args], cwd=ROOT, capture_output=True, text=True)
         if p.returncode != 0:
@@ -95,36 +100,59 @@ def main() -> None:
                     "this trained dense checkpoint, pruning from epoch 0 (arms: " + ", ".join(FINETUNE_ARMS) + ")")
     ap.add_argument("--kd", action="store_true", help="the yolo11n_mcu KD defaults (teacher trained once, cached)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "runs" / "gradual"))
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="Hydra overrides added to every arm")
+    ap.add_argument("--jobs", type=int, default=1, help="arms run at once")
+    ap.add_argument("--json", help="bench/NAME.json to write (default from --data/--finetune/--kd)")
     args = ap.parse_args()
     out = Path(args.out)
     arms = args.arms or list(FINETUNE_ARMS if args.finetune else ARMS)
     if bad := [a for a in arms if a not in (FINETUNE_ARMS if args.finetune else ARMS)]:
         raise SystemExit(f"arms {bad} are not defined {'with' if args.finetune else 'without'} --finetune")
-    results: dict[str, list[dict]] = {}
-    for seed in args.seeds:  # seed-major: a partial run still compares every arm
-        for arm in arms:
-            results.setdefault(arm, []).append(run_arm(arm, seed, args.imgsz, args.kd, out, args.data, args.finetune))
+    name = args.json or ("gradual_vs_oneshot" + ("" if args.data == "shapes" else f"_{args.data}")
+                         + ("_ft" if args.finetune else "") + ("_kd" if args.kd else ""))
+    jobs = [(seed, arm) for seed in args.seeds for arm in arms]  # seed-major: a partial run still compares every arm
+    done: dict[tuple[int, str], dict] = {}
+    lock = threading.Lock()
 
-    rows = []
-    dense = results.get("dense")
-    ref = statistics.mean(r["mAP50-95"] for r in dense) if dense else None
-    print(f"\n{machine()}, commit {git_rev()}, data {args.data}, imgsz {args.imgsz}, KD {'on' if args.kd else 'off'}, "
-          f"seeds {args.seeds}" + (f", fine-tuned {FINETUNE_EPOCHS} epochs from {args.finetune}" if args.finetune else ""))
-    print("| arm | mAP50-95 per seed | mean ± sd | vs dense | worst cliff per seed | params |")
-    print("|---|---|---|---|---|---|")
-    for arm, rs in results.items():
-        m = [r["mAP50-95"] for r in rs]
-        mean, sd = statistics.mean(m), (statistics.stdev(m) if len(m) > 1 else 0.0)
-        cliffs = [max((c for c in r["cliffs"] if c is not None), default=None) for r in rs]
-        rows.append({"arm": arm, "mean": mean, "sd": sd, "seeds": m, "runs": rs})
-        vs = f"{mean - ref:+.4f}" if ref is not None and arm != "dense" else "—"
-        print(f"| {arm} | {' / '.join(f'{x:.4f}' for x in m)} | {mean:.4f} ± {sd:.4f} | {vs} | "
-              f"{' / '.join('—' if c is None else f'{c:.4f}' for c in cliffs)} | {rs[0]['params']:,} |")
-    name = "gradual_vs_oneshot" + ("" if args.data == "shapes" else f"_{args.data}") + ("_ft" if args.finetune else "")
-    path = ROOT / "bench" / f"{name}{'_kd' if args.kd else ''}.json"
-    path.write_text(json.dumps({"machine": machine(), "commit": git_rev(), "data": args.data, "imgsz": args.imgsz,
-                                "kd": args.kd, "finetune": args.finetune, "seeds": args.seeds, "arms": rows}, indent=2))
+    def one(job: tuple[int, str]) -> None:
+        seed, arm = job
+        r = run_arm(arm, seed, args.imgsz, args.kd, out, args.data, args.finetune, tuple(args.set))
+        with lock:
+            done[job] = r
+            write(done, quiet=True)
 
+    def write(done: dict, quiet: bool) -> None:
+        results: dict[str, list[dict]] = {}
+        for seed, arm in jobs:
+            if (seed, arm) in done:
+                results.setdefault(arm, []).append(done[(seed, arm)])
+        rows = []
+        dense = results.get("dense")
+        ref = statistics.mean(r["mAP50-95"] for r in dense) if dense else None
+        lines = [f"\n{machine()}, commit {git_rev()}, data {args.data}, imgsz {args.imgsz}, KD {'on' if args.kd else 'off'}, "
+                 f"seeds {args.seeds}" + (f", overrides {args.set}" if args.set else "")
+                 + (f", fine-tuned {FINETUNE_EPOCHS} epochs from {args.finetune}" if args.finetune else ""),
+                 "| arm | mAP50-95 per seed | mean ± sd | vs dense | worst cliff per seed | params |",
+                 "|---|---|---|---|---|---|"]
+        for arm, rs in results.items():
+            m = [r["mAP50-95"] for r in rs]
+            mean, sd = statistics.mean(m), (statistics.stdev(m) if len(m) > 1 else 0.0)
+            cliffs = [max((c for c in r["cliffs"] if c is not None), default=None) for r in rs]
+            rows.append({"arm": arm, "mean": mean, "sd": sd, "seeds": m, "runs": rs})
+            vs = f"{mean - ref:+.4f}" if ref is not None and arm != "dense" else "—"
+            lines.append(f"| {arm} | {' / '.join(f'{x:.4f}' for x in m)} | {mean:.4f} ± {sd:.4f} | {vs} | "
+                         f"{' / '.join('—' if c is None else f'{c:.4f}' for c in cliffs)} | {rs[0]['params']:,} |")
+        (ROOT / "bench" / f"{name}.json").write_text(json.dumps(
+            {"machine": machine(), "commit": git_rev(), "data": args.data, "imgsz": args.imgsz, "kd": args.kd,
+             "finetune": args.finetune, "overrides": args.set, "seeds": args.seeds, "complete": len(done) == len(jobs),
+             "arms": rows}, indent=2))
+        if not quiet:
+            print("\n".join(lines))
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for f in [pool.submit(one, j) for j in jobs]:
+            f.result()  # re-raises a failed run
+    write(done, quiet=False)
 
 if __name__ == "__main__":
     main()

@@ -198,3 +198,42 @@ def test_end_to_end_criterion_and_foreground():
     b, _, fg = crit(preds, batch, foreground=True)
     assert none is None and torch.allclose(a, b)
     assert fg.shape == raw_head(preds)["scores"].shape[::2] and fg.any()
+
+
+def test_criterion_follows_the_predictions_to_their_device():
+    # The criterion is built with the module, on CPU, before Lightning moves the model to the GPU; ultralytics' loss
+    # keeps the device it was built on (proj, class weights), so trainer=gpu failed at the first step (found on an
+    # H200). Here: a criterion whose tensors sit on another device ("meta") must come back to the predictions' device
+    # and give the loss of one built there; without DetectionCriterion.to the matmul with a meta proj raises.
+    model, batch = _model(), _batch()
+    preds = model(batch["img"])
+    w = torch.tensor([1.0, 2.0, 0.5, 1.0])
+    ref, _, _ = DetectionCriterion(model, class_weights=w)(preds, batch)
+    crit = DetectionCriterion(model, class_weights=w).to("meta")
+    assert crit.device.type == "meta" and crit.inner.proj.device.type == "meta"
+    got, _, _ = crit(preds, batch)
+    assert crit.device.type == "cpu" and crit.inner.class_weights.device.type == "cpu"
+    assert torch.equal(got, ref)
+    e2e = _model("yolo26n.yaml")
+    crit = DetectionCriterion(e2e).to("meta")
+    crit(e2e(batch["img"]), batch, foreground=True)
+    assert {b.proj.device.type for b in crit.branches} == {"cpu"}
+
+
+def test_optimizer_is_not_fused_so_amp_can_clip_its_gradients(monkeypatch):
+    # ultralytics builds fused Adam/AdamW when the model is on CUDA; Lightning's AMP plugin (trainer=gpu, 16-mixed)
+    # refuses to clip the gradients of an optimizer that unscales them itself, so trainer=gpu failed at its first step
+    # (found on an H200). Emulated on CPU by forcing the fused choice: ours must come back unfused, groups intact.
+    from lightning.pytorch.plugins.precision.amp import _optimizer_handles_unscaling
+
+    from kdprune.yolo import build_optimizer
+
+    real = torch.optim.AdamW
+    made = []
+    monkeypatch.setattr(torch.optim, "AdamW", lambda params, **kw: made.append(real(params, fused=True, **kw)) or made[-1])
+    model = _model()
+    opt, _ = build_optimizer(model, hyp_namespace(imgsz=64, optimizer="AdamW"), 4, 100, 5e-4)
+    assert len(made) == 1 and _optimizer_handles_unscaling(made[0])  # what ultralytics built, and Lightning refuses
+    assert not _optimizer_handles_unscaling(opt) and not any(g.get("fused") for g in opt.param_groups)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    assert [g["weight_decay"] for g in opt.param_groups] == [g["weight_decay"] for g in made[0].param_groups]

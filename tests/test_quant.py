@@ -189,3 +189,17 @@ def test_fidelity_checks_and_report(tmp_path):
     assert table.count("\n") == len(rows) + 1 and "| ONNX INT8 | — | — | — | — | 0.2700 |" in table
     text = write_report(tmp_path / "report.md", rows, {"model": "m", "data": "d.yaml"}).read_text()
     assert "**outside**" in text and "## Failed" in text and "- TFLite INT8: over the budget" in text
+
+
+def test_qat_runs_in_fp32_under_mixed_precision():
+    # trainer=gpu trains in 16-mixed; autocast handed the fake-quant ops half-precision activations and QAT failed at
+    # its first step (found on an H200). CPU autocast (bf16) reproduces it: the fake-quantized forward must give the
+    # fp32 result inside an autocast region.
+    q = QATDetector(_model(), 64)
+    q.train(True)
+    x = torch.rand(2, 3, 64, 64)
+    q.freeze_observers()  # the same ranges for both forwards
+    ref = q(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = q(x)
+    assert got["boxes"].dtype == torch.float32 and torch.equal(got["boxes"], ref["boxes"])

@@ -54,7 +54,10 @@ class QATDetector(nn.Module):
 
     # ---- forward ---------------------------------------------------------------------------------------------
     def forward(self, img: torch.Tensor):
-        out = self.graph(img)
+        # Fake quantization runs in fp32: under mixed precision (trainer=gpu's 16-mixed) autocast would hand the
+        # fake-quant ops fp16 activations, which they refuse, and fp16 rounding would blur the INT8 grid QAT trains for.
+        with torch.autocast(img.device.type, enabled=False):
+            out = self.graph(img.float())
         n, bs = 2 * self.nl, img.shape[0]
         preds = {
             "boxes": torch.cat([b.view(bs, 4 * self.reg_max, -1) for b in out[0:n:2]], -1),

@@ -44,15 +44,38 @@ class DetectionCriterion:
         self.inner = model.init_criterion()
         self.end2end = isinstance(self.inner, E2ELoss)
         self.branches = [self.inner.one2many, self.inner.one2one] if self.end2end else [self.inner]
+        self.class_weights = class_weights  # kept here, on the device given, for to()
         for b in self.branches:
             if cls_loss is not None:
                 b.bce = cls_loss
             if class_weights is not None:
                 b.class_weights = class_weights.to(b.device, torch.float32).view(1, 1, -1)
 
+    @property
+    def device(self) -> torch.device:
+        return self.branches[0].device
+
+    def to(self, device: torch.device | str) -> DetectionCriterion:
+        """Move the loss's tensors to ``device``. ultralytics builds its loss lazily, once the model sits on its device;
+        ours is built with the LightningModule, on CPU, before Lightning moves the model, and v8DetectionLoss keeps the
+        device it saw at construction (its ``proj``, ``device`` and class weights)."""
+        device = torch.device(device)
+        for b in self.branches:
+            b.device = device
+            b.proj = torch.arange(b.reg_max, dtype=torch.float, device=device)  # as v8DetectionLoss builds it
+            b.bbox_loss.to(device)
+            if isinstance(b.bce, nn.Module):
+                b.bce.to(device)
+            if self.class_weights is not None:
+                b.class_weights = self.class_weights.to(device, torch.float32).view(1, 1, -1)
+        return self
+
     def __call__(self, preds, batch: dict, foreground: bool = False):
         """``(loss (3,) summed over the batch, loss items, fg_mask or None)``; ``foreground=True`` also returns the
         anchors the task-aligned assigner gave an object to (B, A), of the one-to-many branch."""
+        device = raw_head(preds)["boxes"].device
+        if device != self.device:  # first call on the model's device (GPU training), once
+            self.to(device)
         if not foreground:
             loss, items = self.inner(preds, batch)
             return loss, items, None

@@ -21,6 +21,13 @@ def build_optimizer(model: torch.nn.Module, hyp, nc: int, iterations: float, dec
     shim = SimpleNamespace(args=SimpleNamespace(**vars(hyp)), data={"nc": nc})
     opt = BaseTrainer.build_optimizer(shim, model=model, name=hyp.optimizer, lr=hyp.lr0, momentum=hyp.momentum,
                                       decay=decay, iterations=iterations)
+    if any(g.get("fused") for g in opt.param_groups):
+        # ultralytics asks for fused Adam/AdamW on CUDA; fused steps unscale AMP gradients themselves, so Lightning's
+        # AMP plugin refuses to clip them (optim.grad_clip) and trainer=gpu failed at its first step. The same groups
+        # in the default (foreach) implementation: same update, and the clip runs on unscaled gradients.
+        for g in opt.param_groups:
+            g.pop("fused")
+        opt = type(opt)(opt.param_groups)
     for g in opt.param_groups:
         g.setdefault("initial_lr", g["lr"])
     resolved = {k: getattr(shim.args, k) for k in ("optimizer", "lr0", "warmup_bias_lr")}
