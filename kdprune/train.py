@@ -26,7 +26,6 @@ from kdprune.callbacks import (
     save_channels_png,
 )
 from kdprune.data import YOLODataModule, resolve_data
-from kdprune.data.synth import KINDS
 from kdprune.errors import UserError
 from kdprune.export.stages import ExportFailed, check_exports, run_stages
 from kdprune.module import DetectionModule
@@ -65,9 +64,6 @@ def _check_cfg(cfg: DictConfig) -> None:
         raise UserError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint (use <run_dir>/checkpoints/last.ckpt).")
     if cfg.reference and not Path(cfg.reference).expanduser().is_file():
         raise UserError(f"reference={cfg.reference}: no such file (a dense run's weights/best.pt on the same data).")
-    if not cfg.data.yaml and cfg.data.embedded.kind not in KINDS:
-        raise UserError(f"data.embedded.kind={cfg.data.embedded.kind}: choose one of {', '.join(KINDS)} "
-                        "(or data=glyphs; your own data: data.yaml=<path>).")
 
 
 def _check_options(cfg: DictConfig) -> QATPhase | None:

@@ -49,7 +49,8 @@ def _rewrite_yaml(yaml: Path, drop: str | None = None) -> Path:
 
 def test_missing_data_yaml(tmp_path):
     p = kdprune("data.yaml=/nonexistent/data.yaml", run_dir=tmp_path / "run")
-    assert_user_error(p, "/nonexistent/data.yaml", run_dir=tmp_path / "run")
+    msg = assert_user_error(p, "/nonexistent/data.yaml", run_dir=tmp_path / "run")
+    assert p.stderr.strip().splitlines() == [msg]  # the one line is all a user sees (no library warning before it)
 
 
 def test_data_yaml_without_names(tmp_path, user_data):
@@ -124,3 +125,7 @@ def test_missing_reference_weights(tmp_path):
 def test_unknown_embedded_dataset_kind(tmp_path):
     p = kdprune("data.embedded.kind=letters", run_dir=tmp_path / "run")
     assert_user_error(p, "data.embedded.kind=letters", "shapes, glyphs", run_dir=tmp_path / "run")
+    # the sensitivity scan reads the same data settings and gets the same line (before: a ValueError traceback)
+    p = kdprune("+experiment=sensitivity", "sensitivity.target_int8_bytes=2000000", "data.embedded.kind=letters",
+                run_dir=tmp_path / "scan")
+    assert_user_error(p, "data.embedded.kind=letters", "shapes, glyphs", run_dir=tmp_path / "scan")

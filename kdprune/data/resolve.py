@@ -7,7 +7,7 @@ from pathlib import Path
 from ultralytics.data.utils import check_det_dataset
 
 from kdprune.data.checks import check_data_yaml, check_labels
-from kdprune.data.synth import ensure_dataset
+from kdprune.data.synth import KINDS, ensure_dataset
 from kdprune.errors import UserError
 
 
@@ -20,7 +20,10 @@ def resolve_data(yaml: str | None, cache_dir: str | Path, embedded: dict, check:
     if yaml:
         check_data_yaml(yaml)
         path = Path(yaml).expanduser().resolve()
-    else:
+    else:  # checked here, the one place training and the sensitivity scan both pass through
+        if (kind := embedded.get("kind", "shapes")) not in KINDS:
+            raise UserError(f"data.embedded.kind={kind}: choose one of {', '.join(KINDS)} "
+                            "(or data=glyphs; your own data: data.yaml=<path>).")
         path = ensure_dataset(Path(cache_dir).expanduser() / "datasets", **embedded)
     try:
         data = check_det_dataset(str(path))
