@@ -203,3 +203,16 @@ def test_qat_runs_in_fp32_under_mixed_precision():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = q(x)
     assert got["boxes"].dtype == torch.float32 and torch.equal(got["boxes"], ref["boxes"])
+
+
+def test_every_bn_of_yolo11_is_folded_into_its_conv():
+    # YOLO11's C2PSA reads its input's size from the conv before model.10.cv1's BN (dynamic batch in torch.export);
+    # that second user kept the BN out of the fold, and the converted graph (so the ONNX INT8 file) held a float
+    # batch_norm between two quantized tensors. Every BN must fold: no batch_norm op after convert.
+    q = QATDetector(_model("yolo11n.yaml"), 64)
+    q.train(True)
+    q(torch.rand(2, 3, 64, 64))
+    q.train(False)
+    conv = backend.convert(q.graph)
+    left = [n.name for n in conv.graph.nodes if n.op == "call_function" and "batch_norm" in str(n.target)]
+    assert not left, left

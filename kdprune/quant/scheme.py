@@ -106,6 +106,35 @@ def decompose_silu(gm: GraphModule) -> GraphModule:
     return gm
 
 
+def bn_after_shape_reads(gm: GraphModule) -> GraphModule:
+    """``sym_size(conv_out, d)`` -> ``sym_size(bn_out, d)`` where the conv feeds a BatchNorm (the same shape).
+
+    With a dynamic batch, torch.export reads a later op's sizes from whatever tensor it had: in YOLO11's C2PSA
+    (``model.10.cv1``; PSABlock's ``B, C, H, W = x.shape``) from the conv *before* its BN. That second user of the conv
+    output meant the conv was not seen as folded (``annotate``'s one-user rule): it got its own observer, prepare and
+    convert did not fold that BN, and the converted graph kept a float batch_norm between two quantized tensors (a
+    float island in the ONNX INT8 export). The BN (and its parameter reads) move up next to the conv so the size read
+    can take the BN's output."""
+    changed = False
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and node.target == aten.sym_size.int:
+            src = node.args[0]
+            if isinstance(src, Node) and src.target in CONV:
+                bns = [u for u in src.users if u.target in BN]
+                if len(bns) == 1:
+                    bn = bns[0]
+                    for a in bn.all_input_nodes:  # BN parameters (get_attr) above the conv, then the BN right after it
+                        if a is not src and a.op == "get_attr":
+                            src.prepend(a)
+                    src.append(bn)
+                    node.replace_input_with(src, bn)
+                    changed = True
+    if changed:
+        gm.graph.lint()
+        gm.recompile()
+    return gm
+
+
 class TFLiteInt8Quantizer(Quantizer):
     """Annotates a captured (``torch.export``) graph with TFLite's INT8 scheme. ``qat`` picks fake-quant modules with
     moving-average observers (training) or plain min/max observers (post-training calibration)."""
@@ -115,7 +144,7 @@ class TFLiteInt8Quantizer(Quantizer):
         self.per_channel, self.qat = per_channel, qat
 
     def transform_for_annotation(self, model: GraphModule) -> GraphModule:
-        return decompose_silu(model)
+        return bn_after_shape_reads(decompose_silu(model))
 
     def annotate(self, model: GraphModule) -> GraphModule:
         act, weight, fixed = _act_spec(self.qat), _weight_spec(self.qat, self.per_channel), _fixed_spec()
