@@ -180,15 +180,19 @@ def test_fidelity_checks_and_report(tmp_path):
     rows = [{"stage": "pruned fp32", "mAP50-95": 0.30}, {"stage": "QAT fake-quant", "mAP50-95": 0.29},
             {"stage": "ONNX fp32", "mAP50-95": 0.3015}, {"stage": "ONNX INT8", "mAP50-95": 0.27},
             {"stage": "TFLite INT8", "mAP50-95": None, "status": "failed", "note": "over the budget"}]
-    check_fidelity(rows)
+    failed = check_fidelity(rows)
     by = {r["stage"]: r for r in rows}
     assert by["ONNX fp32"]["check"] == {"reference": "pruned fp32", "delta": 0.0015, "tolerance": 0.002, "ok": True}
     assert by["ONNX INT8"]["check"]["ok"] is False and by["ONNX INT8"]["check"]["delta"] == pytest.approx(-0.02)
     assert "check" not in by["TFLite INT8"]  # no number, no verdict
+    # outside its margin an export is a failed row (a verdict, not a warning): the run ends with exit code 2
+    assert by["ONNX fp32"].get("status") is None and by["ONNX INT8"]["status"] == "failed"
+    assert failed == ["ONNX INT8: mAP50-95 -0.0200 vs QAT fake-quant, outside the expected ±0.01"]
     table = stage_table(rows)
     assert table.count("\n") == len(rows) + 1 and "| ONNX INT8 | — | — | — | — | 0.2700 |" in table
     text = write_report(tmp_path / "report.md", rows, {"model": "m", "data": "d.yaml"}).read_text()
     assert "**outside**" in text and "## Failed" in text and "- TFLite INT8: over the budget" in text
+    assert "- ONNX INT8: mAP50-95 -0.0200 vs QAT fake-quant" in text
 
 
 def test_qat_runs_in_fp32_under_mixed_precision():

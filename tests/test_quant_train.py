@@ -52,6 +52,8 @@ def test_every_stage_is_reported(qat_run):
     assert rows["ONNX INT8"]["bytes"] < 0.6 * rows["ONNX fp32"]["bytes"]  # int8 weights, not float
     assert rows["TFLite INT8"]["status"] == "failed" and "over the budget" in rows["TFLite INT8"]["note"]
     assert all(r["status"] == "ok" for n, r in rows.items() if n != "TFLite INT8")
+    # every export is within its fidelity margin of the model it came from (a failed check fails the row)
+    assert {n for n, r in rows.items() if (r.get("check") or {}).get("ok")} >= {"ONNX fp32", "ONNX INT8"}
     assert summary["quant"]["bn_frozen"] and summary["quant"]["observers_frozen"]
     report = (qat_run / "report.md").read_text()
     assert "| TFLite INT8 |" in report and "## Failed" in report and "over the budget" in report

@@ -220,7 +220,7 @@ def run_stages(cfg: DictConfig, data: dict, hyp, run_dir: Path, module, ckpt, *,
     if "tflite_int8" in formats:
         sr.export_row("TFLite INT8", lambda: _tflite(sr, qat_model or best, tfl_calib, per_channel),
                       lambda p: _tflite_eval(sr, p, head, stats, names, cfg.export.max_bytes))
-    check_fidelity(sr.rows)
+    sr.failed += check_fidelity(sr.rows)
     if sr.bug is not None:
         raise sr.bug
     return sr.rows, sr.failed
@@ -233,11 +233,12 @@ FIDELITY = [("ONNX fp32", ("pruned fp32", "student fp32"), 0.002), ("ONNX INT8",
             ("TFLite INT8", ("QAT fake-quant", "PTQ baseline"), 0.015)]
 
 
-def check_fidelity(rows: list[dict]) -> None:
+def check_fidelity(rows: list[dict]) -> list[str]:
     """Adds ``check`` to each export row: its mAP50-95 minus its reference's, and whether that is within the
-    expected margin. Outside it is a warning in the log and the report, not a failed export (the artifact is
-    still what it is; the numbers say what it costs)."""
+    expected margin. Outside it, the export is not the model it came from: the row fails (its artifact stays, the
+    report says why) and the message is returned, so the run ends with one line and exit code 2."""
     by = {r["stage"]: r for r in rows}
+    failed = []
     for name, refs, tol in FIDELITY:
         row, ref = by.get(name), next((by[n] for n in refs if n in by), None)
         if not row or not ref or row.get("mAP50-95") is None or ref.get("mAP50-95") is None:
@@ -246,7 +247,12 @@ def check_fidelity(rows: list[dict]) -> None:
         ok = abs(d) <= tol
         row["check"] = {"reference": ref["stage"], "delta": round(d, 4), "tolerance": tol, "ok": ok}
         if not ok:
-            log.warning(f"kdprune: {name} mAP50-95 differs from {ref['stage']} by {d:+.4f} (expected within {tol})")
+            msg = f"mAP50-95 {d:+.4f} vs {ref['stage']}, outside the expected ±{tol}"
+            if row.get("status") != "failed":
+                row["status"], row["note"] = "failed", "; ".join(x for x in (row.get("note"), msg) if x)
+            failed.append(f"{name}: {msg}")
+            log.error(f"kdprune: {name} {msg}")
+    return failed
 
 
 def _tflite(sr: StageRunner, model, calib: np.ndarray, per_channel: bool) -> Path:
