@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,3 +187,59 @@ def test_require_tflite_message(monkeypatch):
         T.require_tflite()
     msg = str(e.value)
     assert "\n" not in msg and "onnx2tf" in msg and "pip install -e '.[tflite]'" in msg
+
+
+def _float_island(src, dst):
+    """``src`` with one operator moved into float: DEQUANTIZE -> the op on float tensors -> QUANTIZE, int8 on both
+    sides, so the model's inputs and outputs stay int8 (what a converter leaves where it cannot quantize an op)."""
+    import flatbuffers
+
+    schema = C._schema()
+    m = schema.ModelT.InitFromPackedBuf(Path(src).read_bytes(), 0)
+    names = C._enum_names(schema.BuiltinOperator)
+    g = m.subgraphs[0]
+
+    def code(builtin):
+        for i, c in enumerate(m.operatorCodes):
+            if max(c.builtinCode, c.deprecatedBuiltinCode) == builtin:
+                return i
+        c = schema.OperatorCodeT()
+        c.builtinCode, c.deprecatedBuiltinCode, c.version = builtin, min(builtin, 127), 1
+        m.operatorCodes.append(c)
+        return len(m.operatorCodes) - 1
+
+    def float_copy(t, suffix):
+        f = schema.TensorT()
+        name = t.name.decode() if isinstance(t.name, bytes) else t.name
+        f.shape, f.type, f.name, f.buffer = t.shape, schema.TensorType.FLOAT32, name + suffix, 0
+        g.tensors.append(f)
+        return len(g.tensors) - 1
+
+    k, op = next((k, o) for k, o in enumerate(g.operators)
+                 if names[max(m.operatorCodes[o.opcodeIndex].builtinCode,
+                              m.operatorCodes[o.opcodeIndex].deprecatedBuiltinCode)] == "LOGISTIC")
+    x, y = int(op.inputs[0]), int(op.outputs[0])
+    xf, yf = float_copy(g.tensors[x], "/float_in"), float_copy(g.tensors[y], "/float_out")
+    deq, q = schema.OperatorT(), schema.OperatorT()
+    deq.opcodeIndex, deq.inputs, deq.outputs = code(schema.BuiltinOperator.DEQUANTIZE), [x], [xf]
+    q.opcodeIndex, q.inputs, q.outputs = code(schema.BuiltinOperator.QUANTIZE), [yf], [y]
+    op.inputs, op.outputs = [xf], [yf]
+    g.operators[k:k + 1] = [deq, op, q]
+    b = flatbuffers.Builder(0)
+    b.Finish(m.Pack(b), file_identifier=b"TFL3")
+    Path(dst).write_bytes(b.Output())
+    return dst
+
+
+def test_check_flags_a_float_island_inside_an_int8_model(tflite_pc, tmp_path):
+    """int8 in and out, one op in float in between: the file is valid and runs, and is not fully INT8."""
+    island = _float_island(tflite_pc, tmp_path / "island.tflite")
+    ops, before = T.tflite_ops(island), T.tflite_ops(tflite_pc)
+    assert ops["DEQUANTIZE"] == before["DEQUANTIZE"] + 1 and ops["QUANTIZE"] == before["QUANTIZE"] + 1
+    _, ins, outs = _io_types(island)
+    assert set(ins + outs) == {C._schema().TensorType.INT8}  # the model's I/O alone would pass
+    out = T.TFLiteRunner(island)(smooth_images(1, IMGSZ, seed=2))  # a valid model, not a broken file
+    assert len(out) == 6
+    problems = T.check_fully_int8(island)
+    assert any("DEQUANTIZE" in p and "FLOAT32" in p for p in problems), problems
+    assert any("LOGISTIC" in p and "FLOAT32" in p for p in problems), problems
