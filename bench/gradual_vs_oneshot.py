@@ -154,8 +154,13 @@ def main() -> None:
             print("\n".join(lines))
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for f in [pool.submit(one, j) for j in jobs]:
-            f.result()  # re-raises a failed run
+        futures = [pool.submit(one, j) for j in jobs]
+        try:
+            for f in futures:
+                f.result()  # re-raises a failed run
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # the queued arms do not start; the running ones finish
+            raise
     write(done, quiet=False)
 
 if __name__ == "__main__":

@@ -248,8 +248,7 @@ def check_fidelity(rows: list[dict]) -> list[str]:
         row["check"] = {"reference": ref["stage"], "delta": round(d, 4), "tolerance": tol, "ok": ok}
         if not ok:
             msg = f"mAP50-95 {d:+.4f} vs {ref['stage']}, outside the expected ±{tol}"
-            if row.get("status") != "failed":
-                row["status"], row["note"] = "failed", "; ".join(x for x in (row.get("note"), msg) if x)
+            row["status"], row["note"] = "failed", "; ".join(x for x in (row.get("note"), msg) if x)
             failed.append(f"{name}: {msg}")
             log.error(f"kdprune: {name} {msg}")
     return failed
