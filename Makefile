@@ -10,7 +10,7 @@ ARGS ?=
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install -q -e ".[test,tflite]" && $(BIN)/python -m pip install -q --no-deps "onnx2tf==1.29.24" "tf-keras==2.21.0"
+	$(BIN)/python -m pip install -q -e ".[test,tflite]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,9 +1,9 @@
 """How big is the full-INT8 TFLite file really, and how well does ``kdprune.pruning.budget.int8_bytes`` predict it?
 
 For yolo11n and yolov8n (nc=3) at 256 px, unpruned and pruned by ``YoloPruner`` to several ratios (SplitC2f blocks,
-exported as-is, the way the pruning callback leaves the model), this exports ``RawHeadModel(model, one2one=False)``
-to fp32 ONNX, converts it with ``onnx_to_tflite_int8`` (per-channel; per-tensor for a few) on 8 smooth random
-calibration images, and compares the file size with the estimate. It also breaks the flatbuffer down (constant
+exported as-is, the way the pruning callback leaves the model), this calibrates ``RawHeadModel(model, one2one=False)``
+on 8 smooth random images (PTQ graph) and converts it with ``model_to_tflite_int8`` (litert-torch; per-channel,
+per-tensor for a few), and compares the file size with the estimate. It also breaks the flatbuffer down (constant
 buffers, quantization parameters, tensor names, operators, the rest) so the estimator's constants can be checked.
 
     YOLO_OFFLINE=1 .venv/bin/python -m bench.int8_size            # table + bench/int8_size.json
@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
+import os
 import time
 from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -85,14 +84,12 @@ def build(cfg: str, ratio: float, seed: int = 0, budget: int | None = None) -> n
 
 
 def to_tflite(model: nn.Module, imgsz: int, out: Path, *, per_channel: bool = True, n_calib: int = 8) -> Path:
-    """The device artifact: ``export_onnx(RawHeadModel(model, one2one=False))`` -> ``onnx_to_tflite_int8``."""
-    from kdprune.export.onnx import export_onnx
-    from kdprune.export.tflite import onnx_to_tflite_int8
+    """The device artifact: ``model_to_tflite_int8(RawHeadModel(model, one2one=False))`` (PTQ graph -> litert-torch)."""
+    from kdprune.export.tflite import model_to_tflite_int8
     from kdprune.yolo.rawhead import RawHeadModel
 
-    with tempfile.TemporaryDirectory(prefix="int8size-") as d:
-        src = export_onnx(RawHeadModel(model, one2one=False), Path(d) / "m.onnx", imgsz)
-        return onnx_to_tflite_int8(src, out, smooth_images(n_calib, imgsz), per_channel=per_channel)
+    return model_to_tflite_int8(RawHeadModel(model, one2one=False), out, smooth_images(n_calib, imgsz),
+                                per_channel=per_channel)
 
 
 def breakdown(path: str | Path) -> dict:
@@ -209,7 +206,7 @@ def main() -> None:
         for cfg, ratio, pc, merged, imgsz in variants:
             try:
                 rows.append(run_variant(cfg, ratio, pc, merged, imgsz or args.imgsz, Path(d)))
-            except Exception as e:  # noqa: BLE001 - a family onnx2tf cannot convert is reported, not fatal
+            except Exception as e:  # noqa: BLE001 - a family the converter refuses is reported, not fatal
                 print(f"{cfg} {ratio}: {type(e).__name__}: {e}", flush=True)
                 continue
             r = rows[-1]

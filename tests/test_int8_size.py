@@ -72,17 +72,15 @@ def test_layers_left_out_of_the_export_are_not_counted():
 
 
 def test_estimate_matches_the_tflite_file(tmp_path):
-    from kdprune.export.onnx import export_onnx
-    from kdprune.export.tflite import onnx_to_tflite_int8
+    from kdprune.export.tflite import model_to_tflite_int8
     from kdprune.yolo.rawhead import RawHeadModel
 
     imgsz = 64
     model = _model("yolo11n.yaml", 0.45)
     est = int8_bytes(model)
-    src = export_onnx(RawHeadModel(model, one2one=False), tmp_path / "m.onnx", imgsz)
     rng = np.random.default_rng(0)
     calib = np.kron(rng.random((4, 3, imgsz // 8, imgsz // 8), dtype=np.float32), np.ones((1, 1, 8, 8), np.float32))
-    real = onnx_to_tflite_int8(src, tmp_path / "m.tflite", calib).stat().st_size
+    real = model_to_tflite_int8(RawHeadModel(model, one2one=False), tmp_path / "m.tflite", calib).stat().st_size
     err = (est - real) / real
     print(f"\nint8_bytes={est:,} TFLite={real:,} ({100 * err:+.2f} %)")
     assert -MAX_UNDER <= err <= MAX_OVER

@@ -29,6 +29,7 @@ import multiprocessing
 import signal
 import os
 import shutil
+import sys
 import time
 import uuid
 import warnings
@@ -256,7 +257,10 @@ def _generate(root: Path, dataset_dir: Path, n_train: int, n_val: int, imgsz: in
     else:
         # fork where there is fork (as torch's DataLoader does): spawned workers would re-import kdprune.data,
         # torch and lightning (seconds each) for a job of ~10 ms per image; workers only touch numpy and cv2.
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        # Not after a TFLite export in this process (a sweep's next job): litert-torch loads JAX, whose threads make
+        # fork unsafe.
+        fork = "fork" in multiprocessing.get_all_start_methods() and "jax" not in sys.modules
+        method = "fork" if fork else "spawn"
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
             pool = multiprocessing.get_context(method).Pool(workers, initializer=_init_worker)

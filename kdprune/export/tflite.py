@@ -1,200 +1,187 @@
-"""Full-integer INT8 TFLite export (for TFLite-based NPUs such as NXP eIQ Neutron) and a LiteRT runner.
+"""Full-integer INT8 TFLite export (for TFLite-based NPUs such as NXP eIQ Neutron) of the quantized graph itself.
 
-Route: fp32 ONNX -> ``onnxscript.optimizer`` (constant folding: the TorchScript exporter leaves Shape/Gather/Slice
-chains for ``chunk`` that onnx2tf cannot size) -> ``onnx2tf.convert`` (a tf_keras model, NHWC, nothing saved) ->
-``tf.lite.TFLiteConverter`` with a representative dataset, ``TFLITE_BUILTINS_INT8`` only, int8 input and outputs.
+Route: the PT2E graph kdprune trained (QAT) or calibrated (PTQ), ``convert_pt2e(..., fold_quantize=False)``
+(``kdprune.quant.backend.convert_for_tflite``) -> ``litert_torch.convert`` with a static ``QuantConfig`` -> a
+``.tflite`` flatbuffer. No TensorFlow: litert-torch lowers the ATen graph through StableHLO/MLIR and turns each
+quantize/dequantize pair into an int8 tensor with *that pair's* scale and zero point, so the file holds exactly the
+scales the QAT observers froze (``check_scales`` reads them back from the file and compares).
 
-Scales: the activation ranges are re-calibrated from ``calib``; QAT scales of a QDQ ONNX are *not* honoured.
-onnx2tf 1.29 (``ops/QuantizeLinear.py``) turns a QuantizeLinear that feeds DequantizeLinear into an identity and
-``ops/DequantizeLinear.py`` passes an already "dequantized" input through, so a QDQ graph becomes the plain float
-graph (no ``tf.quantization.fake_quant_*`` op that the converter could honour). Convert the fp32 ONNX of the
-QAT-trained weights and calibrate with real images; weight scales are recomputed by the converter (symmetric
-max-abs, per output channel or, with ``per_channel=False``, per tensor).
+Why hand-written parts remain (none of these libraries does them):
+- ``_DeviceIO``: NHWC int8 input and outputs, named like ``RawHeadModel``'s outputs (the converter cancels the
+  permutes against its own layout transposes: no TRANSPOSE op in the file);
+- ``fix_uniform_bias``: litert-torch 0.10 quantizes a conv bias whose values are all equal (a splat constant, e.g.
+  ultralytics' Detect bias init) with the *first* channel's scale for every channel under per-channel weights;
+  the int32 bias is rewritten as round(b / (s_in * s_w[c])), what it does for any other bias (checked bit-exact).
 
-TensorFlow, onnx2tf and LiteRT are imported lazily: the rest of kdprune never pays for them. Install them with the
-``tflite`` extra; onnx2tf 1.29 and tf-keras hard-pin conflicting versions (protobuf 4, numpy 1.26, ``tensorflow``),
-so those two go in with ``--no-deps`` (see the Makefile).
+litert-torch and LiteRT are imported lazily: the rest of kdprune never pays for them (install: the 'tflite' extra).
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import io
-import os
-import random
-import re
-import tempfile
-import warnings
+import logging
+import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
 from kdprune.errors import UserError
-from kdprune.export.tflite_check import check_fully_int8, conv_weight_scales, tflite_ops
+from kdprune.export.tflite_check import check_fully_int8, conv_weight_scales, tensor_qparams, tflite_ops
 from kdprune.export.tflite_runner import TFLiteRunner
 
-__all__ = ["TFLiteRunner", "check_fully_int8", "conv_weight_scales", "onnx_to_tflite_int8", "require_tflite",
-           "tflite_ops"]
+__all__ = ["TFLiteRunner", "check_fully_int8", "check_scales", "conv_weight_scales", "graph_to_tflite_int8",
+           "model_to_tflite_int8", "require_tflite", "tflite_ops"]
 
-_INSTALL_HINT = ("install the 'tflite' extra: pip install -e '.[tflite]' && "
-                 "pip install --no-deps onnx2tf==1.29.24 tf-keras==2.21.0")
-
+log = logging.getLogger("kdprune")
+_INSTALL_HINT = "install the 'tflite' extra: pip install -e '.[tflite]'"
 
 
 def require_tflite() -> None:
-    """Raise a one-line ``UserError`` unless TensorFlow, tf-keras, onnx2tf and LiteRT are importable (no import)."""
-    missing = [m for m in ("tensorflow", "tf_keras", "onnx2tf", "onnx_graphsurgeon", "ai_edge_litert")
-               if importlib.util.find_spec(m) is None]
+    """Raise a one-line ``UserError`` unless litert-torch and LiteRT are importable (without importing them)."""
+    missing = [m for m in ("litert_torch", "ai_edge_litert") if importlib.util.find_spec(m) is None]
     if missing:
         raise UserError(f"TFLite export needs {', '.join(missing)}: {_INSTALL_HINT}")
 
 
-def _import_tf():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # quiets TF's C++ info logs if TF is not imported yet
-    import tensorflow as tf
+class _DeviceIO(nn.Module):
+    """The converted graph as the device runs it: NHWC image in, the first ``len(names)`` outputs (the QAT graph
+    also returns the Detect inputs for the loss) out as NHWC, keyed by name (the file's signature names)."""
 
-    return tf
+    def __init__(self, gm: nn.Module, names: list[str]):
+        super().__init__()
+        self.gm, self.names = gm, list(names)
 
-
-def _import_onnx2tf():
-    """onnx2tf seeds Python's, NumPy's and TF's global RNGs at import; keep the caller's RNG state."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    try:
-        import onnx2tf
-        import onnx2tf.onnx2tf as o2t_main
-        import onnx2tf.utils.common_functions as o2t_common
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-    return onnx2tf, o2t_main, o2t_common
+    def forward(self, images):
+        out = self.gm(images.permute(0, 3, 1, 2))
+        out = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+        return {n: o.permute(0, 2, 3, 1) for n, o in zip(self.names, out[: len(self.names)])}
 
 
-@contextlib.contextmanager
-def _offline_sample_data(nhwc: np.ndarray):
-    """onnx2tf fetches sample images from GitHub (``download_test_image_data``) for its ONNX-vs-TF shape checks of
-    a 4D RGB input: hand it our calibration images instead, so nothing goes to the network."""
-    _, o2t_main, o2t_common = _import_onnx2tf()
-    saved = o2t_main.download_test_image_data, o2t_common.download_test_image_data
-
-    def local_data() -> np.ndarray:
-        return nhwc.copy()
-
-    o2t_main.download_test_image_data = o2t_common.download_test_image_data = local_data
-    try:
-        yield
-    finally:
-        o2t_main.download_test_image_data, o2t_common.download_test_image_data = saved
-
-
-def _fold_constants(src: Path, dst: Path) -> list[str]:
-    """Constant-fold the exported graph (Shape->Gather->Slice chains become constant Slices, Identity goes away),
-    keeping input/output names. Returns the output names."""
-    import onnx
-    from onnxscript import optimizer
-
-    model = onnx.load(str(src))
-    model = optimizer.optimize(model)
-    # Node names become TF variable scopes; TorchScript's "/model.10/m/m.0/attn/pe/conv/Conv" is not a valid root
-    # scope (must match ^[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*$), and saving the TF graph then fails (YOLO11's depthwise
-    # convs hold variables). Tensor names, and so the outputs' names, are left alone.
-    seen: set[str] = set()
-    for i, node in enumerate(model.graph.node):
-        name = re.sub(r"[^A-Za-z0-9_./>-]", "_", node.name).lstrip("/_.>-") or f"{node.op_type}_{i}"
-        if name in seen:
-            name = f"{name}_{i}"
-        seen.add(name)
-        node.name = name
-    onnx.save(model, str(dst))
-    return [o.name for o in model.graph.output]
-
-
-def onnx_to_tflite_int8(onnx_path: str | Path, out_path: str | Path, calib: np.ndarray, *, per_channel: bool = True,
-                        work_dir: str | Path | None = None) -> Path:
-    """Convert a batch-1, static-size fp32 ONNX (one NCHW float image input in [0, 1]) to a full-integer INT8 TFLite
-    file at ``out_path``: int8 input (NHWC, scale ~1/255, zero point -128) and int8 outputs (NHWC), int8 weights
-    (per output channel, or one scale per tensor with ``per_channel=False``), int32 biases, no float operator.
-
-    ``calib``: ``(N, 3, H, W)`` float32 images in [0, 1] (the representative dataset; use real images).
-    The signature ``serving_default`` keeps the ONNX input and output names; ``TFLiteRunner`` maps by them.
-    ``work_dir``: where onnx2tf's intermediate files go (a temp dir, removed afterwards, when None).
-    """
+def graph_to_tflite_int8(converted: nn.Module, path: str | Path, imgsz: int, output_names: list[str]) -> Path:
+    """Write the full-integer TFLite of ``converted`` (``backend.convert_for_tflite`` of a QAT or PTQ graph): batch 1,
+    ``imgsz`` square, int8 NHWC input ``images`` and int8 NHWC outputs named ``output_names``; every tensor's
+    scale and zero point is the graph's. Raises ``UserError`` if the file is not fully INT8 or its scales are not
+    the graph's (the file would not be the model that was trained)."""
     require_tflite()
-    onnx_path, out_path = Path(onnx_path), Path(out_path)
-    calib = np.asarray(calib, dtype=np.float32)
-    if calib.ndim != 4 or calib.shape[1] != 3 or len(calib) == 0:
-        raise ValueError(f"onnx_to_tflite_int8: calib must be (N, 3, H, W) float32 images, got {calib.shape}")
-    if calib.min() < 0.0 or calib.max() > 1.0:
-        raise ValueError("onnx_to_tflite_int8: calib images must be in [0, 1]")
-    calib_nhwc = np.ascontiguousarray(calib.transpose(0, 2, 3, 1))
+    import litert_torch
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.quant_config import QuantConfig
 
-    tmp = None
-    if work_dir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="kdprune-tflite-")
-        work = Path(tmp.name)
-    else:
-        work = Path(work_dir)
-        work.mkdir(parents=True, exist_ok=True)
+    for m in converted.modules():  # exported-graph modules refuse .eval(); no BN or observer is left to care
+        m.training = False
+    io = _DeviceIO(converted, output_names)
+    io.training = False
+    # litert-torch reads only whether this quantizer is dynamic: static -> the graph's own Q/DQ become int8 tensors
+    # (it never annotates or observes the graph itself). Without a quant_config the file would be float + Q/DQ ops.
+    qc = QuantConfig(pt2e_quantizer=PT2EQuantizer().set_global(get_symmetric_quantization_config(is_dynamic=False)))
+    example = torch.zeros(1, imgsz, imgsz, 3)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.tflite")
+    from litert_torch import progress
+
+    quiet, progress.console.quiet = progress.console.quiet, True  # its per-pass lines: kdprune logs one per file
+    t0 = time.perf_counter()
     try:
-        tf = _import_tf()
-        onnx2tf, _, _ = _import_onnx2tf()
-        # onnx2tf rewrites the ONNX it is given in place (op renaming): it only ever sees our folded copy.
-        folded = work / "folded.onnx"
-        names = _fold_constants(onnx_path, folded)
-        with _offline_sample_data(calib_nhwc):
-            try:
-                model = onnx2tf.convert(
-                    input_onnx_file_path=str(folded), output_folder_path=str(work / "onnx2tf"),
-                    disable_model_save=True, not_use_onnxsim=True, non_verbose=True, verbosity="error",
-                    onnxruntime_output_memmap_dir=str(work / "ort_memmap"))
-            except SystemExit as e:  # onnx2tf reports unsupported graphs with sys.exit(1)
-                raise RuntimeError(f"onnx2tf could not convert {onnx_path} (exit {e.code})") from None
-        in_shape = tuple(model.inputs[0].shape)
-        if len(model.inputs) != 1 or len(in_shape) != 4 or in_shape[-1] != 3:
-            raise ValueError(f"onnx_to_tflite_int8: expected one NHWC RGB input after onnx2tf, got {in_shape}")
-        if tuple(calib_nhwc.shape[1:]) != in_shape[1:]:
-            raise ValueError(f"onnx_to_tflite_int8: calib images are {calib.shape[2:]} but the model takes "
-                             f"{in_shape[1:3]}")
-        if len(model.outputs) != len(names):
-            raise RuntimeError(f"onnx2tf produced {len(model.outputs)} outputs for the ONNX's {len(names)}")
-
-        # onnx2tf keeps the ONNX output order in model.outputs; a dict output puts the ONNX names in the TFLite
-        # signature (the flatbuffer's own tensor names are onnx2tf's, e.g. "PartitionedCall:3"). Saved through
-        # tf_keras' ExportArchive, which tracks the variables onnx2tf creates inside its ops (YOLO11's depthwise
-        # convs): TFLiteConverter.from_concrete_functions falls back to a frozen graph for those and loses the
-        # signature (and the calibration by input name with it).
-        import tf_keras
-
-        def serve(images):
-            outs = model(images)
-            outs = outs if isinstance(outs, (list, tuple)) else [outs]
-            return {name: out for name, out in zip(names, outs)}
-
-        archive = tf_keras.export.ExportArchive()
-        archive.track(model)
-        archive.add_endpoint(name="serving_default", fn=serve,
-                             input_signature=[tf.TensorSpec(in_shape, tf.float32, name="images")])
-        saved = work / "saved_model"
-        with contextlib.redirect_stdout(io.StringIO()):  # write_out prints the endpoints
-            archive.write_out(str(saved))
-        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved), signature_keys=["serving_default"])
-
-        def representative_dataset():
-            for i in range(len(calib_nhwc)):
-                yield {"images": calib_nhwc[i:i + 1]}
-
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative_dataset
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]  # no float fallback, no Flex
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
-        converter._experimental_disable_per_channel = not per_channel
-        with warnings.catch_warnings():  # the converter's calibrator uses the deprecated tf.lite.Interpreter
-            warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
-            flat = converter.convert()
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_bytes(flat)
-        return out_path
+        litert_torch.convert(io, sample_kwargs={"images": example}, quant_config=qc).export(str(tmp))
+        progress.console.quiet = quiet
+        log.info(f"kdprune: TFLite: {path.name} converted by litert-torch ({time.perf_counter() - t0:.0f}s)")
+        if n := fix_uniform_bias(tmp, converted):
+            log.info(f"kdprune: TFLite: {n} uniform conv biases re-quantized per channel (litert-torch 0.10 bug)")
+        problems = check_fully_int8(tmp) or check_scales(converted, tmp)
+        if problems:
+            raise UserError(f"{path.name}: {len(problems)} problems, first: {problems[0]}")
+        tmp.replace(path)
     finally:
-        if tmp is not None:
-            tmp.cleanup()
+        progress.console.quiet = quiet
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def model_to_tflite_int8(model: nn.Module, path: str | Path, calib: np.ndarray, *, per_channel: bool = True,
+                         output_names: list[str] | None = None) -> Path:
+    """PTQ route for a float model (``RawHeadModel`` of a detector): min/max observers over ``calib``
+    (``(N, 3, H, W)`` float32 in [0, 1], real images), then ``graph_to_tflite_int8``."""
+    from kdprune.quant import backend
+
+    calib = np.asarray(calib, dtype=np.float32)
+    if calib.ndim != 4 or calib.shape[1] != 3 or len(calib) == 0 or calib.shape[2] != calib.shape[3]:
+        raise ValueError(f"model_to_tflite_int8: calib must be (N, 3, S, S) float32 images, got {calib.shape}")
+    if calib.min() < 0.0 or calib.max() > 1.0:
+        raise ValueError("model_to_tflite_int8: calib images must be in [0, 1]")
+    names = output_names or model.output_names()
+    batches = [torch.from_numpy(calib[i:i + 16]) for i in range(0, len(calib), 16)]
+    gm = backend.calibrate_ptq(model, batches, stride=32, per_channel=per_channel)
+    return graph_to_tflite_int8(backend.convert_for_tflite(gm), path, calib.shape[2], names)
+
+
+def check_scales(converted: nn.Module, path: str | Path) -> list[str]:
+    """Problems where the file's quantization differs from the graph's (``[]`` = the same): every activation
+    (scale, zero point) of the graph is an int8 tensor of the file and the file has no other (no requantize, no
+    re-calibration); the conv/FC weight-scale vectors are the graph's, as a multiset, with zero points 0.
+    Compared as float32, exactly."""
+    from kdprune.quant import backend
+
+    ref, got = backend.qparams(converted), tensor_qparams(path)
+    problems = []
+    pt_acts, tfl_acts = set(ref["activations"]), set(got["activations"])
+    if missing := pt_acts - tfl_acts:
+        problems.append(f"{len(missing)} of {len(pt_acts)} activation scales of the graph are not in the file, "
+                        f"e.g. {sorted(missing)[0]}")
+    if extra := tfl_acts - pt_acts:
+        problems.append(f"{len(extra)} activation scales in the file are not the graph's (a requantize or "
+                        f"re-calibration), e.g. {sorted(extra)[0]}")
+    if Counter(ref["weights"]) != Counter(got["weights"]):
+        n = len(set(ref["weights"]) - set(got["weights"]))
+        problems.append(f"weight scales differ: {n} of {len(set(ref['weights']))} of the graph's are not in the file "
+                        f"({len(got['weights'])} weight tensors in the file, {len(ref['weights'])} in the graph)")
+    if not got["weight_zero_points_0"]:
+        problems.append("a weight tensor in the file has a non-zero zero point")
+    return problems
+
+
+def fix_uniform_bias(path: str | Path, converted: nn.Module) -> int:
+    """Rewrite the int32 biases litert-torch 0.10 got wrong (see the module docstring); returns how many.
+    Convs are matched to the graph's by their weight-scale vector and input scale."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    from kdprune.quant import backend
+
+    refs = backend.qparams(converted)["conv_biases"]
+    path = Path(path)
+    model = schema.ModelT.InitFromPackedBuf(bytearray(path.read_bytes()), 0)
+    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+    conv_codes = {schema.BuiltinOperator.CONV_2D, schema.BuiltinOperator.DEPTHWISE_CONV_2D}
+    buf_users = Counter(t.buffer for g in model.subgraphs for t in g.tensors)
+    fixed = 0
+    for g in model.subgraphs:
+        for op in g.operators:
+            if codes[op.opcodeIndex] not in conv_codes or len(op.inputs) < 3 or op.inputs[2] < 0:
+                continue
+            wt, bt, xt = g.tensors[op.inputs[1]], g.tensors[op.inputs[2]], g.tensors[op.inputs[0]]
+            key = tuple(np.asarray(wt.quantization.scale, np.float32).tolist())
+            if key not in refs or len(key) < 2:
+                continue
+            s_in, b = refs[key]
+            if np.float32(xt.quantization.scale[0]) != s_in or not (b == b[0]).all():
+                continue  # only the splat case: elsewhere the converter's own rounding stands
+            want = np.round(b.astype(np.float32) / (s_in * np.asarray(key, np.float32))).astype(np.int32)
+            have = np.frombuffer(bytes(bytearray(model.buffers[bt.buffer].data)), np.int32)
+            if have.shape == want.shape and int(np.abs(have - want).max()) > 1:
+                new = schema.BufferT()
+                new.data = np.frombuffer(want.tobytes(), np.uint8)
+                if buf_users[bt.buffer] > 1:  # a shared constant: give this tensor its own buffer
+                    model.buffers.append(new)
+                    bt.buffer = len(model.buffers) - 1
+                else:
+                    model.buffers[bt.buffer] = new
+                fixed += 1
+    if fixed:
+        builder = flatbuffers.Builder(1024)
+        builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+        path.write_bytes(builder.Output())
+    return fixed

@@ -147,3 +147,31 @@ def conv_weight_scales(path: str | Path) -> list[dict]:
             rows.append({"op": name, "tensor": (t.Name() or b"").decode(), "out_channels": out_ch,
                          "n_scales": _n_scales(t), "axis": int(axis)})
     return rows
+
+
+def tensor_qparams(path: str | Path) -> dict:
+    """The quantization a TFLite file carries, as float32 values (``kdprune.quant.backend.qparams`` is the graph's
+    side): ``activations``: (scale, zero point) of every non-constant int8 tensor with one scale; ``weights``: the
+    scale tuple of every int8 weight of a conv/FC op; ``weight_zero_points_0``: whether all their zero points are 0."""
+    schema, _, model = _read_model(path)
+    op_names = _enum_names(schema.BuiltinOperator)
+    acts, weights, zp0 = [], [], True
+    for s in range(model.SubgraphsLength()):
+        g = model.Subgraphs(s)
+        weight_ids = set()
+        for i in range(g.OperatorsLength()):
+            op = g.Operators(i)
+            if _op_name(schema, model, op, op_names) in _WEIGHT_OPS and op.InputsLength() > 1:
+                weight_ids.add(op.Inputs(1))
+        for i in range(g.TensorsLength()):
+            t = g.Tensors(i)
+            q = t.Quantization()
+            if t.Type() != schema.TensorType.INT8 or q is None or q.ScaleLength() == 0:
+                continue
+            scale = tuple(q.ScaleAsNumpy().astype(np.float32).tolist())
+            if i in weight_ids and _is_const(model, t):
+                weights.append(scale)
+                zp0 = zp0 and not q.ZeroPointAsNumpy().any()
+            elif not _is_const(model, t) and len(scale) == 1:
+                acts.append((scale[0], int(q.ZeroPoint(0))))
+    return {"activations": acts, "weights": weights, "weight_zero_points_0": zp0}

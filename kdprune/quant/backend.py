@@ -15,6 +15,7 @@ import copy
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.export import Dim
@@ -88,6 +89,53 @@ def convert(gm: GraphModule) -> GraphModule:
     gm = copy.deepcopy(gm)
     set_mode(gm, train=False)
     return convert_pt2e(gm, fold_quantize=True)
+
+
+def convert_for_tflite(gm: GraphModule) -> GraphModule:
+    """``convert`` with the weights left as float constants behind quantize/dequantize (``fold_quantize=False``):
+    the form litert-torch lowers to int8 TFLite tensors (it fails on pre-folded int8 weights)."""
+    gm = copy.deepcopy(gm)
+    set_mode(gm, train=False)
+    return convert_pt2e(gm, fold_quantize=False)
+
+
+def _attr(gm: nn.Module, target: str):
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def qparams(converted: GraphModule) -> dict:
+    """The quantization a ``convert_for_tflite`` graph carries, as float32 values, for checking a file against it:
+    ``activations``: the (scale, zero point) of every activation quantize; ``weights``: one scale tuple per weight
+    quantize (per channel, or one value); ``conv_biases``: weight-scale tuple -> (input scale, float bias)."""
+    qd = torch.ops.quantized_decomposed
+
+    def const(v):
+        return _attr(converted, v.target) if isinstance(v, torch.fx.Node) else v
+
+    acts, weights, biases = [], [], {}
+    for n in converted.graph.nodes:
+        if n.op != "call_function":
+            continue
+        if n.target in (qd.quantize_per_tensor.default, qd.quantize_per_tensor.tensor):
+            scale = np.float32(float(const(n.args[1])))
+            if n.args[0].op == "get_attr":
+                weights.append((float(scale),))
+            else:
+                acts.append((float(scale), int(const(n.args[2]))))
+        elif n.target == qd.quantize_per_channel.default:
+            weights.append(tuple(const(n.args[1]).detach().float().numpy().astype(np.float32).tolist()))
+        elif n.target == torch.ops.aten.conv2d.default and len(n.args) > 2 and isinstance(n.args[2], torch.fx.Node):
+            x, w, b = n.args[:3]
+            if "dequantize" in str(x.target) and "dequantize" in str(w.target) and b.op == "get_attr":
+                wq = w.args[0]
+                sw = (const(wq.args[1]).detach().float().numpy().astype(np.float32)
+                      if wq.target == qd.quantize_per_channel.default else np.array([const(wq.args[1])], np.float32))
+                biases[tuple(sw.tolist())] = (np.float32(float(const(x.args[1]))),
+                                              const(b).detach().float().numpy())
+    return {"activations": acts, "weights": weights, "conv_biases": biases}
 
 
 def export_onnx(converted: GraphModule, path: str | Path, imgsz: int, output_names: list[str]) -> Path:

@@ -11,13 +11,21 @@ in the graph copies it (https://ai.google.dev/edge/litert/models/quantization_sp
 - SiLU does not exist in TFLite: it runs as Logistic then Mul, so the graph is rewritten to ``x * sigmoid(x)`` before
   annotation and that intermediate is quantized on the fixed scale, as the device will.
 
+- an op that reads a fixed-scale tensor (sigmoid/softmax, or a reshape/transpose of one) reads it on that scale:
+  no requantize after a sigmoid or softmax (TFLite's TRANSPOSE/RESHAPE must keep their input's scale, and the
+  converter refuses a graph where they do not: C2PSA's softmax -> transpose -> matmul);
+- Split/chunk outputs keep the split input's scale (TFLite's SPLIT/SLICE do; a multi-output node cannot carry a PT2E
+  output spec, so the consumers' input edges share the split input's observer instead).
+
 Conv + BatchNorm pairs are annotated at the BN output, so ``prepare_qat_pt2e`` folds the BN into the conv weight
 (the folded weight is what is fake-quantized, as the exported conv) while BN statistics can still update.
-The one known gap to TFLite: Split/chunk outputs get their own observer at their consumer instead of the input's
-scale (a multi-output node cannot carry a PT2E output spec); the converter requantizes them the same way.
+With these rules every observer of the graph is a tensor of the TFLite file with the same scale and zero point
+(``kdprune.export.tflite`` converts the graph itself and checks that on the file).
 """
 
 from __future__ import annotations
+
+import operator
 
 import torch
 from torch.fx import GraphModule, Node
@@ -48,6 +56,8 @@ FIXED = {aten.sigmoid.default, aten.softmax.int, aten._softmax.default}
 SAME = {aten.max_pool2d.default, aten.upsample_nearest2d.vec, aten.upsample_nearest2d.default, aten.view.default,
         aten.reshape.default, aten.permute.default, aten.transpose.int, aten.flatten.using_ints,
         aten.unsqueeze.default, aten.squeeze.dim}
+# multi-output ops whose outputs (read through getitem) keep the input's scale
+SPLIT = {aten.chunk.default, aten.split.Tensor, aten.split_with_sizes.default, aten.unbind.int}
 SIGMOID_SCALE, SIGMOID_ZP = 1.0 / 256.0, -128
 
 
@@ -135,6 +145,48 @@ def bn_after_shape_reads(gm: GraphModule) -> GraphModule:
     return gm
 
 
+def _root_spec(edge_or_node, depth: int = 0):
+    """The spec an output node or an ``(arg, node)`` input edge finally uses, following SharedQuantizationSpec."""
+    if depth > 100:  # a cycle would be our bug; treat it as "not fixed"
+        return None
+    node = edge_or_node if isinstance(edge_or_node, Node) else edge_or_node[1]
+    ann = node.meta.get("quantization_annotation")
+    if ann is None:
+        return None
+    spec = ann.output_qspec if isinstance(edge_or_node, Node) else ann.input_qspec_map.get(edge_or_node[0])
+    if isinstance(spec, SharedQuantizationSpec):
+        return _root_spec(spec.edge_or_node, depth + 1)
+    return spec
+
+
+def _split_source(node: Node) -> Node | None:
+    """For ``getitem(split(x, ...), i)`` with an annotated ``x``: ``x``; else None."""
+    if node.op == "call_function" and node.target is operator.getitem:
+        sp = node.args[0]
+        if isinstance(sp, Node) and sp.target in SPLIT and isinstance(sp.args[0], Node) \
+                and sp.args[0].meta.get("quantization_annotation") is not None:
+            return sp.args[0]
+    return None
+
+
+def share_fixed_and_split_inputs(model: GraphModule) -> None:
+    """Every input edge reading a fixed-scale output, or a split output, shares its producer's (the split input's)
+    observer instead of getting its own: a FixedQParams spec and a plain activation spec never unify in PT2E, so
+    without this each such edge would requantize. Nodes are visited in graph order, so a producer's edges are
+    rewritten before its consumers' are resolved."""
+    for node in model.graph.nodes:
+        ann = node.meta.get("quantization_annotation")
+        if ann is None:
+            continue
+        for arg in list(ann.input_qspec_map):
+            if not isinstance(arg, Node):
+                continue
+            if (src := _split_source(arg)) is not None:
+                ann.input_qspec_map[arg] = SharedQuantizationSpec(src)
+            elif isinstance(_root_spec(arg), FixedQParamsQuantizationSpec):
+                ann.input_qspec_map[arg] = SharedQuantizationSpec(arg)
+
+
 class TFLiteInt8Quantizer(Quantizer):
     """Annotates a captured (``torch.export``) graph with TFLite's INT8 scheme. ``qat`` picks fake-quant modules with
     moving-average observers (training) or plain min/max observers (post-training calibration)."""
@@ -174,6 +226,7 @@ class TFLiteInt8Quantizer(Quantizer):
                 ins = [a for a in node.args[0] if isinstance(a, Node)]
                 shared = SharedQuantizationSpec((ins[0], node))
                 _annotate(node, {a: (act if i == 0 else shared) for i, a in enumerate(ins)}, shared)
+        share_fixed_and_split_inputs(model)
         return model
 
     def validate(self, model: GraphModule) -> None:
