@@ -32,11 +32,11 @@ def run(kind: str, seed: int, gran: str, imgsz: int, kd: bool, out: Path) -> dic
     if not summary.is_file():
         args = ["+experiment=yolo11n_mcu", f"data.imgsz={imgsz}", f"seed={seed}", *([] if kd else ["distill=none"]),
                 *(["quant=none"] if kind == "ptq" else []), f"quant.granularity={gran}",
-                "export.formats=[tflite_int8]", "export.latency_runs=5", "val.plot_every=0",
+                "export.formats=[tflite_int8]", "export.latency_runs=20", "val.plot_every=0",
                 f"hydra.run.dir={run_dir}"]
         t0 = time.time()
         p = subprocess.run([sys.executable, "-m", "kdprune", *args], cwd=ROOT, capture_output=True, text=True)
-        if p.returncode != 0:
+        if p.returncode != 0 and not (p.returncode == 2 and summary.is_file()):  # 2 + summary: a failed check
             raise SystemExit(f"{kind} {gran} seed {seed} failed ({p.returncode}):\n{p.stderr[-3000:]}")
         print(f"  {kind} {gran} seed {seed}: {time.time() - t0:.0f} s", flush=True)
     rows = {r["stage"]: r for r in json.loads(summary.read_text())["stages"]}

@@ -27,7 +27,7 @@ from kdprune.callbacks import (
 )
 from kdprune.data import YOLODataModule, resolve_data
 from kdprune.errors import UserError
-from kdprune.export.stages import ExportFailed, check_exports, run_stages
+from kdprune.export.stages import ExportFailed, RunRecord, check_exports, run_stages
 from kdprune.module import DetectionModule
 from kdprune.objectives import build_criterion, build_distiller, check_objectives
 from kdprune.pruning import int8_bytes
@@ -178,7 +178,16 @@ def run(cfg: DictConfig) -> dict:
         summary["quant"] = {**OmegaConf.to_container(cfg.quant, resolve=True), **module.qat.state()}
     # The report's stages: every model this run made, measured the same way (and the exports, verified)
     rank_zero_info("kdprune: stages: evaluating every stage and export on the val split (batch 1)")
-    rows, failed = run_stages(cfg, data, hyp, run_dir, module, ckpt_cb, model_stats=model_stats)
+    qat_detector = getattr(module, "qat", None)
+    if qat_detector is not None:
+        qat_detector.train(False)  # BN from running statistics, ranges as frozen: the exported arithmetic
+    record = RunRecord(best=ckpt_cb.best, last=ckpt_cb.last, pre_prune=ckpt_cb.pre_prune,
+                       pruned=bool(module.pruning_history),
+                       teacher=module.teacher.model if module.teacher is not None else None,
+                       teacher_info=module.teacher.info if module.teacher is not None else None,
+                       qat_graph=qat_detector.graph if qat_detector is not None else None,
+                       qat_note=str(qat_detector.state()["fake_quant"]) if qat_detector is not None else "")
+    rows, failed = run_stages(cfg, data, hyp, run_dir, record, model_stats=model_stats)
     summary["stages"] = rows
     summary["wall_time_s"] = round(time.time() - t0, 1)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -129,3 +129,9 @@ def test_unknown_embedded_dataset_kind(tmp_path):
     p = kdprune("+experiment=sensitivity", "sensitivity.target_int8_bytes=2000000", "data.embedded.kind=letters",
                 run_dir=tmp_path / "scan")
     assert_user_error(p, "data.embedded.kind=letters", "shapes, glyphs", run_dir=tmp_path / "scan")
+
+
+def test_too_few_latency_runs_is_refused_before_training(tmp_path):
+    """Before: a ValueError traceback after the whole run had trained, at the first timed export."""
+    p = kdprune("export=int8", "export.formats=[onnx]", "export.latency_runs=5", run_dir=tmp_path / "run")
+    assert_user_error(p, "export.latency_runs=5", "at least 20", run_dir=tmp_path / "run")

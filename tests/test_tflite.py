@@ -285,3 +285,29 @@ def test_check_flags_a_float_island_inside_an_int8_model(pc, tmp_path):
     problems = T.check_fully_int8(island)
     assert any("DEQUANTIZE" in p and "FLOAT32" in p for p in problems), problems
     assert any("LOGISTIC" in p and "FLOAT32" in p for p in problems), problems
+
+
+def test_stages_export_a_trained_model_from_a_plain_record(trained, tmp_path):
+    """``run_stages`` needs a ``RunRecord`` (paths, no Lightning module): a trained yolo11n, PTQ through litert-torch,
+    the file evaluated on the val images at the PTQ graph's mAP (within the fidelity margin) and a real mAP."""
+    from omegaconf import OmegaConf
+
+    from kdprune.data import resolve_data
+    from kdprune.export.stages import RunRecord, run_stages
+    from kdprune.train import hyp_from_cfg
+    from kdprune.yolo import model_stats
+    from tests.conftest import compose
+    from tests.trained import TRAIN
+
+    data_yaml, best, _ = trained
+    cfg = compose([*TRAIN, f"data.yaml={data_yaml}", "quant=none", "quant.ptq_images=32", "export=int8",
+                   "export.formats=[tflite_int8]", "export.latency_runs=20"], run_dir=tmp_path)
+    data = resolve_data(cfg.data.yaml, cfg.cache_dir, OmegaConf.to_container(cfg.data.embedded), False)
+    rec = RunRecord(best=best, last=best, pre_prune=tmp_path / "absent.pt")
+    rows, failed = run_stages(cfg, data, hyp_from_cfg(cfg, data), tmp_path, rec, model_stats=model_stats)
+    by = {r["stage"]: r for r in rows}
+    print({k: r["mAP50-95"] for k, r in by.items()})
+    assert failed == [] and list(by) == ["student fp32", "PTQ baseline", "TFLite INT8"]
+    assert by["student fp32"]["mAP50-95"] > 0.4 and by["TFLite INT8"]["bytes"] > 2_000_000
+    assert by["TFLite INT8"]["check"]["reference"] == "PTQ baseline" and by["TFLite INT8"]["check"]["ok"]
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["model_int8.tflite"]

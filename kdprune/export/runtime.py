@@ -61,11 +61,14 @@ class TorchRunner:
         return [o.numpy().astype(np.float32, copy=False) for o in outs]
 
 
+MIN_LATENCY_RUNS = 20  # fewer timed runs give no stable median
+
+
 def latency_ms(runner, imgsz: int | tuple[int, int], *, runs: int = 30, warmup: int = 5, seed: int = 0) -> dict:
     """Batch-1 wall-clock latency of ``runner`` on a random ``imgsz`` image: ``{"median", "p90", "mean", "min"}`` in
     milliseconds over ``runs`` timed calls (at least 20) after ``warmup`` untimed ones, plus ``"runs"``."""
-    if runs < 20:
-        raise ValueError(f"latency_ms: runs={runs}; take at least 20 timed runs for a stable median")
+    if runs < MIN_LATENCY_RUNS:
+        raise ValueError(f"latency_ms: runs={runs}; take at least {MIN_LATENCY_RUNS} timed runs for a stable median")
     h, w = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
     img = np.random.default_rng(seed).random((1, 3, h, w), dtype=np.float32)
     for _ in range(warmup):

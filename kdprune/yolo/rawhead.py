@@ -8,8 +8,24 @@ is what QAT trains, so the graph that is fake-quantized is the graph that is exp
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
+
+
+class HeadSpec(NamedTuple):
+    """What decoding a detector's raw outputs needs to know about its head (``kdprune.export.decode``)."""
+
+    strides: list[float]
+    nc: int
+    reg_max: int
+
+
+def head_spec(model: nn.Module) -> HeadSpec:
+    """The ``HeadSpec`` of an ultralytics detection model (its Detect layer)."""
+    head = model.model[-1]
+    return HeadSpec([float(s) for s in head.stride], int(head.nc), int(head.reg_max))
 
 
 class RawHeadModel(nn.Module):
