@@ -59,7 +59,8 @@ def main() -> None:
     for gran in args.granularity:
         for seed in args.seeds:
             q, p = run("qat", seed, gran, args.imgsz, args.kd, out), run("ptq", seed, gran, args.imgsz, args.kd, out)
-            r = {"seed": seed, "qat_file": q["TFLite INT8"]["mAP50-95"], "qat_fake_quant": q["QAT fake-quant"]["mAP50-95"],
+            r = {"seed": seed, "qat_file": q["TFLite INT8"]["mAP50-95"],
+                 "qat_fake_quant": q["QAT fake-quant"]["mAP50-95"],
                  "ptq_same_weights_file": q["TFLite PTQ"]["mAP50-95"], "ptq_file": p["TFLite INT8"]["mAP50-95"],
                  "ptq_torch": p["PTQ baseline"]["mAP50-95"], "qat_bytes": q["TFLite INT8"]["bytes"],
                  "ptq_bytes": p["TFLite INT8"]["bytes"]}

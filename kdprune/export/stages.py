@@ -118,8 +118,8 @@ class StageRunner:
         self.val = val_settings(cfg.val)
 
     # ---- one row ---------------------------------------------------------------------------------------------
-    def evaluate(self, name: str, runner, head: HeadSpec, *, stats: dict | None = None, artifact=None, latency: bool = False,
-                 channels_last: bool = False, note: str = "") -> dict:
+    def evaluate(self, name: str, runner, head: HeadSpec, *, stats: dict | None = None, artifact=None,
+                 latency: bool = False, channels_last: bool = False, note: str = "") -> dict:
         t0 = time.perf_counter()
         m = evaluate_runner(runner, self.loader, self.data, strides=head.strides, nc=head.nc, reg_max=head.reg_max,
                             names=self.data["names"], channels_last=channels_last, **self.val)

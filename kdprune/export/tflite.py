@@ -8,7 +8,8 @@ scales the QAT observers froze (``check_scales`` reads them back from the file a
 
 Why hand-written parts remain (none of these libraries does them):
 - ``_DeviceIO``: NHWC int8 input and outputs, named like ``RawHeadModel``'s outputs (the converter cancels the
-  permutes against its own layout transposes: no TRANSPOSE op in the file);
+  permutes against its own layout transposes: the image goes straight into the first conv, each output comes out
+  of a conv; the only TRANSPOSEs left are C2PSA attention's own);
 - ``fix_uniform_bias``: litert-torch 0.10 quantizes a conv bias whose values are all equal (a splat constant, e.g.
   ultralytics' Detect bias init) with the *first* channel's scale for every channel under per-channel weights;
   the int32 bias is rewritten as round(b / (s_in * s_w[c])), what it does for any other bias (checked bit-exact).
