@@ -96,9 +96,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     # torchao 0.18 registers an Enum with torch 2.14's pytree, which logs a deprecation warning on every start; it is
     # theirs to fix and it came before a config error's one line. Silenced for this logger only.
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
-    # TensorBoard's compat layer imports TensorFlow whenever it is installed (the tflite extra), only to write event
-    # files its own stub writes as well; a module named tensorboard.compat.notf is TensorBoard's switch for the stub.
-    # TensorFlow is then imported by the TFLite export alone, when it runs.
+    # TensorBoard's compat layer imports TensorFlow wherever it is installed (kdprune does not install it), only to
+    # write event files its own stub writes as well; a module named tensorboard.compat.notf is TensorBoard's switch
+    # for the stub.
     sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
     from kdprune.report.sweep import job_row, score
 

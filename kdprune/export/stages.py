@@ -255,11 +255,11 @@ def run_stages(cfg: DictConfig, data: dict, hyp, run_dir: Path, rec: RunRecord, 
 # Each export against the model it came from: (export, reference, largest |mAP50-95 difference| expected).
 # ONNX fp32 runs the same float graph. The INT8 exports run the same integer graph as the fake-quant or PTQ model,
 # with every scale equal (checked on the TFLite file), but integer kernels round where PyTorch's float emulation of
-# them rounds differently: a 1-LSB difference before a sigmoid becomes up to 64 * s_in LSB after it (slope 1/4, output
-# scale 1/256), so the class logits of a trained model agree within 1 LSB for 73-83 % of values (box logits ~100 %),
-# and on a 32-image val set the file scored 0.018 below its graph (one seed). A wrong scale or layout costs tenths.
+# them rounds differently, and a sigmoid turns a 1-LSB difference into up to 64 * s_in LSB (slope 1/4, output scale
+# 1/256). Measured on the embedded set's 200 val images: the file within 0.0005-0.0017 of its graph; on a 32-image
+# val set 0.018 below it (small val sets can fail this check: it is a verdict on what the user would deploy).
 FIDELITY = [("ONNX fp32", ("pruned fp32", "student fp32"), 0.002), ("ONNX INT8", ("QAT fake-quant",), 0.01),
-            ("TFLite INT8", ("QAT fake-quant", "PTQ baseline"), 0.03), ("TFLite PTQ", ("PTQ baseline",), 0.03)]
+            ("TFLite INT8", ("QAT fake-quant", "PTQ baseline"), 0.015), ("TFLite PTQ", ("PTQ baseline",), 0.015)]
 
 
 def check_fidelity(rows: list[dict]) -> list[str]:
