@@ -94,10 +94,7 @@ class DetectionModule(L.LightningModule):
         continues. Returns the index map (``kdprune.pruning.carry``) for other per-element state."""
         from kdprune.pruning.carry import prune_with_index_map
 
-        opt = self.trainer.strategy.optimizers[0]
-        named = dict(self.named_parameters())
-        old_state = {n: dict(opt.state[p]) for n, p in named.items() if p in opt.state}
-        old_shapes = {n: p.shape for n, p in named.items()}
+        old_state, old_shapes = self._optimizer_state()
         adapters = self.distiller.adapters if self.distiller is not None else None
         records: list = []
 
@@ -111,6 +108,13 @@ class DetectionModule(L.LightningModule):
         self.pruning_history.extend(records)
         self._new_optimizer(carry=(old_state, old_shapes, index_map))
         return index_map
+
+    def _optimizer_state(self) -> tuple[dict, dict]:
+        """Every parameter's optimizer state and shape, by name (what ``_new_optimizer(carry=...)`` puts back)."""
+        opt = self.trainer.strategy.optimizers[0]
+        named = dict(self.named_parameters())
+        return ({n: dict(opt.state[p]) for n, p in named.items() if p in opt.state},
+                {n: p.shape for n, p in named.items()})
 
     def set_bn_sparsity(self, value: float) -> None:
         """L1 on BN gammas (network slimming) from the next step on; 0 switches it off."""
@@ -182,15 +186,17 @@ class DetectionModule(L.LightningModule):
         """Enter the QAT phase: from the EMA weights (the ones validated so far), fake-quantized from here on.
 
         The EMA stops (an average of fake-quantized steps is not a model any fold or scale was computed for).
-        Parameters are the same tensors, so the optimizer's groups stay; its moments restart, as after a pruning step.
+        Parameters are the same tensors, so the optimizer's groups stay and its moments carry on, as across a pruning
+        step (restarted, Adam's first steps move every weight by ~lr at once, on the model QAT starts from).
         """
         from kdprune.quant import QATDetector
 
+        carry = (*self._optimizer_state(), {})  # same tensors: nothing to re-index
         if self.ema is not None:
             self.model.load_state_dict(self.ema.ema.state_dict())
             self.ema = None
         self.qat = QATDetector(self.model, imgsz, per_channel=per_channel)
-        self._new_optimizer()
+        self._new_optimizer(carry=carry)
 
     # ---- training ----------------------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:

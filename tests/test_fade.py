@@ -1,5 +1,5 @@
 """Gradual pruning without cliffs: the fade makes a removal lossless, the optimizer state and EMA of kept channels
-survive it exactly, accumulated Taylor scores decide the cut, and bad fade settings are one-line errors."""
+survive it exactly (and entering QAT), accumulated Taylor scores decide the cut, and bad fade settings are one-line errors."""
 
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ def test_a_faded_step_removes_its_channels_without_changing_the_output():
     assert cliff > 1e-2  # while the same cut without the fade changes the output
 
 
-def test_apply_pruning_carries_the_optimizer_state_and_ema_of_kept_channels_exactly():
+def _stepped_module():
+    """A DetectionModule (yolo11n, EMA on) whose AdamW took two real steps, with a stand-in trainer."""
     from kdprune.module import DetectionModule
     from kdprune.yolo import ModelEMA, build_optimizer
 
@@ -67,6 +68,26 @@ def test_apply_pruning_carries_the_optimizer_state_and_ema_of_kept_channels_exac
         module.criterion(model(x), _batch(x))[0].sum().backward()
         opt.step()
         opt.zero_grad()
+        module.ema.update(model)
+    return module, model, opt, strategy
+
+
+def test_entering_qat_keeps_the_optimizer_moments_and_starts_from_the_ema():
+    module, model, opt, strategy = _stepped_module()
+    old = {p: {k: v.clone() if torch.is_tensor(v) else v for k, v in st.items()} for p, st in opt.state.items()}
+    ema = {k: v.clone() for k, v in module.ema.ema.state_dict().items()}
+    module.start_qat(64)
+    new = strategy.optimizers[0]
+    assert module.qat is not None and module.ema is None
+    assert len(old) > 100 and set(new.state) == set(old)  # the same tensors, every one with its state
+    for p, st in old.items():
+        assert torch.equal(new.state[p]["exp_avg"], st["exp_avg"]) and float(new.state[p]["step"]) == 2.0
+    sd = model.state_dict()
+    assert all(torch.equal(sd[k], v) for k, v in ema.items())  # QAT trains on from the validated (EMA) weights
+
+
+def test_apply_pruning_carries_the_optimizer_state_and_ema_of_kept_channels_exactly():
+    module, model, opt, strategy = _stepped_module()
     with torch.no_grad():  # state as a known function of the weights, so its indexing can be checked exactly
         stepped = {n for n, p in model.named_parameters() if p in opt.state}  # (not the frozen DFL)
         for p in opt.state:

@@ -138,14 +138,22 @@ def test_qat_detector_trains_the_model_tensors_and_answers_like_detectionmodel()
     assert set(preds) == {"boxes", "scores", "feats"} and preds["scores"].shape[1] == 3
     (preds["boxes"].sum() + preds["scores"].sum()).backward()
     assert m.model[0].conv.weight.grad is not None and m.model[0].conv.weight.grad.abs().sum() > 0
+    def scales():
+        return [b.clone() for n, b in q.graph.named_buffers() if n.endswith("scale")]
+
     q.train(False)
-    y, _ = q(torch.rand(1, 3, 64, 96))
+    before = scales()
+    y, _ = q(torch.rand(1, 3, 64, 96) * 5)  # validation, out of range: the ranges do not learn from it
     assert y.shape == (1, 4 + 3, 8 * 12 + 4 * 6 + 2 * 3)
-    q.freeze_observers()
-    scales = [b.clone() for n, b in q.graph.named_buffers() if n.endswith("scale")]
+    assert all(torch.equal(a, b) for a, b in zip(before, scales()))
     q.train(True)
-    q(torch.rand(2, 3, 64, 64) * 5)  # out-of-range input: frozen ranges do not move
-    assert all(torch.equal(a, b) for a, b in zip(scales, [b for n, b in q.graph.named_buffers() if n.endswith("scale")]))
+    q(torch.rand(2, 3, 64, 64) * 5)  # training: they do
+    assert not all(torch.equal(a, b) for a, b in zip(before, scales()))
+    q.freeze_observers()
+    before = scales()
+    q.train(True)
+    q(torch.rand(2, 3, 64, 64) * 10)  # out-of-range input: frozen ranges do not move
+    assert all(torch.equal(a, b) for a, b in zip(before, scales()))
 
 
 def test_qat_refuses_end_to_end_heads():

@@ -22,6 +22,7 @@ from torch.export import Dim
 from torch.fx import GraphModule
 from torchao.quantization.pt2e import (
     disable_observer,
+    enable_observer,
     move_exported_model_to_eval,
     move_exported_model_to_train,
 )
@@ -66,9 +67,14 @@ def set_mode(gm: GraphModule, *, train: bool) -> None:
     (move_exported_model_to_train if train else move_exported_model_to_eval)(gm)
 
 
+def set_observers(gm: GraphModule, *, enabled: bool) -> None:
+    """Whether activation and weight ranges update on a forward; fake-quant stays on with the current scales."""
+    gm.apply(enable_observer if enabled else disable_observer)
+
+
 def freeze_observers(gm: GraphModule) -> None:
-    """Stop updating activation and weight ranges; fake-quant stays on with the current scales."""
-    gm.apply(disable_observer)
+    """Stop updating activation and weight ranges for good."""
+    set_observers(gm, enabled=False)
 
 
 def fake_quant_modules(gm: nn.Module) -> list[nn.Module]:

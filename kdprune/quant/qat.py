@@ -39,8 +39,11 @@ class QATDetector(nn.Module):
 
     # ---- phases ----------------------------------------------------------------------------------------------
     def train(self, mode: bool = True):
+        """Train or eval mode for BN, and observers on only while training: a validation pass must not move the
+        quantization ranges (they would learn from val images, and from eval-mode BN statistics)."""
         self.training = mode
         backend.set_mode(self.graph, train=mode and not self.bn_frozen)
+        backend.set_observers(self.graph, enabled=mode and not self.observers_frozen)
         return self
 
     def freeze_bn(self) -> None:
