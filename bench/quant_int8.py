@@ -5,8 +5,9 @@ Reads two finished runs of the same recipe:
              PTQ row on its pre-QAT best.pt)
   --ptq-run: the same with ``quant=none`` (all epochs in float; its PTQ row is PTQ of the fully trained model)
 and adds, on the --ptq-run's best.pt (the same pruned float model PTQ starts from):
-  * ultralytics' own INT8 export, ``YOLO(pt).export(format="tflite", int8=True, data=...)``, scored by
-    ``YOLO(tflite).val(...)`` — in a subprocess with a time limit (it may try to download calibration data);
+  * ultralytics' own INT8 export, ``YOLO(pt).export(format="litert", quantize=8, data=..., split=...)`` (8.4.190
+    exports through litert-torch, as kdprune does), scored by ``YOLO(tflite).val(...)``, calibrated on val (its
+    default) and on train — in a subprocess with a time limit and ``YOLO_OFFLINE=1``;
   * onnxruntime's ``quantize_static`` (QDQ, per-channel, the run's calibration images) of the run's fp32 ONNX,
     scored by kdprune's evaluator — the fallback the issue names.
 
@@ -29,12 +30,15 @@ from bench.common import git_rev, machine  # noqa: E402
 ULTRA = r"""
 import json, sys, time
 from ultralytics import YOLO
-pt, data, imgsz = sys.argv[1], sys.argv[2], int(sys.argv[3])
+pt, data, imgsz, split = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+val = dict(data=data, imgsz=imgsz, batch=1, plots=False, verbose=False)
+f = YOLO(pt).val(**val)  # ultralytics' validator on the float model: how far its numbers sit from kdprune's evaluator
 t = time.time()
-out = YOLO(pt).export(format="tflite", int8=True, data=data, imgsz=imgsz, batch=1)
-m = YOLO(out, task="detect").val(data=data, imgsz=imgsz, batch=1, plots=False, verbose=False)
-print("RESULT" + json.dumps({"path": str(out), "mAP50": m.box.map50, "mAP50-95": m.box.map,
-                             "export_s": round(time.time() - t, 1)}))
+out = YOLO(pt).export(format="litert", quantize=8, data=data, split=split, imgsz=imgsz, batch=1)
+took = time.time() - t
+m = YOLO(out, task="detect").val(**val)
+print("RESULT" + json.dumps({"path": str(out), "mAP50": m.box.map50, "mAP50-95": m.box.map, "export_s": round(took, 1),
+                             "float_mAP50-95_ultralytics_val": f.box.map, "calibration_split": split}))
 """
 
 
@@ -42,11 +46,19 @@ def stage(summary: dict, name: str) -> dict:
     return next((r for r in summary["stages"] if r["stage"] == name), {})
 
 
-def ultralytics_int8(pt: Path, data: str, imgsz: int, timeout: int) -> dict:
+def ultralytics_int8(pt: Path, data: str, imgsz: int, timeout: int, split: str = "val") -> dict:
+    """ultralytics 8.4.190's own INT8 TFLite (``format="litert", quantize=8``: litert-torch, min/max calibration on
+    ``split``, its default being val) of ``pt``, scored by ``YOLO(file).val``. Runs in a copy of ``pt``'s folder's
+    file under a temp dir, so the run's weights folder gets no export artifacts."""
+    import shutil
+    import tempfile
+
     env = {**os.environ, "YOLO_OFFLINE": "1"}
+    work = Path(tempfile.mkdtemp(prefix="ultra-int8-"))
+    shutil.copy(pt, work / pt.name)
     try:
-        p = subprocess.run([sys.executable, "-c", ULTRA, str(pt), data, str(imgsz)], capture_output=True, text=True,
-                           timeout=timeout, env=env, cwd=pt.parent)
+        p = subprocess.run([sys.executable, "-c", ULTRA, pt.name, data, str(imgsz), split], capture_output=True,
+                           text=True, timeout=timeout, env=env, cwd=work)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout}s"}
     line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT")), None)
@@ -54,7 +66,8 @@ def ultralytics_int8(pt: Path, data: str, imgsz: int, timeout: int) -> dict:
         tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
         return {"error": " | ".join(tail)[-400:]}
     r = json.loads(line[6:])
-    r["bytes"] = Path(r["path"]).stat().st_size
+    r["bytes"] = (work / r["path"]).stat().st_size
+    shutil.rmtree(work, ignore_errors=True)
     return r
 
 
@@ -120,10 +133,13 @@ def main() -> None:
         "float: pruned fp32 (PTQ run, best.pt)": stage(ptq, "pruned fp32"),
         "float: ONNX fp32 (QAT run)": stage(qat, "ONNX fp32"),
     }
-    ultra = ultralytics_int8((a.ptq_run / "weights" / "best.pt").resolve(), str(cfg.data.yaml or ptq["data"]),
-                             int(cfg.data.imgsz), a.timeout)
-    rows["ultralytics export(format=tflite, int8=True)"] = ultra
-    rows["onnxruntime quantize_static (QDQ, per-channel)"] = ort_quantize_static(a.ptq_run, cfg, 128)
+    for split in ("val", "train"):  # its default calibrates on val images; train is the fair comparison
+        rows[f"ultralytics export(format=litert, quantize=8), calibrated on {split}"] = ultralytics_int8(
+            (a.ptq_run / "weights" / "best.pt").resolve(), str(cfg.data.yaml or ptq["data"]), int(cfg.data.imgsz),
+            a.timeout, split)
+    rows["onnxruntime quantize_static (QDQ, per-channel)"] = (
+        ort_quantize_static(a.ptq_run, cfg, 128) if (a.ptq_run / "export" / "model_fp32.onnx").is_file()
+        else {"error": "the PTQ run exported no model_fp32.onnx (export.formats)"})
     result = {"machine": machine(), "commit": git_rev(), "qat_run": str(a.qat_run), "ptq_run": str(a.ptq_run),
               "rows": rows}
     a.out.write_text(json.dumps(result, indent=2))

@@ -34,7 +34,8 @@ def qat_run(tmp_path_factory):
     ref = save_ultralytics_checkpoint(run_dir.parent / "dense.pt", build_model("yolo11n.yaml", None,
                                       dict(enumerate(CLASS_NAMES)), hyp), epoch=0, train_args=vars(hyp))
     with pytest.raises(ExportFailed, match=r"TFLite INT8: model_int8.tflite is [\d,]+ bytes, over the budget"):
-        run(compose([*QAT, "export.max_bytes=1000", f"reference={ref}"], run_dir=run_dir))
+        run(compose([*QAT, "export.max_bytes=1000", "export.max_arena_bytes=20000", f"reference={ref}"],
+                    run_dir=run_dir))
     return run_dir
 
 
@@ -50,7 +51,10 @@ def test_every_stage_is_reported(qat_run):
         assert Path(r["artifact"]).is_file() and r["bytes"] == Path(r["artifact"]).stat().st_size
         assert r["latency_ms"] > 0 and r["mAP50-95"] is not None
     assert rows["ONNX INT8"]["bytes"] < 0.6 * rows["ONNX fp32"]["bytes"]  # int8 weights, not float
-    assert rows["TFLite INT8"]["status"] == "failed" and "over the budget" in rows["TFLite INT8"]["note"]
+    note = rows["TFLite INT8"]["note"]
+    assert rows["TFLite INT8"]["status"] == "failed" and "over the budget export.max_bytes" in note
+    assert f"{rows['TFLite INT8']['arena_bytes']:,}-byte tensor arena" in note and "export.max_arena_bytes" in note
+    assert "max_arena_bytes" not in rows["TFLite PTQ"]["note"]  # the budgets are the device file's
     assert all(r["status"] == "ok" for n, r in rows.items() if n != "TFLite INT8")
     # every export is within its fidelity margin of the model it came from (a failed check fails the row)
     assert {n for n, r in rows.items() if (r.get("check") or {}).get("ok")} >= {"ONNX fp32", "ONNX INT8", "TFLite PTQ"}
@@ -59,6 +63,43 @@ def test_every_stage_is_reported(qat_run):
     report = (qat_run / "report.md").read_text()
     assert "| TFLite INT8 |" in report and "## Failed" in report and "over the budget" in report
     assert "## Pruning steps" in report and "(conf 0.001, IoU 0.7, max_det 300)" in report
+
+
+def test_every_tflite_file_runs_in_tflite_micro_as_scored(qat_run, cache_dir):
+    """Both files run in TensorFlow Lite Micro with the arena reported (the smallest one it accepts), and compute
+    exactly what the LiteRT reference kernels the rows were scored with compute, on the val images."""
+    import cv2
+
+    from kdprune.export.tflite import TFLiteRunner
+    from kdprune.export.tflm import TFLMRunner, _micro
+
+    rows = {r["stage"]: r for r in json.loads((qat_run / "summary.json").read_text())["stages"]}
+    files = sorted(cache_dir.glob("datasets/*/images/val/*"))
+    imgs = [cv2.resize(cv2.imread(str(f))[:, :, ::-1], (64, 64)).transpose(2, 0, 1)[None] / np.float32(255)
+            for f in files]
+    for stage, name in (("TFLite INT8", "model_int8.tflite"), ("TFLite PTQ", "model_ptq_int8.tflite")):
+        path, t = qat_run / "export" / name, rows[stage]["tflm"]
+        assert t["images"] == 8 and t["exact"] == 1.0 and t["max_lsb"] == 0
+        arena = rows[stage]["arena_bytes"]
+        assert arena == t["arena_bytes"] > 0
+        x = np.zeros((1, 64, 64, 3), np.int8)
+        for size, runs in ((arena, True), (arena - 1, False)):  # the reported arena is the bisection's minimum
+            try:
+                it = _micro(path.read_bytes(), size)
+                it.set_input(x, 0)
+                it.invoke()
+                ok = True
+            except RuntimeError:
+                ok = False
+            assert ok is runs, (stage, size)
+        ref, micro = TFLiteRunner(path, kernels="reference"), TFLMRunner(path, arena_bytes=arena)
+        assert micro.output_names == ref.output_names
+        for img in imgs:
+            x = ref.quantize_input(img)
+            for a, b in zip(ref.run_raw(x), micro.run_raw(x)):
+                assert a.shape == b.shape and np.array_equal(a, b)
+    report = (qat_run / "report.md").read_text()
+    assert f"{rows['TFLite INT8']['arena_bytes']:,}" in report and "TFLite Micro" in report
 
 
 def test_tflite_file_is_the_qat_graph_on_real_images(qat_run, cache_dir):

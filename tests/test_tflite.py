@@ -225,11 +225,12 @@ def test_require_tflite_message(monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "litert_torch" else real(n, *a))
-    with pytest.raises(UserError) as e:
-        T.require_tflite()
-    msg = str(e.value)
-    assert "\n" not in msg and "litert_torch" in msg and "pip install -e '.[tflite]'" in msg
+    for missing in ("litert_torch", "tflite_micro"):
+        monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a, m=missing: None if n == m else real(n, *a))
+        with pytest.raises(UserError) as e:
+            T.require_tflite()
+        msg = str(e.value)
+        assert "\n" not in msg and missing in msg and "pip install -e '.[tflite]'" in msg
 
 
 def _float_island(src, dst):

@@ -119,7 +119,9 @@ class StageRunner:
 
     # ---- one row ---------------------------------------------------------------------------------------------
     def evaluate(self, name: str, runner, head: HeadSpec, *, stats: dict | None = None, artifact=None,
-                 latency: bool = False, channels_last: bool = False, note: str = "") -> dict:
+                 latency: bool = False, latency_runner=None, channels_last: bool = False, note: str = "") -> dict:
+        """One row: ``runner``'s mAP on the val loader, and with ``latency`` the median latency of ``runner`` (or of
+        ``latency_runner``, the same artifact on faster kernels)."""
         t0 = time.perf_counter()
         m = evaluate_runner(runner, self.loader, self.data, strides=head.strides, nc=head.nc, reg_max=head.reg_max,
                             names=self.data["names"], channels_last=channels_last, **self.val)
@@ -127,13 +129,24 @@ class StageRunner:
                "bytes": _bytes(artifact), "mAP50": round(m["mAP50"], 4), "mAP50-95": round(m["mAP50-95"], 4),
                "latency_ms": None, "artifact": str(artifact) if artifact else None, "status": "ok", "note": note}
         if latency:
-            row["latency_ms"] = round(latency_ms(runner, self.imgsz, runs=self.latency_runs)["median"], 2)
+            row["latency_ms"] = round(latency_ms(latency_runner or runner, self.imgsz,
+                                                 runs=self.latency_runs)["median"], 2)
         self.rows.append(row)
         log.info(f"kdprune: stage {name}: mAP50-95 {row['mAP50-95']:.4f} mAP50 {row['mAP50']:.4f}"
                  + (f", {row['bytes']:,} B" if row["bytes"] else "")
                  + (f", {row['latency_ms']} ms" if row["latency_ms"] else "")
                  + f" ({time.perf_counter() - t0:.0f}s)")
         return row
+
+    def val_images(self, n: int) -> np.ndarray:
+        """The first ``n`` val images as the exports see them: (n, 3, H, W) float32 in [0, 1]."""
+        imgs, got = [], 0
+        for batch in self.loader:
+            imgs.append(batch["img"][: n - got].float() / 255)
+            got += len(imgs[-1])
+            if got >= n:
+                break
+        return torch.cat(imgs).numpy()
 
     def fail(self, name: str, error: str, artifact=None, **extra) -> None:
         self.rows.append({"stage": name, "params": None, "gflops": None, "bytes": _bytes(artifact), "mAP50": None,
@@ -244,8 +257,8 @@ def run_stages(cfg: DictConfig, data: dict, hyp, run_dir: Path, rec: RunRecord, 
         for name, graph, fname, what in files:
             sr.export_row(name, lambda g=graph, f=fname: graph_to_tflite_int8(backend.convert_for_tflite(g),
                                                                                 sr.export_dir / f, sr.imgsz, names),
-                          lambda p, n=name, w=what: _tflite_eval(sr, n, p, head, stats, names, w, (
-                              cfg.export.max_bytes if n == "TFLite INT8" else None)))  # the budget: the device file
+                          lambda p, n=name, w=what: _tflite_eval(sr, n, p, head, stats, names, w,
+                                                                  device=n == "TFLite INT8"))
     sr.failed += check_fidelity(sr.rows)
     if sr.bug is not None:
         raise sr.bug
@@ -284,14 +297,35 @@ def check_fidelity(rows: list[dict]) -> list[str]:
 
 
 def _tflite_eval(sr: StageRunner, name: str, path: Path, head: HeadSpec, stats: dict, names: list[str], what: str,
-                 budget) -> None:
-    """Evaluated even when over budget (the user sees what the bytes bought), then failed on the budget."""
+                 *, device: bool) -> None:
+    """Scored with LiteRT's reference kernels, which TensorFlow Lite Micro (the MCU runtime) matches bit for bit
+    (checked here on ``export.tflm_images`` val images, with the arena TFLM needs); latency on LiteRT's optimized
+    kernels. Evaluated even when over a budget (the user sees what the bytes bought), then failed on it. The budgets
+    (``export.max_bytes``, ``export.max_arena_bytes``) apply to the device file (``device``)."""
     from kdprune.export.tflite import TFLiteRunner
+    from kdprune.export.tflm import tflm_parity
 
-    row = sr.evaluate(name, TFLiteRunner(path, sr.threads, output_names=names), head, stats=stats,
-                      artifact=path, latency=True, note=f"LiteRT interpreter, full-integer, {what}")
-    if budget is not None and row["bytes"] >= int(budget):
-        msg = (f"{path.name} is {row['bytes']:,} bytes, over the budget export.max_bytes={int(budget):,} "
-               "(lower prune.target.int8_bytes)")
-        row["status"], row["note"] = "failed", msg
-        sr.failed.append(f"{name}: {msg}")
+    cfg = sr.cfg.export
+    row = sr.evaluate(name, TFLiteRunner(path, 1, output_names=names, kernels="reference"), head, stats=stats,
+                      artifact=path, latency=True, latency_runner=TFLiteRunner(path, sr.threads, output_names=names),
+                      note=f"full-integer, {what}; mAP on LiteRT reference kernels (= TFLite Micro), latency on "
+                           "its optimized ones")
+    n = int(cfg.get("tflm_images", 8))
+    row["tflm"] = tflm_parity(path, sr.val_images(n), output_names=names)
+    row["arena_bytes"] = row["tflm"]["arena_bytes"]
+    log.info(f"kdprune: {name} in TFLite Micro: tensor arena {row['arena_bytes']:,} B; outputs on {n} val images "
+             f"{100 * row['tflm']['exact']:.2f} % equal to LiteRT's reference kernels, max {row['tflm']['max_lsb']} LSB")
+    problems = []
+    if row["tflm"]["within_1_lsb"] < 0.999:
+        problems.append(f"TFLite Micro's outputs differ from LiteRT's reference kernels beyond 1 LSB on "
+                        f"{100 * (1 - row['tflm']['within_1_lsb']):.2f} % of elements (max {row['tflm']['max_lsb']})")
+    if device and cfg.get("max_bytes") is not None and row["bytes"] >= int(cfg.max_bytes):
+        problems.append(f"{path.name} is {row['bytes']:,} bytes, over the budget export.max_bytes="
+                        f"{int(cfg.max_bytes):,} (lower prune.target.int8_bytes)")
+    if device and cfg.get("max_arena_bytes") is not None and row["arena_bytes"] >= int(cfg.max_arena_bytes):
+        problems.append(f"{path.name} needs a {row['arena_bytes']:,}-byte tensor arena (RAM) in TFLite Micro, over "
+                        f"the budget export.max_arena_bytes={int(cfg.max_arena_bytes):,} (lower data.imgsz, or prune "
+                        "the early, high-resolution layers)")
+    if problems:
+        row["status"], row["note"] = "failed", "; ".join(problems)
+        sr.failed += [f"{name}: {m}" for m in problems]

@@ -41,8 +41,9 @@ _INSTALL_HINT = "install the 'tflite' extra: pip install -e '.[tflite]'"
 
 
 def require_tflite() -> None:
-    """Raise a one-line ``UserError`` unless litert-torch and LiteRT are importable (without importing them)."""
-    missing = [m for m in ("litert_torch", "ai_edge_litert") if importlib.util.find_spec(m) is None]
+    """Raise a one-line ``UserError`` unless litert-torch, LiteRT and TFLite Micro (every file also runs in it) are
+    importable (without importing them)."""
+    missing = [m for m in ("litert_torch", "ai_edge_litert", "tflite_micro") if importlib.util.find_spec(m) is None]
     if missing:
         raise UserError(f"TFLite export needs {', '.join(missing)}: {_INSTALL_HINT}")
 

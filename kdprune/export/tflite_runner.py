@@ -13,21 +13,29 @@ class TFLiteRunner:
     float32 NCHW arrays in ``output_names`` order (``box0, cls0, box1, ...``), each dequantized with its own scale
     and zero point.
 
-    Output mapping: ``onnx_to_tflite_int8`` writes a ``serving_default`` signature whose output keys are the ONNX
-    output names (the flatbuffer's tensor names are onnx2tf's, e.g. ``PartitionedCall:3``), so outputs are found by
-    name; the signature lists them sorted, so they are put back in RawHeadModel order (``box0, cls0, box1, ...``)
-    or in the order of ``output_names`` when given. For a TFLite file without a signature, pass ``output_names``
-    and ``output_shapes`` (NCHW, e.g. the ONNX's) and each output is matched by its NHWC shape; an ambiguous or
-    missing shape is an error rather than a guess. ``input_quant`` / ``output_quant``: ``(scale, zero_point)``;
-    ``quantize_input`` + ``run_raw`` run on an already-int8 NHWC input.
+    Output mapping: ``graph_to_tflite_int8`` writes a signature whose output keys are RawHeadModel's output names,
+    so outputs are found by name; the signature lists them sorted, so they are put back in RawHeadModel order
+    (``box0, cls0, box1, ...``) or in the order of ``output_names`` when given. For a TFLite file without a
+    signature, pass ``output_names`` and ``output_shapes`` (NCHW) and each output is matched by its NHWC shape; an
+    ambiguous or missing shape is an error rather than a guess. ``input_quant`` / ``output_quant``:
+    ``(scale, zero_point)``; ``quantize_input`` + ``run_raw`` run on an already-int8 NHWC input.
+
+    ``kernels``: ``"optimized"`` (LiteRT's default: XNNPACK and its optimized builtins, what a phone or a host CPU
+    runs) or ``"reference"`` (its reference kernels: slower, and bit-exact with TensorFlow Lite for
+    Microcontrollers, the MCU runtime, whose optimized CMSIS-NN kernels are tested against the same reference).
+    The two differ by rounding: up to ~10 LSB at the head's outputs of a yolo11n file.
     """
 
     def __init__(self, path: str | Path, threads: int = 1, *, output_names: list[str] | None = None,
-                 output_shapes: list[tuple[int, ...]] | None = None):
-        from ai_edge_litert.interpreter import Interpreter
+                 output_shapes: list[tuple[int, ...]] | None = None, kernels: str = "optimized"):
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-        self.path = Path(path)
-        self.interpreter = Interpreter(model_path=str(self.path), num_threads=int(threads))
+        if kernels not in ("optimized", "reference"):
+            raise ValueError(f"TFLiteRunner: kernels={kernels!r}; use 'optimized' or 'reference'")
+        resolver = OpResolverType.AUTO if kernels == "optimized" else OpResolverType.BUILTIN_REF
+        self.path, self.kernels = Path(path), kernels
+        self.interpreter = Interpreter(model_path=str(self.path), num_threads=int(threads),
+                                       experimental_op_resolver_type=resolver)
         self.interpreter.allocate_tensors()
         it = self.interpreter
         sigs = it.get_signature_list()

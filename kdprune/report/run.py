@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-COLUMNS = [("stage", "stage"), ("params", "params"), ("gflops", "GFLOPs"), ("bytes", "file bytes"),
-           ("mAP50", "mAP50"), ("mAP50-95", "mAP50-95"), ("latency_ms", "CPU ms (b1)"), ("status", "status")]
+COLUMNS = [("stage", "stage"), ("params", "params"), ("gflops", "GFLOPs"), ("bytes", "file bytes (flash)"),
+           ("arena_bytes", "TFLM arena (RAM)"), ("mAP50", "mAP50"), ("mAP50-95", "mAP50-95"),
+           ("latency_ms", "CPU ms (b1)"), ("status", "status")]
 
 
 def _cell(key: str, v) -> str:
     if v is None:
         return "—"
-    if key in ("params", "bytes"):
+    if key in ("params", "bytes", "arena_bytes"):
         return f"{int(v):,}"
     if key in ("mAP50", "mAP50-95"):
         return f"{v:.4f}"
@@ -36,12 +37,18 @@ def write_report(path: str | Path, rows: list[dict], summary: dict) -> Path:
              "Every row is evaluated the same way: the val split letterboxed to imgsz, batch 1, raw outputs decoded on "
              "the host (kdprune.export.decode) and scored by ultralytics' validator "
              f"(conf {val.get('conf')}, IoU {val.get('iou')}, max_det {val.get('max_det')}). Latency: "
-             "batch 1, median after warm-up, onnxruntime / LiteRT on this machine's CPU.", "",
+             "batch 1, median after warm-up, onnxruntime / LiteRT (optimized kernels) on this machine's CPU. TFLite "
+             "rows are scored on LiteRT's reference kernels, bit-exact with TensorFlow Lite Micro (the MCU runtime; "
+             "checked per file), and the arena is the RAM TFLite Micro needs for the file.", "",
              stage_table(rows), "", "## Notes", ""]
     for r in rows:
         if r.get("note") or r.get("artifact"):
             lines.append(f"- **{r['stage']}**: {r.get('note') or ''}"
                          + (f" (`{r['artifact']}`)" if r.get("artifact") else ""))
+        if t := r.get("tflm"):
+            lines.append(f"  - TensorFlow Lite Micro: runs with a {t['arena_bytes']:,}-byte tensor arena; on "
+                         f"{t['images']} val images {100 * t['exact']:.2f} % of output elements equal to LiteRT's "
+                         f"reference kernels ({100 * t['within_1_lsb']:.2f} % within 1 LSB, max {t['max_lsb']} LSB)")
         if c := r.get("check"):
             lines.append(f"  - mAP50-95 {c['delta']:+.4f} vs {c['reference']} (expected within ±{c['tolerance']}): "
                          + ("ok" if c["ok"] else "**outside**"))
