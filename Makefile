@@ -10,7 +10,7 @@ ARGS ?=
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install -q -e ".[test,tflite]"
+	$(BIN)/python -m pip install -q -e ".[test,tflite,npu]"
 	touch $(STAMP)
 
 install: $(STAMP)

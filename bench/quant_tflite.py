@@ -8,6 +8,7 @@ and reports, from each run's summary.json: QAT file - PTQ file (the ptq run's: s
 QAT fake-quant (the file is the model QAT trained: target |d| <= 0.002) and file sizes.
 
     .venv/bin/python bench/quant_tflite.py --seeds 0 1 --granularity per_channel per_tensor [--imgsz 160] [--kd]
+        [--qat-set quant.freeze_bn_epoch=25 --tag _bnlive]   (a QAT variant against the same PTQ runs)
 
 Each run: ~5 min at 160 px without KD on the 2-core machine, plus ~2 min of exports. Writes bench/quant_tflite.json.
 """
@@ -26,14 +27,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ROOT, git_rev, machine  # noqa: E402
 
 
-def run(kind: str, seed: int, gran: str, imgsz: int, kd: bool, out: Path) -> dict:
-    run_dir = out / f"{kind}-{gran}-kd{int(kd)}-{imgsz}-s{seed}"
+def run(kind: str, seed: int, gran: str, imgsz: int, kd: bool, out: Path, qat_set: list[str], tag: str) -> dict:
+    """One run (reused if its summary.json exists). ``qat_set``: extra overrides of the QAT arm, named by ``tag`` in
+    its run dir (the PTQ arm, ``quant=none``, does not depend on them)."""
+    extra = qat_set if kind == "qat" else []
+    run_dir = out / f"{kind}{tag if extra else ''}-{gran}-kd{int(kd)}-{imgsz}-s{seed}"
     summary = run_dir / "summary.json"
     if not summary.is_file():
         args = ["+experiment=yolo11n_mcu", f"data.imgsz={imgsz}", f"seed={seed}", *([] if kd else ["distill=none"]),
                 *(["quant=none"] if kind == "ptq" else []), f"quant.granularity={gran}",
                 "export.formats=[tflite_int8]", "export.latency_runs=20", "val.plot_every=0",
-                f"hydra.run.dir={run_dir}"]
+                f"hydra.run.dir={run_dir}", *extra]
         t0 = time.time()
         p = subprocess.run([sys.executable, "-m", "kdprune", *args], cwd=ROOT, capture_output=True, text=True)
         if p.returncode != 0 and not (p.returncode == 2 and summary.is_file()):  # 2 + summary: a failed check
@@ -52,22 +56,25 @@ def main() -> None:
     ap.add_argument("--imgsz", type=int, default=160)
     ap.add_argument("--kd", action="store_true", help="the yolo11n_mcu KD defaults (default: distill=none)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "runs" / "quant_tflite"))
+    ap.add_argument("--qat-set", nargs="*", default=[], help="overrides of the QAT arm, e.g. quant.freeze_bn_epoch=25")
+    ap.add_argument("--tag", default="", help="suffix of the QAT arm's run dirs and the JSON file (with --qat-set)")
     args = ap.parse_args()
     out = Path(args.out)
     res: dict[str, list[dict]] = {}
     lines = []
     for gran in args.granularity:
         for seed in args.seeds:
-            q, p = run("qat", seed, gran, args.imgsz, args.kd, out), run("ptq", seed, gran, args.imgsz, args.kd, out)
+            q = run("qat", seed, gran, args.imgsz, args.kd, out, args.qat_set, args.tag)
+            p = run("ptq", seed, gran, args.imgsz, args.kd, out, args.qat_set, args.tag)
             r = {"seed": seed, "qat_file": q["TFLite INT8"]["mAP50-95"],
                  "qat_fake_quant": q["QAT fake-quant"]["mAP50-95"],
                  "ptq_same_weights_file": q["TFLite PTQ"]["mAP50-95"], "ptq_file": p["TFLite INT8"]["mAP50-95"],
                  "ptq_torch": p["PTQ baseline"]["mAP50-95"], "qat_bytes": q["TFLite INT8"]["bytes"],
                  "ptq_bytes": p["TFLite INT8"]["bytes"]}
             res.setdefault(gran, []).append(r)
-            (ROOT / "bench" / "quant_tflite.json").write_text(json.dumps(
-                {"machine": machine(), "commit": git_rev(), "imgsz": args.imgsz, "kd": args.kd, "results": res},
-                indent=2))
+            (ROOT / "bench" / f"quant_tflite{args.tag}.json").write_text(json.dumps(
+                {"machine": machine(), "commit": git_rev(), "imgsz": args.imgsz, "kd": args.kd,
+                 "qat_set": args.qat_set, "results": res}, indent=2))
     lines = [f"\n{machine()}, commit {git_rev()}, imgsz {args.imgsz}, KD {'on' if args.kd else 'off'}",
              "| weights | seed | QAT file | QAT fake-quant | file - fake-quant | PTQ file (float run) | QAT - PTQ file "
              "| PTQ of QAT weights, file | bytes |", "|---|---|---|---|---|---|---|---|---|"]

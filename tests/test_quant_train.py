@@ -102,6 +102,21 @@ def test_every_tflite_file_runs_in_tflite_micro_as_scored(qat_run, cache_dir):
     assert f"{rows['TFLite INT8']['arena_bytes']:,}" in report and "TFLite Micro" in report
 
 
+def test_the_device_file_is_compiled_for_each_npu_target(qat_run):
+    """Vela (Ethos-U) on the device file only: every operator of kdprune's fully-INT8 file on the NPU, the compiled
+    files kept, the figures in summary.json and report.md."""
+    rows = {r["stage"]: r for r in json.loads((qat_run / "summary.json").read_text())["stages"]}
+    npu = rows["TFLite INT8"]["npu"]
+    assert [n["target"] for n in npu] == ["ethos-u55-128", "ethos-u65-256"] and "npu" not in rows["TFLite PTQ"]
+    for n in npu:
+        assert n["cpu_ops"] == 0 and n["cpu_operators"] == [] and n["npu_ops"] > 50
+        assert n["sram_bytes"] > 0 and n["flash_bytes"] > 0.5 * rows["TFLite INT8"]["bytes"] and n["inference_ms"] > 0
+        assert Path(n["artifact"]).is_file() and Path(n["artifact"]).parent == qat_run / "export" / "npu"
+    assert npu[1]["inference_ms"] < npu[0]["inference_ms"]  # twice the MACs per cycle
+    report = (qat_run / "report.md").read_text()
+    assert "## On an MCU NPU (Vela)" in report and f"| TFLite INT8 | ethos-u65-256 | {npu[1]['npu_ops']} | 0 |" in report
+
+
 def test_tflite_file_is_the_qat_graph_on_real_images(qat_run, cache_dir):
     """The device file against the QDQ ONNX of the same QAT graph (its outputs are int8 grid points: requantized
     with the file's output params they are exact) on the val images: >= 99 % of the int8 outputs within 1 LSB."""
@@ -113,7 +128,7 @@ def test_tflite_file_is_the_qat_graph_on_real_images(qat_run, cache_dir):
     tfl = export / "model_int8.tflite"
     assert check_fully_int8(tfl) == []
     assert sorted(p.name for p in export.iterdir()) == ["model_fp32.onnx", "model_int8.tflite", "model_int8_qdq.onnx",
-                                                         "model_ptq_int8.onnx", "model_ptq_int8.tflite"]
+                                                         "model_ptq_int8.onnx", "model_ptq_int8.tflite", "npu"]
     lite, qdq = TFLiteRunner(tfl), OnnxRunner(export / "model_int8_qdq.onnx")
     assert lite.output_names == qdq.output_names
     files = sorted(cache_dir.glob("datasets/*/images/val/*"))

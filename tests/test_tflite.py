@@ -289,6 +289,32 @@ def test_check_flags_a_float_island_inside_an_int8_model(pc, tmp_path):
     assert any("LOGISTIC" in p and "FLOAT32" in p for p in problems), problems
 
 
+def test_vela_names_every_operator_a_float_island_leaves_on_the_cpu(pc, tmp_path):
+    from kdprune.export.npu import vela_compile
+
+    clean = vela_compile(pc[1], "ethos-u55-128", tmp_path / "npu")
+    island = vela_compile(_float_island(pc[1], tmp_path / "island.tflite"), "ethos-u55-128", tmp_path / "npu")
+    assert clean["cpu_ops"] == 0 and clean["cpu_operators"] == []
+    assert island["cpu_ops"] == 3 and island["npu_ops"] == clean["npu_ops"] - 1  # the LOGISTIC left the NPU
+    ops = " ".join(island["cpu_operators"])
+    assert all(op in ops for op in ("DEQUANTIZE", "LOGISTIC", "QUANTIZE")) and "Float32" in ops
+
+
+def test_npu_target_errors(monkeypatch):
+    import importlib.util
+
+    from kdprune.export.npu import check_npu_targets
+
+    assert check_npu_targets(["ethos-u65-256"]) == ["ethos-u65-256"] and check_npu_targets([]) == []
+    with pytest.raises(UserError, match=r"export.npu: unknown ethos-u99; choose from ethos-u55-128, ethos-u65-256"):
+        check_npu_targets(["ethos-u99"])
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "ethosu" else real(n, *a))
+    with pytest.raises(UserError, match=r"needs Arm's Vela compiler \(ethos-u-vela\): install the 'npu' extra"):
+        check_npu_targets(["ethos-u55-128"])
+    assert check_npu_targets([]) == []  # none asked for: nothing needed
+
+
 def test_stages_export_a_trained_model_from_a_plain_record(trained, tmp_path):
     """``run_stages`` needs a ``RunRecord`` (paths, no Lightning module): a trained yolo11n, PTQ through litert-torch,
     the file evaluated on the val images at the PTQ graph's mAP (within the fidelity margin) and a real mAP."""

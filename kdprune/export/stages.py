@@ -63,9 +63,11 @@ def check_exports(cfg: DictConfig) -> list[str]:
     if formats and runs is not None and int(runs) < MIN_LATENCY_RUNS:
         raise UserError(f"export.latency_runs={runs}: the latency median needs at least {MIN_LATENCY_RUNS} timed runs")
     if "tflite_int8" in formats:
+        from kdprune.export.npu import check_npu_targets
         from kdprune.export.tflite import require_tflite
 
         require_tflite()  # one line naming the 'tflite' extra
+        check_npu_targets(cfg.export.get("npu"))
     return formats
 
 
@@ -326,6 +328,19 @@ def _tflite_eval(sr: StageRunner, name: str, path: Path, head: HeadSpec, stats: 
         problems.append(f"{path.name} needs a {row['arena_bytes']:,}-byte tensor arena (RAM) in TFLite Micro, over "
                         f"the budget export.max_arena_bytes={int(cfg.max_arena_bytes):,} (lower data.imgsz, or prune "
                         "the early, high-resolution layers)")
+    if device and cfg.get("npu"):  # the device file compiled for each MCU NPU target (Vela, Ethos-U)
+        from kdprune.export.npu import vela_compile
+
+        row["npu"] = []
+        for target in cfg.npu:
+            try:
+                r = vela_compile(path, str(target), sr.export_dir / "npu")
+            except UserError as e:
+                problems.append(str(e))
+                continue
+            row["npu"].append(r)
+            log.info(f"kdprune: {name} on {target} (Vela): {r['npu_ops']} NPU / {r['cpu_ops']} CPU operators, SRAM "
+                     f"{r['sram_bytes']:,} B, flash {r['flash_bytes']:,} B, est. {r['inference_ms']} ms")
     if problems:
         row["status"], row["note"] = "failed", "; ".join(problems)
         sr.failed += [f"{name}: {m}" for m in problems]

@@ -52,6 +52,16 @@ def write_report(path: str | Path, rows: list[dict], summary: dict) -> Path:
         if c := r.get("check"):
             lines.append(f"  - mAP50-95 {c['delta']:+.4f} vs {c['reference']} (expected within ±{c['tolerance']}): "
                          + ("ok" if c["ok"] else "**outside**"))
+    npu = [(r["stage"], n) for r in rows for n in r.get("npu") or []]
+    if npu:
+        lines += ["", "## On an MCU NPU (Vela)", "", "The device file compiled by Arm's Vela for Ethos-U NPUs (weights in "
+                  "flash, arena in SRAM shared with the CPU): operators the NPU runs and those left to the CPU, and "
+                  "Vela's estimate of one inference.", "",
+                  "| file | target | NPU ops | CPU ops | SRAM bytes | flash bytes | est. ms |", "|---|---|---|---|---|---|---|"]
+        for stage, n in npu:
+            lines.append(f"| {stage} | {n['target']} | {n['npu_ops']} | {n['cpu_ops']} | {n['sram_bytes']:,} | "
+                         f"{n['flash_bytes']:,} | {n['inference_ms']} |")
+        lines += [f"- CPU operator on {n['target']}: {op}" for _, n in npu for op in n["cpu_operators"]]
     if steps := (summary.get("pruning") or {}).get("steps"):
         lines += ["", "## Pruning steps", "", "The cliff is val mAP50-95 of the EMA model just before a removal minus "
                   "just after it (0: the removal lost nothing).", "",
