@@ -44,8 +44,23 @@ def run(kind: str, seed: int, gran: str, imgsz: int, kd: bool, out: Path, qat_se
             raise SystemExit(f"{kind} {gran} seed {seed} failed ({p.returncode}):\n{p.stderr[-3000:]}")
         print(f"  {kind} {gran} seed {seed}: {time.time() - t0:.0f} s", flush=True)
     rows = {r["stage"]: r for r in json.loads(summary.read_text())["stages"]}
-    return {k: {"mAP50-95": r.get("mAP50-95"), "bytes": r.get("bytes"), "check": r.get("check")}
-            for k, r in rows.items()}
+    out = {k: {"mAP50-95": r.get("mAP50-95"), "bytes": r.get("bytes"), "check": r.get("check")}
+           for k, r in rows.items()}
+    out["val_curve"] = val_curve(run_dir)
+    return out
+
+
+def val_curve(run_dir: Path, last: int = 6) -> list[float]:
+    """Val mAP50-95 of the last ``last`` epochs, from the run's TensorBoard events (fake-quant during QAT): where,
+    epoch by epoch, the QAT arm falls behind the float one (same seed: identical until QAT starts)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for f in sorted(run_dir.glob("tensorboard/**/events.out.tfevents.*")):
+        ea = EventAccumulator(str(f))
+        ea.Reload()
+        if "val/mAP50-95" in ea.Tags()["scalars"]:
+            return [round(e.value, 4) for e in ea.Scalars("val/mAP50-95")[-last:]]
+    return []
 
 
 def main() -> None:
@@ -70,7 +85,8 @@ def main() -> None:
                  "qat_fake_quant": q["QAT fake-quant"]["mAP50-95"],
                  "ptq_same_weights_file": q["TFLite PTQ"]["mAP50-95"], "ptq_file": p["TFLite INT8"]["mAP50-95"],
                  "ptq_torch": p["PTQ baseline"]["mAP50-95"], "qat_bytes": q["TFLite INT8"]["bytes"],
-                 "ptq_bytes": p["TFLite INT8"]["bytes"]}
+                 "ptq_bytes": p["TFLite INT8"]["bytes"], "qat_val_curve": q["val_curve"],
+                 "ptq_val_curve": p["val_curve"]}
             res.setdefault(gran, []).append(r)
             (ROOT / "bench" / f"quant_tflite{args.tag}.json").write_text(json.dumps(
                 {"machine": machine(), "commit": git_rev(), "imgsz": args.imgsz, "kd": args.kd,
