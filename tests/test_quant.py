@@ -197,7 +197,7 @@ def test_fidelity_checks_and_report(tmp_path):
     assert by["ONNX fp32"].get("status") is None and by["ONNX INT8"]["status"] == "failed"
     assert failed == ["ONNX INT8: mAP50-95 -0.0200 vs QAT fake-quant, outside the expected ±0.01"]
     table = stage_table(rows)
-    assert table.count("\n") == len(rows) + 1 and "| ONNX INT8 | — | — | — | — | 0.2700 |" in table
+    assert table.count("\n") == len(rows) + 1 and "| ONNX INT8 | — | — | — | — | — | 0.2700 |" in table
     text = write_report(tmp_path / "report.md", rows, {"model": "m", "data": "d.yaml"}).read_text()
     assert "**outside**" in text and "## Failed" in text and "- TFLite INT8: over the budget" in text
     assert "- ONNX INT8: mAP50-95 -0.0200 vs QAT fake-quant" in text
