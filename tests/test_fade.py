@@ -1,5 +1,6 @@
 """Gradual pruning without cliffs: the fade makes a removal lossless, the optimizer state and EMA of kept channels
-survive it exactly (and entering QAT), accumulated Taylor scores decide the cut, and bad fade settings are one-line errors."""
+survive it exactly (the moments survive entering QAT too), accumulated Taylor scores decide the cut, and bad fade
+settings are one-line errors."""
 
 from __future__ import annotations
 

@@ -315,12 +315,13 @@ def _tflite_eval(sr: StageRunner, name: str, path: Path, head: HeadSpec, stats: 
     n = int(cfg.get("tflm_images", 8))
     row["tflm"] = tflm_parity(path, sr.val_images(n), output_names=names)
     row["arena_bytes"] = row["tflm"]["arena_bytes"]
+    t = row["tflm"]
     log.info(f"kdprune: {name} in TFLite Micro: tensor arena {row['arena_bytes']:,} B; outputs on {n} val images "
-             f"{100 * row['tflm']['exact']:.2f} % equal to LiteRT's reference kernels, max {row['tflm']['max_lsb']} LSB")
+             f"{100 * t['exact']:.2f} % equal to LiteRT's reference kernels, max {t['max_lsb']} LSB")
     problems = []
-    if row["tflm"]["within_1_lsb"] < 0.999:
+    if t["within_1_lsb"] < 0.999:
         problems.append(f"TFLite Micro's outputs differ from LiteRT's reference kernels beyond 1 LSB on "
-                        f"{100 * (1 - row['tflm']['within_1_lsb']):.2f} % of elements (max {row['tflm']['max_lsb']})")
+                        f"{100 * (1 - t['within_1_lsb']):.2f} % of elements (max {t['max_lsb']})")
     if device and cfg.get("max_bytes") is not None and row["bytes"] >= int(cfg.max_bytes):
         problems.append(f"{path.name} is {row['bytes']:,} bytes, over the budget export.max_bytes="
                         f"{int(cfg.max_bytes):,} (lower prune.target.int8_bytes)")

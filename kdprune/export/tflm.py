@@ -20,6 +20,7 @@ import numpy as np
 from kdprune.errors import UserError
 from kdprune.export.tflite_runner import TFLiteRunner
 
+
 def _micro(data: bytes, arena: int):
     from tflite_micro.python.tflite_micro import runtime  # present: check_exports ran require_tflite()
 

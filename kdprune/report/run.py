@@ -54,10 +54,11 @@ def write_report(path: str | Path, rows: list[dict], summary: dict) -> Path:
                          + ("ok" if c["ok"] else "**outside**"))
     npu = [(r["stage"], n) for r in rows for n in r.get("npu") or []]
     if npu:
-        lines += ["", "## On an MCU NPU (Vela)", "", "The device file compiled by Arm's Vela for Ethos-U NPUs (weights in "
-                  "flash, arena in SRAM shared with the CPU): operators the NPU runs and those left to the CPU, and "
-                  "Vela's estimate of one inference.", "",
-                  "| file | target | NPU ops | CPU ops | SRAM bytes | flash bytes | est. ms |", "|---|---|---|---|---|---|---|"]
+        lines += ["", "## On an MCU NPU (Vela)", "",
+                  "The device file compiled by Arm's Vela for Ethos-U NPUs (weights in flash, arena in SRAM shared "
+                  "with the CPU): operators the NPU runs and those left to the CPU, and Vela's estimate of one "
+                  "inference.", "", "| file | target | NPU ops | CPU ops | SRAM bytes | flash bytes | est. ms |",
+                  "|---|---|---|---|---|---|---|"]
         for stage, n in npu:
             lines.append(f"| {stage} | {n['target']} | {n['npu_ops']} | {n['cpu_ops']} | {n['sram_bytes']:,} | "
                          f"{n['flash_bytes']:,} | {n['inference_ms']} |")
