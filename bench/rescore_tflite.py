@@ -1,0 +1,35 @@
+"""Re-score the TFLite INT8 file of finished runs on LiteRT's reference kernels (= TensorFlow Lite Micro, the MCU) and
+on its optimized ones, beside the graph it came from (QAT fake-quant, else the PTQ baseline).
+
+    .venv/bin/python bench/rescore_tflite.py RUN_DIR [RUN_DIR ...]
+"""
+
+import json
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from kdprune.data import resolve_data  # noqa: E402
+from kdprune.export.evaluate import evaluate_runner, square_val_loader  # noqa: E402
+from kdprune.export.tflite_runner import TFLiteRunner  # noqa: E402
+from kdprune.train import hyp_from_cfg  # noqa: E402
+from kdprune.yolo import load_ultralytics_checkpoint, val_settings  # noqa: E402
+from kdprune.yolo.rawhead import head_spec  # noqa: E402
+for run in map(Path, sys.argv[1:]):
+    cfg = OmegaConf.load(run / "config.yaml")
+    data = resolve_data(cfg.data.yaml, cfg.cache_dir, dict(cfg.data.embedded), False)
+    hyp = hyp_from_cfg(cfg, data)
+    imgsz = int(cfg.data.imgsz)
+    head = head_spec(load_ultralytics_checkpoint(run / "weights" / "best.pt")[0])
+    loader = square_val_loader(data, hyp, imgsz)
+    rows = {r["stage"]: r for r in json.loads((run / "summary.json").read_text())["stages"]}
+    out = {}
+    for k in ("reference", "optimized"):
+        r = TFLiteRunner(run / "export" / "model_int8.tflite", 1, kernels=k)
+        m = evaluate_runner(r, loader, data, strides=head.strides, nc=head.nc, reg_max=head.reg_max,
+                            names=data["names"], **val_settings(cfg.val))
+        out[k] = round(m["mAP50-95"], 4)
+    fq = rows.get("QAT fake-quant", rows.get("PTQ baseline"))["mAP50-95"]
+    print(run.name, "graph", fq, out, "ref-graph", round(out["reference"] - fq, 4))
