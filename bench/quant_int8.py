@@ -48,27 +48,29 @@ def stage(summary: dict, name: str) -> dict:
 
 def ultralytics_int8(pt: Path, data: str, imgsz: int, timeout: int, split: str = "val") -> dict:
     """ultralytics 8.4.190's own INT8 TFLite (``format="litert", quantize=8``: litert-torch, min/max calibration on
-    ``split``, its default being val) of ``pt``, scored by ``YOLO(file).val``. Runs in a copy of ``pt``'s folder's
-    file under a temp dir, so the run's weights folder gets no export artifacts."""
+    ``split``, its default being val) of ``pt``, scored by ``YOLO(file).val``. Runs on a copy of ``pt`` in a temp dir
+    (removed after), so the run's weights folder gets no export artifacts."""
     import shutil
     import tempfile
 
     env = {**os.environ, "YOLO_OFFLINE": "1"}
     work = Path(tempfile.mkdtemp(prefix="ultra-int8-"))
-    shutil.copy(pt, work / pt.name)
     try:
-        p = subprocess.run([sys.executable, "-c", ULTRA, pt.name, data, str(imgsz), split], capture_output=True,
-                           text=True, timeout=timeout, env=env, cwd=work)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout}s"}
-    line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT")), None)
-    if line is None:
-        tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
-        return {"error": " | ".join(tail)[-400:]}
-    r = json.loads(line[6:])
-    r["bytes"] = (work / r["path"]).stat().st_size
-    shutil.rmtree(work, ignore_errors=True)
-    return r
+        shutil.copy(pt, work / pt.name)
+        try:
+            p = subprocess.run([sys.executable, "-c", ULTRA, pt.name, data, str(imgsz), split], capture_output=True,
+                               text=True, timeout=timeout, env=env, cwd=work)
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {timeout}s"}
+        line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT")), None)
+        if line is None:
+            tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
+            return {"error": " | ".join(tail)[-400:]}
+        r = json.loads(line[6:])
+        r["bytes"] = (work / r["path"]).stat().st_size
+        return r
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def ort_quantize_static(run: Path, cfg, n_calib: int) -> dict:

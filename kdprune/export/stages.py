@@ -308,12 +308,13 @@ def _tflite_eval(sr: StageRunner, name: str, path: Path, head: HeadSpec, stats: 
     from kdprune.export.tflm import tflm_parity
 
     cfg = sr.cfg.export
-    row = sr.evaluate(name, TFLiteRunner(path, 1, output_names=names, kernels="reference"), head, stats=stats,
+    reference = TFLiteRunner(path, 1, output_names=names, kernels="reference")
+    row = sr.evaluate(name, reference, head, stats=stats,
                       artifact=path, latency=True, latency_runner=TFLiteRunner(path, sr.threads, output_names=names),
                       note=f"full-integer, {what}; mAP on LiteRT reference kernels (= TFLite Micro), latency on "
                            "its optimized ones")
     n = int(cfg.get("tflm_images", 8))
-    row["tflm"] = tflm_parity(path, sr.val_images(n), output_names=names)
+    row["tflm"] = tflm_parity(path, sr.val_images(n), output_names=names, reference=reference)
     row["arena_bytes"] = row["tflm"]["arena_bytes"]
     t = row["tflm"]
     log.info(f"kdprune: {name} in TFLite Micro: tensor arena {row['arena_bytes']:,} B; outputs on {n} val images "

@@ -87,12 +87,16 @@ class TFLMRunner(TFLiteRunner):
         return [np.asarray(self.micro.get_output(i)).copy() for i in self._micro_out]
 
 
-def tflm_parity(path: str | Path, images: np.ndarray, *, output_names: list[str] | None = None) -> dict:
+def tflm_parity(path: str | Path, images: np.ndarray, *, output_names: list[str] | None = None,
+                reference: TFLiteRunner | None = None) -> dict:
     """Runs ``images`` ((n, 3, H, W) float in [0, 1]) through the file in TFLM and in LiteRT's reference kernels (the
     ones kdprune scores the file with), and compares the raw int8 outputs: ``{"images", "arena_bytes", "exact",
     "within_1_lsb", "max_lsb"}`` (shares of output elements equal / within one quantization step, and the largest
-    difference in steps). Measured on yolo11n files: bit-exact."""
-    lite = TFLiteRunner(path, 1, output_names=output_names, kernels="reference")
+    difference in steps). Measured on yolo11n files: bit-exact. ``reference``: an already-built reference-kernel
+    runner of the same file (the one the row was scored with), else one is built."""
+    lite = reference or TFLiteRunner(path, 1, output_names=output_names, kernels="reference")
+    if lite.kernels != "reference":
+        raise ValueError("tflm_parity: the LiteRT side must run the reference kernels")
     micro = TFLMRunner(path, output_names=lite.output_names)
     same = close = total = worst = 0
     for i in range(len(images)):
