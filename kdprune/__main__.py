@@ -132,7 +132,24 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return score(job_row(run_dir, run_dir.parent))  # (its name does not matter here)
 
 
+def _unknown_group_option(argv: list[str]) -> str | None:
+    """``group=name`` naming no file in ``conf/group/``, as one line (Hydra's own message spans a dozen lines)."""
+    for arg in argv:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        folder = CONF_DIR / key
+        if not sep or "." in key or "/" in key or not folder.is_dir() or value.startswith(("choice(", "range(")):
+            continue
+        options = sorted(p.stem for p in folder.glob("*.yaml"))
+        for v in value.split(","):
+            if v and v != "null" and v not in options:
+                return f"{key}={v}: no such option; choose from {', '.join(options)}"
+    return None
+
+
 def main() -> None:
+    if (msg := _unknown_group_option(sys.argv[1:])) is not None:
+        print(f"kdprune: error: {msg}", file=sys.stderr)
+        sys.exit(2)
     try:
         _hydra_main()
     except SystemExit as e:

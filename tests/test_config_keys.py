@@ -6,7 +6,8 @@ happens). Each leaf key is matched to its consumer:
 - ``data.augment.*``, ``optim.*``, the loss gains: ultralytics' hyperparameters (``hyp_from_cfg`` passes them on),
   but for the two optim keys kdprune reads itself;
 - ``distill.schedule.*``: ``kd_scale_at``'s arguments; ``data.embedded.*``: the dataset generator's;
-- ``prune.target.*``: the budget kinds;
+- ``prune.target.*``: the budget kinds; ``target.rules.*``: the rules of kdprune/export/target.py; other ``target.*``
+  keys: interpolated by another group's file (``${target.granularity}``);
 - anything else: kdprune's source must read it as ``<parent>.<key>`` (or ``cfg.<key>`` where the group is handed
   over as ``cfg``), ``["<key>"]`` or ``get("<key>"``; a group's ``name`` only as ``<group>.name``.
 """
@@ -97,6 +98,13 @@ def test_every_option_key_has_a_reader(file, path, target):
         assert key in inspect.signature(generate).parameters
     elif path[:2] == ("prune", "target"):
         assert key == "ratio" or key in MEASURES
+    elif path[:2] == ("target", "rules"):
+        from kdprune.export.target import RULES
+
+        assert path[2] in RULES, f"{file}: no rule {path[2]} in kdprune/export/target.py"
+    elif path[0] == "target" and key != "name":  # a target's settings reach the groups by interpolation
+        conf = "\n".join(f.read_text() for f in CONF_DIR.rglob("*.yaml") if f.parent.name != "target")
+        assert f"${{target.{key}}}" in conf, f"{file}: no config interpolates target.{key}"
     else:
         assert _read_in_source(path), f"{file}: nothing in kdprune/ reads {'.'.join(path)}"
 

@@ -19,7 +19,7 @@ from tests.probes import assert_starts_from, probe
 
 QAT = [*TINY, "trainer.max_epochs=3", "prune=gradual", "prune.start_epoch=0", "prune.end_epoch=0", "prune.fade_epochs=0", "prune.steps=1",
        "prune.target.ratio=0.2", "quant=int8_qat", "quant.start_epoch=1", "quant.freeze_bn_epoch=2",
-       "quant.freeze_observer_epoch=2", "quant.ptq_images=8", "export=int8",
+       "quant.freeze_observer_epoch=2", "quant.ptq_images=8", "export=int8", "target=ethos_u",
        "export.latency_runs=20"]
 
 
@@ -116,6 +116,10 @@ def test_the_device_file_is_compiled_for_each_npu_target(qat_run):
     report = (qat_run / "report.md").read_text()
     assert "## On an MCU NPU (Vela)" in report
     assert f"| TFLite INT8 | ethos-u65-256 | {npu[1]['npu_ops']} | 0 |" in report
+    # target=ethos_u's rules, read off the device file (and Vela's CPU operators): nothing to flag here
+    assert rows["TFLite INT8"]["target"] == {"name": "ethos_u", "findings": {"batch_1": [], "npu_only": []}}
+    assert "target" not in rows["TFLite PTQ"]
+    assert "## Target: ethos_u" in report and "- no findings: every rule holds" in report
 
 
 def test_tflite_file_is_the_qat_graph_on_real_images(qat_run, cache_dir):

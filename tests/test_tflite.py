@@ -329,7 +329,7 @@ def test_stages_export_a_trained_model_from_a_plain_record(trained, tmp_path):
 
     data_yaml, best, _ = trained
     cfg = compose([*TRAIN, f"data.yaml={data_yaml}", "quant=none", "quant.ptq_images=32", "export=int8",
-                   "export.formats=[tflite_int8]", "export.latency_runs=20"], run_dir=tmp_path)
+                   "export.formats=[tflite_int8]", "export.latency_runs=20", "target=neutron"], run_dir=tmp_path)
     data = resolve_data(cfg.data.yaml, cfg.cache_dir, OmegaConf.to_container(cfg.data.embedded), False)
     rec = RunRecord(best=best, last=best, pre_prune=tmp_path / "absent.pt")
     rows, failed = run_stages(cfg, data, hyp_from_cfg(cfg, data), tmp_path, rec, model_stats=model_stats)
@@ -348,4 +348,10 @@ def test_stages_export_a_trained_model_from_a_plain_record(trained, tmp_path):
     assert sorted(p.name for p in (tmp_path / "export" / "npu").iterdir()) == [
         "model_int8_vela_ethos-u55-128.tflite", "model_int8_vela_ethos-u65-256.tflite"]
     assert [n["cpu_ops"] for n in by["TFLite INT8"]["npu"]] == [0, 0]  # a trained yolo11n: every op on the NPU
+    # target=neutron: per-tensor weights; its rules flag only what kdprune knowingly leaves to the CPU (the softmax's
+    # fixed zero point at the second attention MatMul, C2PSA's RESHAPEs)
+    assert all(r["n_scales"] == 1 for r in T.conv_weight_scales(tmp_path / "export" / "model_int8.tflite"))
+    found = by["TFLite INT8"]["target"]["findings"]
+    assert [len(found[r]) for r in ("batch_1", "softmax", "channel_multiple", "matmul_zero_point_0")] == [0, 0, 0, 1]
+    assert [x.split(" x")[0] for x in found["ops_in_table"]] == ["RESHAPE"]
     assert by["TFLite INT8"]["tflm"]["exact"] == 1.0 and by["TFLite INT8"]["arena_bytes"] > 100_000

@@ -55,6 +55,10 @@ def check_exports(cfg: DictConfig) -> list[str]:
     from kdprune.quant import per_channel
 
     per_channel(cfg.quant.granularity)  # a typo is an error before any work, whatever the quant option
+    if cfg.get("target") is not None:
+        from kdprune.export.target import check_target
+
+        check_target(cfg.target)
     formats = list(cfg.export.formats or [])
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
@@ -249,6 +253,7 @@ def run_stages(cfg: DictConfig, data: dict, hyp, run_dir: Path, rec: RunRecord, 
     if "tflite_int8" in formats:
         # The device file is the quantized graph itself: QAT's when QAT ran (and PTQ's beside it, through the same
         # path, so the report shows what the QAT epochs bought in the file), else PTQ's.
+        from kdprune.export.device import tflite_eval
         from kdprune.export.tflite import graph_to_tflite_int8
 
         files = [("TFLite INT8", qat if qat is not None else ptq_observed, "model_int8.tflite",
@@ -259,7 +264,7 @@ def run_stages(cfg: DictConfig, data: dict, hyp, run_dir: Path, rec: RunRecord, 
         for name, graph, fname, what in files:
             sr.export_row(name, lambda g=graph, f=fname: graph_to_tflite_int8(backend.convert_for_tflite(g),
                                                                                 sr.export_dir / f, sr.imgsz, names),
-                          lambda p, n=name, w=what: _tflite_eval(sr, n, p, head, stats, names, w,
+                          lambda p, n=name, w=what: tflite_eval(sr, n, p, head, stats, names, w,
                                                                   device=n == "TFLite INT8"))
     sr.failed += check_fidelity(sr.rows)
     if sr.bug is not None:
@@ -296,53 +301,3 @@ def check_fidelity(rows: list[dict]) -> list[str]:
             failed.append(f"{name}: {msg}")
             log.error(f"kdprune: {name} {msg}")
     return failed
-
-
-def _tflite_eval(sr: StageRunner, name: str, path: Path, head: HeadSpec, stats: dict, names: list[str], what: str,
-                 *, device: bool) -> None:
-    """Scored with LiteRT's reference kernels, which TensorFlow Lite Micro (the MCU runtime) matches bit for bit
-    (checked here on ``export.tflm_images`` val images, with the arena TFLM needs); latency on LiteRT's optimized
-    kernels. Evaluated even when over a budget (the user sees what the bytes bought), then failed on it. The budgets
-    (``export.max_bytes``, ``export.max_arena_bytes``) apply to the device file (``device``)."""
-    from kdprune.export.tflite import TFLiteRunner
-    from kdprune.export.tflm import tflm_parity
-
-    cfg = sr.cfg.export
-    reference = TFLiteRunner(path, 1, output_names=names, kernels="reference")
-    row = sr.evaluate(name, reference, head, stats=stats,
-                      artifact=path, latency=True, latency_runner=TFLiteRunner(path, sr.threads, output_names=names),
-                      note=f"full-integer, {what}; mAP on LiteRT reference kernels (= TFLite Micro), latency on "
-                           "its optimized ones")
-    n = int(cfg.get("tflm_images", 8))
-    row["tflm"] = tflm_parity(path, sr.val_images(n), output_names=names, reference=reference)
-    row["arena_bytes"] = row["tflm"]["arena_bytes"]
-    t = row["tflm"]
-    log.info(f"kdprune: {name} in TFLite Micro: tensor arena {row['arena_bytes']:,} B; outputs on {n} val images "
-             f"{100 * t['exact']:.2f} % equal to LiteRT's reference kernels, max {t['max_lsb']} LSB")
-    problems = []
-    if t["within_1_lsb"] < 0.999:
-        problems.append(f"TFLite Micro's outputs differ from LiteRT's reference kernels beyond 1 LSB on "
-                        f"{100 * (1 - t['within_1_lsb']):.2f} % of elements (max {t['max_lsb']})")
-    if device and cfg.get("max_bytes") is not None and row["bytes"] >= int(cfg.max_bytes):
-        problems.append(f"{path.name} is {row['bytes']:,} bytes, over the budget export.max_bytes="
-                        f"{int(cfg.max_bytes):,} (lower prune.target.int8_bytes)")
-    if device and cfg.get("max_arena_bytes") is not None and row["arena_bytes"] >= int(cfg.max_arena_bytes):
-        problems.append(f"{path.name} needs a {row['arena_bytes']:,}-byte tensor arena (RAM) in TFLite Micro, over "
-                        f"the budget export.max_arena_bytes={int(cfg.max_arena_bytes):,} (lower data.imgsz, or prune "
-                        "the early, high-resolution layers)")
-    if device and cfg.get("npu"):  # the device file compiled for each MCU NPU target (Vela, Ethos-U)
-        from kdprune.export.npu import vela_compile
-
-        row["npu"] = []
-        for target in cfg.npu:
-            try:
-                r = vela_compile(path, str(target), sr.export_dir / "npu")
-            except UserError as e:
-                problems.append(str(e))
-                continue
-            row["npu"].append(r)
-            log.info(f"kdprune: {name} on {target} (Vela): {r['npu_ops']} NPU / {r['cpu_ops']} CPU operators, SRAM "
-                     f"{r['sram_bytes']:,} B, flash {r['flash_bytes']:,} B, est. {r['inference_ms']} ms")
-    if problems:
-        row["status"], row["note"] = "failed", "; ".join(problems)
-        sr.failed += [f"{name}: {m}" for m in problems]

@@ -15,7 +15,11 @@ in the graph copies it (https://ai.google.dev/edge/litert/models/quantization_sp
   no requantize after a sigmoid or softmax (TFLite's TRANSPOSE/RESHAPE must keep their input's scale, and the
   converter refuses a graph where they do not: C2PSA's softmax -> transpose -> matmul);
 - Split/chunk outputs keep the split input's scale (TFLite's SPLIT/SLICE do; a multi-output node cannot carry a PT2E
-  output spec, so the consumers' input edges share the split input's observer instead).
+  output spec, so the consumers' input edges share the split input's observer instead);
+- a MatMul (C2PSA attention) reads its inputs with zero point 0 where they come from a tensor with a scale of its own
+  (the qkv conv, through its reshapes and slices): NXP's Neutron runs BATCH_MATMUL only on zero-point-0 inputs. The
+  softmax input of the second MatMul keeps TFLite's fixed zero point -128: a zero-point-0 copy would take a QUANTIZE
+  op, which Neutron does not run either.
 
 Conv + BatchNorm pairs are annotated at the BN output, so ``prepare_qat_pt2e`` folds the BN into the conv weight
 (the folded weight is what is fake-quantized, as the exported conv) while BN statistics can still update.
@@ -76,6 +80,13 @@ def _weight_spec(qat: bool, per_channel: bool) -> QuantizationSpec:
                                 ch_axis=0, is_dynamic=False, observer_or_fake_quant_ctr=obs)
     obs = FusedMovingAvgObsFakeQuantize.with_args(observer=MovingAverageMinMaxObserver) if qat else MinMaxObserver
     return QuantizationSpec(dtype=torch.int8, quant_min=-127, quant_max=127, qscheme=torch.per_tensor_symmetric,
+                            is_dynamic=False, observer_or_fake_quant_ctr=obs)
+
+
+def _symmetric_act_spec(qat: bool) -> QuantizationSpec:
+    obs = (FusedMovingAvgObsFakeQuantize.with_args(observer=MovingAverageMinMaxObserver, averaging_constant=0.01)
+           if qat else MinMaxObserver)
+    return QuantizationSpec(dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_symmetric,
                             is_dynamic=False, observer_or_fake_quant_ctr=obs)
 
 
@@ -187,6 +198,40 @@ def share_fixed_and_split_inputs(model: GraphModule) -> None:
                 ann.input_qspec_map[arg] = SharedQuantizationSpec(arg)
 
 
+def _scale_source(node: Node, depth: int = 0) -> Node:
+    """The node whose observer ``node``'s value is read on: up through same-scale ops and split outputs."""
+    if depth > 100:
+        return node
+    if (src := _split_source(node)) is not None:
+        return _scale_source(src, depth + 1)
+    if node.op == "call_function" and node.target in SAME and isinstance(node.args[0], Node):
+        return _scale_source(node.args[0], depth + 1)
+    return node
+
+
+def symmetric_matmul_inputs(model: GraphModule, spec: QuantizationSpec) -> None:
+    """Each MatMul input whose scale source has a plain (asymmetric) activation spec: that source becomes symmetric
+    (zero point 0), and every edge reading it (through its reshapes and slices: q, k, v, the positional conv) reads it
+    on that observer, so no requantize appears (TFLite's RESHAPE/TRANSPOSE must keep their input's scale).
+    Fixed-scale sources (softmax) stay."""
+    roots = set()
+    for node in model.graph.nodes:
+        ann = node.meta.get("quantization_annotation")
+        if node.op != "call_function" or node.target not in (aten.matmul.default, aten.bmm.default) or ann is None:
+            continue
+        for arg in [a for a in ann.input_qspec_map if isinstance(a, Node)]:
+            src = _scale_source(arg)
+            src_ann = src.meta.get("quantization_annotation")
+            if src_ann is not None and isinstance(src_ann.output_qspec, QuantizationSpec):
+                src_ann.output_qspec = spec
+                roots.add(src)
+    for node in model.graph.nodes if roots else []:
+        ann = node.meta.get("quantization_annotation")
+        for arg, sp in list(ann.input_qspec_map.items()) if ann else []:
+            if isinstance(arg, Node) and isinstance(sp, QuantizationSpec) and _scale_source(arg) in roots:
+                ann.input_qspec_map[arg] = SharedQuantizationSpec(arg)
+
+
 class TFLiteInt8Quantizer(Quantizer):
     """Annotates a captured (``torch.export``) graph with TFLite's INT8 scheme. ``qat`` picks fake-quant modules with
     moving-average observers (training) or plain min/max observers (post-training calibration)."""
@@ -226,6 +271,7 @@ class TFLiteInt8Quantizer(Quantizer):
                 ins = [a for a in node.args[0] if isinstance(a, Node)]
                 shared = SharedQuantizationSpec((ins[0], node))
                 _annotate(node, {a: (act if i == 0 else shared) for i, a in enumerate(ins)}, shared)
+        symmetric_matmul_inputs(model, _symmetric_act_spec(self.qat))
         share_fixed_and_split_inputs(model)
         return model
 

@@ -63,6 +63,14 @@ def write_report(path: str | Path, rows: list[dict], summary: dict) -> Path:
             lines.append(f"| {stage} | {n['target']} | {n['npu_ops']} | {n['cpu_ops']} | {n['sram_bytes']:,} | "
                          f"{n['flash_bytes']:,} | {n['inference_ms']} |")
         lines += [f"- CPU operator on {n['target']}: {op}" for _, n in npu for op in n["cpu_operators"]]
+    for r in rows:
+        if t := r.get("target"):
+            found = [(rule, x) for rule, xs in t["findings"].items() for x in xs]
+            lines += ["", f"## Target: {t['name']}", "",
+                      f"The device file against {t['name']}'s operator rules ({', '.join(t['findings']) or 'none'}; "
+                      "sources in docs/npu_targets.md). A finding is an operator the NPU compiler would leave to the "
+                      "CPU as it is; the file still runs.", ""]
+            lines += [f"- {rule}: {x}" for rule, x in found] or ["- no findings: every rule holds"]
     if steps := (summary.get("pruning") or {}).get("steps"):
         lines += ["", "## Pruning steps", "", "The cliff is val mAP50-95 of the EMA model just before a removal minus "
                   "just after it (0: the removal lost nothing).", "",

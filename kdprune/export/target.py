@@ -1,0 +1,156 @@
+"""The deployment target's operator rules, checked on the exported file (the device artifact), not on settings.
+
+A target (``conf/target/``) sets the weight granularity, the channel rounding of pruning and the Vela compiles, and
+names the rules below. A rule returns findings: operators the target's NPU compiler would not take as they are
+(NXP's converter and Vela leave those on the Cortex-M CPU, where TFLite Micro runs them), one line each. Findings are
+reported (report.md, summary.json), not failures: the file still runs, part of it more slowly. Sources of each rule:
+docs/npu_targets.md. ``RULES`` is the one place a rule is added.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from kdprune.errors import UserError
+
+TARGETS = ("generic", "neutron", "ethos_u")
+
+# TFLite builtins in NXP's Neutron column of the MCU operator table (mcuxsdk-middleware-tensorflow,
+# docs/topics/supported_operators.md, int8); anything else runs on the CPU.
+NEUTRON_OPS = {
+    "ADD", "SUB", "MUL", "CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "FULLY_CONNECTED", "BATCH_MATMUL",
+    "CONCATENATION", "SLICE", "STRIDED_SLICE", "LOGISTIC", "SOFTMAX", "MAX_POOL_2D", "AVERAGE_POOL_2D",
+    "RESIZE_NEAREST_NEIGHBOR", "PAD", "MIRROR_PAD", "TRANSPOSE", "TANH", "RELU", "RELU6", "LEAKY_RELU", "PRELU", "ABS",
+    "GATHER", "ARG_MAX", "MAXIMUM", "UNIDIRECTIONAL_SEQUENCE_LSTM"}
+
+
+class _File:
+    """The flatbuffer as LiteRT's object API reads it: ops by name, tensor shapes, constant data, zero points."""
+
+    def __init__(self, path: str | Path):
+        from ai_edge_litert import schema_py_generated as schema
+
+        self.model = schema.ModelT.InitFromPackedBuf(Path(path).read_bytes(), 0)
+        names = {v: k for k, v in vars(schema.BuiltinOperator).items() if isinstance(v, int) and not k.startswith("_")}
+        self.g = self.model.subgraphs[0]
+        self.ops = []
+        for i, op in enumerate(self.g.operators):
+            code = self.model.operatorCodes[op.opcodeIndex]
+            name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "?")
+            self.ops.append((i, name, op))
+        self.io = set(self.g.inputs.tolist()) | set(self.g.outputs.tolist())
+
+    def shape(self, t: int) -> list[int]:
+        s = self.g.tensors[t].shape
+        return [] if s is None else [int(v) for v in s]
+
+    def const(self, t: int) -> np.ndarray | None:
+        data = self.model.buffers[self.g.tensors[t].buffer].data
+        return None if data is None else np.frombuffer(bytes(bytearray(data)), np.int32)
+
+    def zero_point(self, t: int) -> int:
+        q = self.g.tensors[t].quantization
+        return 0 if q is None or q.zeroPoint is None else int(q.zeroPoint[0])
+
+    def name(self, t: int) -> str:
+        n = self.g.tensors[t].name
+        return n.decode(errors="replace") if isinstance(n, bytes) else str(n)
+
+
+def _batch_1(f: _File, on: bool) -> list[str]:
+    return [f"op {i} {name}: batch {f.shape(op.outputs[0])[0]}" for i, name, op in f.ops
+            if on and len(f.shape(op.outputs[0])) == 4 and f.shape(op.outputs[0])[0] != 1]
+
+
+def _ops_in_table(f: _File, on: bool) -> list[str]:
+    count: dict[str, int] = {}
+    for _, name, _ in f.ops:
+        if on and name not in NEUTRON_OPS:
+            count[name] = count.get(name, 0) + 1
+    return [f"{n} x{k}: not in NXP's Neutron operator table (runs on the CPU)" for n, k in sorted(count.items())]
+
+
+def _matmul_zero_point_0(f: _File, on: bool) -> list[str]:
+    out = []
+    for i, name, op in f.ops:
+        if on and name == "BATCH_MATMUL":
+            zps = [f.zero_point(t) for t in op.inputs[:2]]
+            if any(zps):
+                out.append(f"op {i} BATCH_MATMUL: input zero points {zps} (Neutron needs 0 and 0)")
+    return out
+
+
+def _softmax(f: _File, limits) -> list[str]:
+    out = []
+    for i, name, op in f.ops:
+        if limits and name == "SOFTMAX":
+            s = f.shape(op.inputs[0])
+            c, rows = s[-1], int(np.prod(s[:-1]))
+            if c > limits["max_channels"] or rows > limits["max_rows"] or c * rows > limits["max_elements"]:
+                out.append(f"op {i} SOFTMAX: {rows} rows of {c} (Neutron: <= {limits['max_rows']} rows of <= "
+                           f"{limits['max_channels']}, <= {limits['max_elements']} elements)")
+    return out
+
+
+def _sliced_dims(f: _File, op) -> list[int]:
+    shape, begin, size = f.shape(op.inputs[0]), f.const(op.inputs[1]), f.const(op.inputs[2])
+    if begin is None or size is None:
+        return []
+    return [d for d in range(len(shape)) if begin[d] != 0 or (size[d] not in (-1, shape[d]))]
+
+
+def _channel_multiple(f: _File, n) -> list[str]:
+    """Channel counts Neutron's MACs take whole (ExecuTorch's Neutron checks up to v1.3; the graph's own inputs and
+    outputs, e.g. 3 image channels or nc classes, are exempt)."""
+    out = []
+    for i, name, op in f.ops:
+        if not n:
+            break
+        if name == "CONCATENATION":
+            axis = op.builtinOptions.axis
+            dims = [f.shape(t)[axis] for t in [*op.inputs, op.outputs[0]] if t not in f.io]
+            same = len({tuple(f.shape(t)) for t in op.inputs}) == 1 and axis in (-1, len(f.shape(op.inputs[0])) - 1)
+            bad = [d for d in dims if d % n] if not same else []
+        elif name in ("MAX_POOL_2D", "RESIZE_NEAREST_NEIGHBOR"):
+            bad = [f.shape(op.inputs[0])[-1]] if f.shape(op.inputs[0])[-1] % n else []
+        elif name == "SLICE":
+            bad = [f.shape(op.inputs[0])[d] for d in _sliced_dims(f, op) if f.shape(op.inputs[0])[d] % n]
+        else:
+            continue
+        if bad:
+            out.append(f"op {i} {name}: {', '.join(map(str, bad))} channels, not a multiple of {n}")
+    return out
+
+
+def _npu_only(f: _File, on: bool) -> list[str]:
+    return []  # read from Vela's compile (``vela_findings``): the file alone cannot say what Vela maps
+
+
+RULES: dict[str, Callable[[_File, object], list[str]]] = {
+    "batch_1": _batch_1, "ops_in_table": _ops_in_table, "matmul_zero_point_0": _matmul_zero_point_0,
+    "softmax": _softmax, "channel_multiple": _channel_multiple, "npu_only": _npu_only}
+
+
+def check_target(target) -> str:
+    """The configured target, validated before training (name and rule names)."""
+    name = str(target.name)
+    if name not in TARGETS:
+        raise UserError(f"target={name}: unknown; choose from {', '.join(TARGETS)}")
+    unknown = [r for r in (target.get("rules") or {}) if r not in RULES]
+    if unknown:
+        raise UserError(f"target.rules: unknown {', '.join(unknown)}; choose from {', '.join(RULES)}")
+    return name
+
+
+def target_findings(path: str | Path, rules) -> dict[str, list[str]]:
+    """Per rule of the target (``{rule: setting}``), what the file does that the NPU would not take."""
+    f = _File(path)
+    return {rule: RULES[rule](f, setting) for rule, setting in (rules or {}).items() if setting}
+
+
+def vela_findings(npu_rows: list[dict]) -> list[str]:
+    """``npu_only``: every operator Vela left on the CPU, per Ethos-U configuration."""
+    return [f"{r['target']}: {op}" for r in npu_rows for op in r["cpu_operators"]]
