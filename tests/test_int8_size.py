@@ -21,6 +21,7 @@ from kdprune.yolo import hyp_namespace, merge_split_blocks, split_blocks
 # so the file moves by ~0.1 % with what the process converted before; the lower bound leaves room for that.
 MAX_OVER = 0.015  # estimate at most 1.5 % above the file
 MAX_UNDER = 0.003  # and at most 0.3 % below it (never seen below)
+MAX_OVER_PER_TENSOR = 0.02  # per-tensor files: measured +1.6 % here (64 px), +0.9-1.1 % on the 160-px 2 MB yolo11n
 
 
 def _model(cfg: str = "yolo11n.yaml", ratio: float = 0.0) -> nn.Module:
@@ -71,17 +72,21 @@ def test_layers_left_out_of_the_export_are_not_counted():
     assert int8_bytes(e2e) == before
 
 
-def test_estimate_matches_the_tflite_file(tmp_path):
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_estimate_matches_the_tflite_file(tmp_path, per_channel):
+    """Both granularities: per-tensor files are ~8 % smaller, and the estimate follows them (a per-tensor target
+    would otherwise be pruned ~8 % below its budget)."""
     from kdprune.export.tflite import model_to_tflite_int8
     from kdprune.yolo.rawhead import RawHeadModel
 
     imgsz = 64
     model = _model("yolo11n.yaml", 0.45)
-    est = int8_bytes(model)
+    est = int8_bytes(model, per_channel)
     rng = np.random.default_rng(0)
     calib = np.kron(rng.random((4, 3, imgsz // 8, imgsz // 8), dtype=np.float32), np.ones((1, 1, 8, 8), np.float32))
-    real = model_to_tflite_int8(RawHeadModel(model, one2one=False), tmp_path / "m.tflite", calib).stat().st_size
+    real = model_to_tflite_int8(RawHeadModel(model, one2one=False), tmp_path / "m.tflite", calib,
+                                per_channel=per_channel).stat().st_size
     err = (est - real) / real
     print(f"\nint8_bytes={est:,} TFLite={real:,} ({100 * err:+.2f} %)")
-    assert -MAX_UNDER <= err <= MAX_OVER
+    assert -MAX_UNDER <= err <= (MAX_OVER if per_channel else MAX_OVER_PER_TENSOR)
     assert est >= math.floor(real * (1 - MAX_UNDER))  # the conservative side: a budget on the estimate holds

@@ -105,7 +105,8 @@ def _prune_cfg(*extra, model="yolo11n.yaml"):
     (["prune.target.ratio=-0.1"], "must be in [0, 1)"),
     (["prune.target.int8_bytes=1000"], "unreachable"),
     ([], "no target"),
-    (["prune.target.ratio=0.2", "prune.target.params=100000"], "exactly one"),
+    (["prune.target.ratio=0.2", "prune.target.params=100000"], "set one of ratio"),
+    (["prune.target.ratio=0.2", "prune.target.arena_bytes=100000"], "not with prune.target.ratio"),
     (["prune.end_epoch=5", "prune.target.ratio=0.2"], "recovery"),
     (["prune.importance=magic", "prune.target.ratio=0.2"], "l1, l2, taylor, bn_scale, random"),
 ])

@@ -115,6 +115,7 @@ def test_int8_estimate_counts_weights_and_per_channel_overhead():
                         nn.Linear(8, 4))
     weights = 16 * 3 * 9 + 8 * 16 + 4 * 8
     assert int8_bytes(net) == weights + 28 * (16 + 8 + 4) + INT8_BYTES_PER_LAYER * 3  # measured: tests/test_int8_size
+    assert int8_bytes(net, per_channel=False) == weights + 4 * (16 + 8 + 4) + INT8_BYTES_PER_LAYER * 3  # int32 bias
 
 
 def test_solver_lands_within_tolerance_and_reports_the_minimum():

@@ -23,10 +23,11 @@ from kdprune.pruning import (
     model_costs,
     needs_gradients,
 )
+from kdprune.quant import per_channel
 from kdprune.yolo import evaluate_model
 from kdprune.yolo.structure import ATTENTION_MODES
 
-BUDGETS = tuple(MEASURES)  # params, macs, int8_bytes
+BUDGETS = tuple(MEASURES)  # params, macs, int8_bytes, arena_bytes
 
 
 def _resolve_ratios_path(path: str) -> Path:
@@ -66,7 +67,7 @@ class GradualPruning(L.Callback):
     the same removals, so models stay identical.
     """
 
-    def __init__(self, pruner: YoloPruner, schedule: PruneSchedule, *, ratio: float, budget: tuple[str, int] | None,
+    def __init__(self, pruner: YoloPruner, schedule: PruneSchedule, *, ratio: float, budget: dict[str, int] | None,
                  imgsz: int, bn_sparsity: float, taylor_batches: int, fade_epochs: int, importance_epochs: float,
                  costs_before: dict | None = None):
         self.pruner, self.schedule, self.ratio, self.budget, self.imgsz = pruner, schedule, ratio, budget, imgsz
@@ -103,11 +104,13 @@ class GradualPruning(L.Callback):
             raise UserError(msg)
         target = {k: v for k, v in OmegaConf.to_container(cfg.target).items() if v is not None}
         unknown = set(target) - {"ratio", *BUDGETS}
-        if unknown or len(target) > 1:
-            raise UserError(f"prune.target: set exactly one of ratio, {', '.join(BUDGETS)} (got {', '.join(target)}).")
+        main = [k for k in target if k != "arena_bytes"]
+        if unknown or len(main) > 1:
+            raise UserError(f"prune.target: set one of ratio, {', '.join(b for b in BUDGETS if b != 'arena_bytes')} "
+                            f"(and/or arena_bytes, a RAM budget) (got {', '.join(target)}).")
         if not target and cfg.prune_ratios is None:
             raise UserError("prune: no target. Set prune.target.ratio, a budget (prune.target.params / macs / "
-                            "int8_bytes), or per-layer ratios with prune.prune_ratios=<yaml>.")
+                            "int8_bytes / arena_bytes), or per-layer ratios with prune.prune_ratios=<yaml>.")
         layer_ratios = None
         if cfg.prune_ratios is not None:
             if "ratio" in target:
@@ -138,17 +141,20 @@ class GradualPruning(L.Callback):
         try:
             pruner = YoloPruner(model, importance=cfg.importance, global_ranking=bool(cfg.global_ranking),
                                 round_to=int(cfg.round_to), keep_stem=bool(cfg.keep_stem), attention=cfg.attention,
-                                layer_ratios=layer_ratios)
+                                layer_ratios=layer_ratios,
+                                per_channel=per_channel(cfg.get("granularity", "per_channel")))
         except ValueError as e:
             where = "prune" if layer_ratios is None else f"prune.prune_ratios={cfg.prune_ratios}"
             raise UserError(f"{where}: {e}.") from None
-        costs = model_costs(model, imgsz)
+        costs = model_costs(model, imgsz, pruner.per_channel)
         budget, ratio = None, 1.0
         if "ratio" in target:
+            if "arena_bytes" in target:
+                raise UserError("prune.target.arena_bytes goes with a budget (e.g. prune.target.int8_bytes) or alone, "
+                                "not with prune.target.ratio.")
             ratio = target["ratio"]
         elif target:
-            kind, value = next(iter(target.items()))
-            budget = (kind, int(value))
+            budget = {k: int(v) for k, v in target.items()}
             ratio = cls._solve(pruner, model, budget, imgsz, int(cfg.round_to))
         return cls(pruner, schedule, ratio=float(ratio), budget=budget, imgsz=imgsz,
                    bn_sparsity=float(cfg.bn_sparsity), taylor_batches=int(cfg.taylor_batches),
@@ -156,15 +162,25 @@ class GradualPruning(L.Callback):
                    costs_before=costs)
 
     @staticmethod
-    def _solve(pruner: YoloPruner, model, budget: tuple[str, int], imgsz: int, round_to: int) -> float:
-        kind, value = budget
-        try:
-            ratio, _ = pruner.solve(model, kind, value, imgsz)
-        except ValueError as e:
-            minimum = e.args[0]
-            raise UserError(f"prune.target.{kind}={value:,}: unreachable; with every prunable layer at "
-                            f"round_to={round_to} channels the model still costs {minimum:,}. Raise the budget, lower "
-                            "prune.round_to, set prune.keep_stem=false, or pick a smaller model.") from None
+    def _solve(pruner: YoloPruner, model, budget: dict[str, int], imgsz: int, round_to: int) -> float:
+        """The ratio (and unit weights) meeting every budget: the flash/params/MACs one by one ratio, then the arena
+        (RAM) one by pruning the high-resolution layers further."""
+        ratio = 0.0
+        for kind, value in sorted(budget.items(), key=lambda kv: kv[0] == "arena_bytes"):  # the arena fit last
+            try:
+                if kind != "arena_bytes":
+                    ratio, _ = pruner.solve(model, kind, value, imgsz)
+                    continue
+                if len(budget) == 1:
+                    pruner.weights = dict(pruner.base_weights)
+                ratio, _ = pruner.fit_arena(model, ratio, value, imgsz)
+            except ValueError as e:
+                minimum = e.args[0]
+                which = "the high-resolution layers (stride <= 8)" if kind == "arena_bytes" else "every prunable layer"
+                raise UserError(f"prune.target.{kind}={value:,}: unreachable; with {which} at round_to={round_to} "
+                                f"channels the model still costs {minimum:,}. Raise the budget, lower "
+                                + ("data.imgsz, " if kind == "arena_bytes" else "prune.round_to, ")
+                                + "set prune.keep_stem=false, or pick a smaller model.") from None
         return ratio
 
     # ---- the phase -------------------------------------------------------------------------------------------------
@@ -263,7 +279,7 @@ class GradualPruning(L.Callback):
     def _report(self, trainer: L.Trainer, pl_module, k: int, before: float | None, removed: int) -> None:
         """The step's sizes, and its cliff: val mAP50-95 of the EMA model just before the removal (the last
         validation) and just after it (measured here, on rank 0)."""
-        costs = model_costs(pl_module.model, self.imgsz)
+        costs = model_costs(pl_module.model, self.imgsz, self.pruner.per_channel)
         after = self._val_map(trainer, pl_module) if trainer.is_global_zero else None
         kept, initial = (sum(c) for c in zip(*self.pruner.channels(pl_module.model).values()))
         entry = {"step": k, "epoch": trainer.current_epoch, "channels_removed": removed,
@@ -275,7 +291,8 @@ class GradualPruning(L.Callback):
         cliff = f", val mAP50-95 {before:.4f} -> {after:.4f}" if entry["cliff"] is not None else ""
         pl_module.print(f"kdprune: pruning step {k}/{self.schedule.steps} at epoch {trainer.current_epoch}: "
                         f"{removed} channels removed ({entry['ratio']:.1%} of the prunable ones so far), params "
-                        f"{costs['params']:,}, INT8 ~{costs['int8_bytes']:,} B, {costs['macs'] / 1e9:.3f} GMACs{cliff}")
+                        f"{costs['params']:,}, INT8 ~{costs['int8_bytes']:,} B, arena ~{costs['arena_bytes']:,} B, "
+                        f"{costs['macs'] / 1e9:.3f} GMACs{cliff}")
         if trainer.is_global_zero and (tb := _tb(trainer)) is not None:
             step = trainer.global_step
             if entry["cliff"] is not None:
@@ -284,6 +301,7 @@ class GradualPruning(L.Callback):
             tb.add_scalar("prune/params", costs["params"], step)
             tb.add_scalar("prune/GMACs", costs["macs"] / 1e9, step)
             tb.add_scalar("prune/int8_bytes_est", costs["int8_bytes"], step)
+            tb.add_scalar("prune/arena_bytes_est", costs["arena_bytes"], step)
             tb.add_image("prune/channels", channels_chart(self.layer_channels(pl_module.model), f"after step {k}"),
                          step, dataformats="HWC")
 
@@ -294,14 +312,14 @@ class GradualPruning(L.Callback):
 
     def summary(self, model) -> dict:
         return {
-            "target": {"ratio": self.ratio} if self.budget is None else {self.budget[0]: self.budget[1]},
+            "target": {"ratio": self.ratio} if self.budget is None else dict(self.budget),
             "ratio": round(self.ratio, 4),
             "schedule": {"shape": self.schedule.shape, "epochs": self.schedule.epochs()},
             "importance": self.pruner.importance_name,
             "global_ranking": self.pruner.global_ranking,
             "round_to": self.pruner.round_to,
             "before": self.costs_before,
-            "after": model_costs(model, self.imgsz),
+            "after": model_costs(model, self.imgsz, self.pruner.per_channel),
             "steps": self.steps_log,
             "channels": {k: list(v) for k, v in self.layer_channels(model).items()},
         }

@@ -8,6 +8,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from kdprune.pruning.arena import peak_activation_bytes
 from kdprune.yolo.prunable import SPLITTABLE
 
 # Bytes of the full-INT8 TFLite file (``onnx_to_tflite_int8(..., per_channel=True)`` of the fp32 ONNX of
@@ -30,9 +31,12 @@ from kdprune.yolo.prunable import SPLITTABLE
 #   An ultralytics C2f/C3k2 counts as its ``SplitC2f`` form (cv1 as two convs: one layer more), so a model gets the
 #   same estimate before and after ``merge_split_blocks``; the merged export, one conv + a SPLIT op, is ~280 B
 #   smaller per block than the split one (bench: yolo11n at 30 %, 2.2 KB over 8 blocks), still under the estimate.
-# Per-tensor weights (``per_channel=False``) are ~24 B/channel smaller: the estimate is an upper bound for them
-# (7-11 % over on yolo11n).
+# Per-tensor weights (``per_channel=False``) are ~24 B/channel smaller (one weight scale and zero point, one bias
+# scale and zero point per tensor): only the int32 bias stays per channel, ``INT8_BYTES_PER_CHANNEL_PER_TENSOR``
+# (fitted on litert-torch files of the pruned yolo11n, bench/RESULTS.md; per-channel's constant over-estimated them
+# by 8 %, so a per-tensor target was pruned to ~1.8 MB for a 2 MB budget).
 INT8_BYTES_PER_CHANNEL = 28
+INT8_BYTES_PER_CHANNEL_PER_TENSOR = 4
 INT8_BYTES_PER_LAYER = 1_120
 BUDGET_TOLERANCE = 0.03  # a solved model lands at most this far under its budget (unless round_to forbids it)
 
@@ -54,19 +58,38 @@ def _not_exported(model: nn.Module) -> set[int]:
     return skip
 
 
-def int8_bytes(model: nn.Module) -> int:
-    """Estimated size in bytes of the model's full-INT8 TFLite file (per-channel weights): for each exported
-    conv/linear layer (BatchNorm folded), 1 byte per weight + ``INT8_BYTES_PER_CHANNEL`` per output channel +
-    ``INT8_BYTES_PER_LAYER`` of graph structure (a C2f/C3k2 counted in its split form, cv1 as two layers).
+def int8_bytes(model: nn.Module, per_channel: bool = True) -> int:
+    """Estimated size in bytes of the model's full-INT8 TFLite file: for each exported conv/linear layer (BatchNorm
+    folded), 1 byte per weight + ``INT8_BYTES_PER_CHANNEL`` per output channel (``..._PER_TENSOR`` for per-tensor
+    weights) + ``INT8_BYTES_PER_LAYER`` of graph structure (a C2f/C3k2 counted in its split form, cv1 as two layers).
 
     A walk over the module tree (no export), strictly increasing in every layer's channels. On the YOLO models of
     ``bench/int8_size.py`` it lands 0.1-1 % above the real file (yolo11n: 0.1-0.5 %)."""
     skip = _not_exported(model)
+    per_ch = INT8_BYTES_PER_CHANNEL if per_channel else INT8_BYTES_PER_CHANNEL_PER_TENSOR
     n = 0
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)) and id(m) not in skip:
-            n += m.weight.numel() + INT8_BYTES_PER_CHANNEL * m.weight.shape[0] + INT8_BYTES_PER_LAYER
+            n += m.weight.numel() + per_ch * m.weight.shape[0] + INT8_BYTES_PER_LAYER
     return n + INT8_BYTES_PER_LAYER * _split_blocks(model)
+
+
+# TFLite Micro's arena = the planned activations (``peak_activation_bytes``: measured 1.7 % under TFLM's "head" on
+# yolo11n at 160 px) + its persistent "tail": per conv output channel, the requantize multiplier and shift (2 int32);
+# per exported conv/linear layer, its share of the interpreter's structures (TfLiteEvalTensor 24 B per tensor,
+# NodeAndRegistration 64 B per op, op data; ~6 tensors and ~3.7 ops per conv). Read from print_allocations() on
+# yolo11n files; the fit and its error: bench/arena_estimate.py, bench/RESULTS.md.
+ARENA_BYTES_PER_CHANNEL = 8
+ARENA_BYTES_PER_LAYER = 660
+ARENA_HEAD_SCALE = 1.02
+
+
+def arena_bytes(model: nn.Module, imgsz: int) -> int:
+    """Estimated TFLite Micro tensor arena (bytes of RAM) of the model's full-INT8 file at ``imgsz``."""
+    skip = _not_exported(model)
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and id(m) not in skip]
+    tail = sum(ARENA_BYTES_PER_CHANNEL * m.weight.shape[0] + ARENA_BYTES_PER_LAYER for m in layers)
+    return int(ARENA_HEAD_SCALE * peak_activation_bytes(model, imgsz)) + tail
 
 
 def count_params(model: nn.Module) -> int:
@@ -86,20 +109,23 @@ def count_macs(model: nn.Module, imgsz: int) -> int:
     return int(macs)
 
 
+# kind -> cost(model, imgsz, per_channel): ``per_channel`` is the INT8 file's weight granularity
 MEASURES: dict[str, Callable[..., int]] = {
-    "params": lambda m, imgsz: count_params(m),
-    "macs": lambda m, imgsz: count_macs(m, imgsz),
-    "int8_bytes": lambda m, imgsz: int8_bytes(m),
+    "params": lambda m, imgsz, per_channel: count_params(m),
+    "macs": lambda m, imgsz, per_channel: count_macs(m, imgsz),
+    "int8_bytes": lambda m, imgsz, per_channel: int8_bytes(m, per_channel),
+    "arena_bytes": lambda m, imgsz, per_channel: arena_bytes(m, imgsz),  # TFLite Micro's tensor arena (RAM)
 }
 
 
-def measure(model: nn.Module, kind: str, imgsz: int) -> int:
-    return MEASURES[kind](model, imgsz)
+def measure(model: nn.Module, kind: str, imgsz: int, per_channel: bool = True) -> int:
+    return MEASURES[kind](model, imgsz, per_channel)
 
 
-def model_costs(model: nn.Module, imgsz: int) -> dict[str, int]:
-    """Every cost a budget can be set on: parameters, MACs at ``imgsz``, estimated INT8 export bytes."""
-    return {kind: measure(model, kind, imgsz) for kind in MEASURES}
+def model_costs(model: nn.Module, imgsz: int, per_channel: bool = True) -> dict[str, int]:
+    """Every cost a budget can be set on: parameters, MACs at ``imgsz``, estimated INT8 export bytes (flash, for
+    per-channel or per-tensor weights) and TFLite Micro arena (RAM)."""
+    return {kind: measure(model, kind, imgsz, per_channel) for kind in MEASURES}
 
 
 def solve_ratio(cost_at: Callable[[float], int], budget: int, *, hi: float = 0.999, iters: int = 18,

@@ -66,7 +66,7 @@ class YoloPruner:
 
     def __init__(self, model: nn.Module, *, importance: str = "l2", global_ranking: bool = False, round_to: int = 8,
                  keep_stem: bool = True, attention: str = "keep", layer_ratios: dict | None = None,
-                 trace_imgsz: int = 64):
+                 trace_imgsz: int = 64, per_channel: bool = True):
         check_prunable(model)
         self.importance_name = importance
         self.importance = make_importance(importance)
@@ -75,6 +75,7 @@ class YoloPruner:
         self._l1 = make_importance("l1")
         self.accumulated = None  # a TaylorEMA that scores instead of one batch's gradients (use_accumulated)
         self.global_ranking, self.round_to, self.trace_imgsz = global_ranking, round_to, trace_imgsz
+        self.per_channel = per_channel  # the INT8 file's weight granularity, for the int8_bytes estimate
         names = {m: n for n, m in model.named_modules()}
         self.frozen = {names[m] for m in frozen_modules(model, keep_stem=keep_stem, attention=attention)}
         self.couple = {}  # conv name -> key of its split block: both halves keep one width
@@ -190,10 +191,10 @@ class YoloPruner:
         """``kind`` cost of ``model`` pruned to ``ratio`` (measured on a copy)."""
         plan = self.plan(model, ratio, units)
         if not plan:
-            return measure(model, kind, imgsz)
+            return measure(model, kind, imgsz, self.per_channel)
         copy = deepcopy(model)
         self.apply(copy, plan)
-        return measure(copy, kind, imgsz)
+        return measure(copy, kind, imgsz, self.per_channel)
 
     def solve(self, model: nn.Module, kind: str, budget: int, imgsz: int) -> tuple[float, int]:
         """The ratio at which ``model``'s ``kind`` cost fits ``budget``, landing at most 3 % under it.
@@ -222,6 +223,55 @@ class YoloPruner:
             cost = mixed(lo)
             self.weights.update({u.name: u.weight for u in active})
         return ratio, cost
+
+    def fit_arena(self, model: nn.Module, ratio: float, budget: int, imgsz: int) -> tuple[float, int]:
+        """After ``solve`` (or alone, ``ratio`` 0): the high-resolution units (output stride <= 8, where activations
+        peak) take a higher ratio until the estimated tensor arena fits ``budget``; the others keep ``ratio``, so the
+        flash budget still holds (with room to spare). Kept in the unit weights like ``solve``'s choice. Returns
+        ``(ratio, arena)``; raises ``ValueError(minimum arena)`` when even those units at ``round_to`` do not fit."""
+        units = self.units(model)
+        ratio = max(ratio, 1e-6)  # the ratio the weights multiply (0: only the early units prune)
+        if (cost := self.cost_at(model, ratio, "arena_bytes", imgsz, units)) <= budget:
+            return ratio, cost
+        early, base = self._high_resolution(model, units), {u.name: u.weight for u in units}
+
+        def at(r: float) -> int:
+            for u in units:
+                if u.name in early and base[u.name] > 0:
+                    u.weight = max(base[u.name], r / ratio)
+            return self.cost_at(model, ratio, "arena_bytes", imgsz, units)
+
+        best = (0.999, at(0.999))
+        if best[1] > budget:
+            raise ValueError(best[1])
+        lo = ratio
+        for _ in range(14):
+            if best[1] >= budget * (1 - BUDGET_TOLERANCE):
+                break
+            mid = (lo + best[0]) / 2
+            c = at(mid)
+            best, lo = ((mid, c), lo) if c <= budget else (best, mid)
+        at(best[0])
+        self.weights.update({u.name: u.weight for u in units})
+        return ratio, best[1]
+
+    @torch.no_grad()
+    def _high_resolution(self, model: nn.Module, units: list[Unit], max_stride: int = 8) -> set[str]:
+        """Names of the units whose conv writes at output stride <= ``max_stride``."""
+        n = 64
+        size: dict[str, int] = {}
+        hooks = [_module(model, u.name).register_forward_hook(
+            lambda m, i, o, name=u.name: size.__setitem__(name, o.shape[-1])) for u in units]
+        was = model.training
+        model.eval()
+        try:
+            p = next(model.parameters())
+            trace_forward(model, torch.zeros(1, 3, n, n, device=p.device, dtype=p.dtype))
+        finally:
+            model.train(was)
+            for h in hooks:
+                h.remove()
+        return {name for name, w in size.items() if n / w <= max_stride}
 
     def channels(self, model: nn.Module) -> dict[int, tuple[int, int]]:
         """Per top-level layer: (output channels now, initially) summed over its prunable convs."""

@@ -1,0 +1,91 @@
+"""Peak activation memory of the INT8 graph: a cheap estimate of the tensor arena TensorFlow Lite Micro needs.
+
+TFLM plans every activation tensor of the file into one arena, each live from the operator that writes it to the
+last one that reads it (its greedy planner packs them close to the peak of that liveness). The estimate replays the
+model's forward once at ``imgsz`` (batch 1) under a dispatch mode that records every aten op's tensor inputs and
+outputs, and takes the peak over ops of the bytes alive (1 byte per element: int8). It follows the file's graph
+where it differs from PyTorch's: BatchNorm is folded into its conv (no tensor of its own), SiLU runs as LOGISTIC then
+MUL (one more tensor alive during it), views share their input's memory. Nothing in torch or torch-pruning measures
+liveness of a graph by op, hence this module. ``kdprune.pruning.budget.arena_bytes`` adds TFLM's own structures.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from kdprune.yolo.structure import trace_forward
+
+aten = torch.ops.aten
+_FOLDED = {aten._native_batch_norm_legit_no_training.default, aten.batch_norm.default,
+           aten.native_batch_norm.default, aten._native_batch_norm_legit.default}
+# SiLU is LOGISTIC + MUL in TFLite: two new tensors (the sigmoid's alive while MUL runs), even where PyTorch runs it
+# in place (ultralytics' loaded checkpoints do)
+_TWO_OPS = {aten.silu.default, aten.silu_.default}
+
+class _Recorder(TorchDispatchMode):
+    """Per aten op: (keys of its tensor inputs, [(key, elements)] of its outputs, extra transient elements)."""
+
+    def __init__(self, consts: set[int]):
+        super().__init__()
+        self.consts, self.ops, self.alias, self.keep = consts, [], {}, []
+        self.fresh = -1  # keys for tensors an in-place op writes (negative: never a real address)
+
+    def key(self, t: torch.Tensor) -> int:
+        k = t.untyped_storage().data_ptr()
+        return self.alias.get(k, k)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        ins = [self.key(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor) and t.numel()]
+        ins = [k for k in ins if k not in self.consts]
+        outs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.numel()]
+        self.keep.append(out)  # held until the end, so no address is reused by a later tensor
+        if func in _FOLDED and ins:  # folded into the conv: its output is the conv's output
+            for t in outs:
+                self.alias[t.untyped_storage().data_ptr()] = ins[0]
+            return out
+        if func in _TWO_OPS and outs:
+            self.alias[outs[0].untyped_storage().data_ptr()] = self.fresh  # a new tensor, in place or not
+            self.fresh -= 1
+            self.ops.append((ins, [(self.key(outs[0]), outs[0].numel())], outs[0].numel()))
+            return out
+        new = [(self.key(t), t.numel()) for t in outs if self.key(t) not in ins]  # views: no new memory
+        if ins or new:
+            self.ops.append((ins, new, 0))
+        return out
+
+
+@torch.no_grad()
+def peak_activation_bytes(model: nn.Module, imgsz: int) -> int:
+    """Peak bytes of int8 activations alive at once during one batch-1 forward at ``imgsz`` (input image included)."""
+    was_training = model.training
+    model.eval()
+    try:
+        p = next(model.parameters())
+        x = torch.zeros(1, 3, imgsz, imgsz, device=p.device, dtype=p.dtype)
+        consts = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+        rec = _Recorder(consts)
+        with rec:
+            outs = trace_forward(model, x)
+    finally:
+        model.train(was_training)
+    first: dict[int, int] = {rec.key(x): -1}
+    size: dict[int, int] = {rec.key(x): x.numel()}
+    last: dict[int, int] = {}
+    for i, (ins, new, _) in enumerate(rec.ops):
+        for k in ins:
+            last[k] = i
+        for k, n in new:
+            first.setdefault(k, i)
+            size[k] = max(size.get(k, 0), n)
+    end = len(rec.ops)
+    for t in outs:
+        last[rec.key(t)] = end
+    peak = 0
+    for i, (_, _, extra) in enumerate(rec.ops):
+        live = sum(size[k] for k in size if first[k] <= i <= last.get(k, first[k]))
+        peak = max(peak, live + extra)
+    return int(peak)
