@@ -43,8 +43,8 @@ def tflite_eval(sr, name: str, path: Path, head: HeadSpec, stats: dict, names: l
                         f"{int(cfg.max_bytes):,} (lower prune.target.int8_bytes)")
     if device and cfg.get("max_arena_bytes") is not None and row["arena_bytes"] >= int(cfg.max_arena_bytes):
         problems.append(f"{path.name} needs a {row['arena_bytes']:,}-byte tensor arena (RAM) in TFLite Micro, over "
-                        f"the budget export.max_arena_bytes={int(cfg.max_arena_bytes):,} (set prune.target.arena_bytes, "
-                        "or lower data.imgsz)")
+                        f"the budget export.max_arena_bytes={int(cfg.max_arena_bytes):,} (set "
+                        "prune.target.arena_bytes, or lower data.imgsz)")
     if device and cfg.get("npu"):  # the device file compiled for each MCU NPU target (Vela, Ethos-U)
         from kdprune.export.npu import vela_compile
 

@@ -25,6 +25,7 @@ _FOLDED = {aten._native_batch_norm_legit_no_training.default, aten.batch_norm.de
 # in place (ultralytics' loaded checkpoints do)
 _TWO_OPS = {aten.silu.default, aten.silu_.default}
 
+
 class _Recorder(TorchDispatchMode):
     """Per aten op: (keys of its tensor inputs, [(key, elements)] of its outputs, extra transient elements)."""
 
