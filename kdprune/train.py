@@ -31,6 +31,7 @@ from kdprune.export.stages import ExportFailed, RunRecord, check_exports, run_st
 from kdprune.module import DetectionModule
 from kdprune.objectives import build_criterion, build_distiller, check_objectives
 from kdprune.pruning import int8_bytes
+from kdprune.quant import per_channel
 from kdprune.report import deployed, stage_table, write_report
 from kdprune.teacher_stage import obtain_teacher
 from kdprune.yolo import build_model, evaluate_checkpoint, hyp_namespace, model_stats, split_blocks, val_settings
@@ -156,7 +157,7 @@ def run(cfg: DictConfig) -> dict:
         "epochs": trainer.current_epoch,
         "best_epoch": (ckpt_cb.best_epoch + 1) if ckpt_cb.best_epoch is not None else None,
         **model_stats(final_model, cfg.data.imgsz),
-        "int8_bytes_est": int8_bytes(final_model),
+        "int8_bytes_est": int8_bytes(final_model, per_channel(cfg.quant.granularity)),
         **{k: final.get(k) for k in ("mAP50", "mAP50-95", "precision", "recall")},
         "per_class": final.get("per_class", {}),
         "optimizer": module.resolved_optim,
