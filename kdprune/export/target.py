@@ -31,10 +31,11 @@ class _File:
     """The flatbuffer as LiteRT's object API reads it: ops by name, tensor shapes, constant data, zero points."""
 
     def __init__(self, path: str | Path):
-        from ai_edge_litert import schema_py_generated as schema
+        from kdprune.export.tflite_check import _enum_names, _schema
 
+        schema = _schema()
         self.model = schema.ModelT.InitFromPackedBuf(Path(path).read_bytes(), 0)
-        names = {v: k for k, v in vars(schema.BuiltinOperator).items() if isinstance(v, int) and not k.startswith("_")}
+        names = _enum_names(schema.BuiltinOperator)
         self.g = self.model.subgraphs[0]
         self.ops = []
         for i, op in enumerate(self.g.operators):
