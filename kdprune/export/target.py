@@ -56,10 +56,6 @@ class _File:
         q = self.g.tensors[t].quantization
         return 0 if q is None or q.zeroPoint is None else int(q.zeroPoint[0])
 
-    def name(self, t: int) -> str:
-        n = self.g.tensors[t].name
-        return n.decode(errors="replace") if isinstance(n, bytes) else str(n)
-
 
 def _batch_1(f: _File, on: bool) -> list[str]:
     return [f"op {i} {name}: batch {f.shape(op.outputs[0])[0]}" for i, name, op in f.ops
