@@ -1,9 +1,11 @@
 """The teacher stage: load the teacher from ``teacher.weights``, or train it on the run's data and cache it.
 
-Offline users have no pretrained teacher, so with no weights kdprune trains one (``teacher.cfg``, ``teacher.epochs``)
-as a first stage of the run, with the same data, image size, augmentation and optimizer, and caches its ``best.pt``
-under ``<cache_dir>/teachers/`` keyed by the data's fingerprint and the teacher's recipe. Later runs and sweep jobs
-load it instead of training again; concurrent jobs wait on a file lock rather than training twice.
+With no ``teacher.weights`` (a teacher already trained on these classes), kdprune trains one as a first stage of the
+run, with the same data, image size, augmentation and optimizer: fine-tuned from ``teacher.init`` (any ultralytics
+detection checkpoint, e.g. COCO's yolo11s.pt: the head is rebuilt for the data's classes and every tensor of matching
+shape transferred, as ultralytics' trainer does), or from scratch (``teacher.cfg``). Its ``best.pt`` is cached under
+``<cache_dir>/teachers/`` keyed by the data's fingerprint, the teacher's recipe and the init file's content. Later
+runs and sweep jobs load it instead of training again; concurrent jobs wait on a file lock rather than training twice.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from kdprune.callbacks import last_checkpoint
 from kdprune.data import data_fingerprint
 from kdprune.distill import Teacher
 from kdprune.errors import UserError
-from kdprune.yolo import load_teacher, teacher_mismatch
+from kdprune.recipe import training_optim
+from kdprune.yolo import check_checkpoint, load_teacher, teacher_mismatch
 
 log = logging.getLogger("kdprune")
 RECIPE_VERSION = 1  # bump when the way kdprune trains a teacher changes, so stale cached teachers are not reused
@@ -35,12 +38,12 @@ def _teacher_cfg(cfg: DictConfig, run_dir: Path) -> DictConfig:
     the default loss, one device (under DDP the teacher is trained before the workers start, see ``obtain_teacher``)."""
     t = cfg.copy()
     with open_dict(t):
-        t.model = {"name": cfg.teacher.name, "cfg": cfg.teacher.cfg, "weights": None}
+        t.model = {"name": cfg.teacher.name, "cfg": cfg.teacher.cfg, "weights": _init(cfg)}
         for group in ("teacher", "prune", "distill", "quant", "export"):  # each group's own 'none' option
             t[group] = OmegaConf.load(CONF_DIR / group / "none.yaml")
         t.loss = {**OmegaConf.load(CONF_DIR / "loss" / "default.yaml"),
                   **{k: cfg.loss[k] for k in ("box", "cls", "dfl")}}
-        t.trainer.max_epochs = int(cfg.teacher.epochs)
+        t.trainer.max_epochs = _epochs(cfg)
         t.trainer.devices = 1
         for k in ("strategy", "num_nodes"):
             t.trainer.pop(k, None)
@@ -52,23 +55,52 @@ def _teacher_cfg(cfg: DictConfig, run_dir: Path) -> DictConfig:
     return t
 
 
+def _init(cfg: DictConfig) -> str | None:
+    """The checkpoint the teacher stage fine-tunes from (``teacher.init``), or None: from scratch."""
+    init = cfg.teacher.get("init")
+    return str(Path(str(init)).expanduser()) if init else None
+
+
+def _epochs(cfg: DictConfig) -> int:
+    """The teacher stage's epochs: ``teacher.init_epochs`` fine-tuning ``teacher.init``, else ``teacher.epochs``."""
+    return int(cfg.teacher.init_epochs if _init(cfg) else cfg.teacher.epochs)
+
+
+def _file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_teacher(cfg: DictConfig) -> None:
+    """What the teacher stage needs from the config, checked before any work: a loadable detection ``teacher.init``."""
+    if cfg.distill.name != "none" and not cfg.teacher.weights and (init := _init(cfg)):
+        check_checkpoint(init, "teacher.init")
+
+
 def teacher_key(cfg: DictConfig, data: dict) -> str:
-    """Cache key: the data's fingerprint and everything that shapes the trained teacher."""
+    """Cache key: the data's fingerprint and everything that shapes the trained teacher (the init file by content:
+    a retrained yolo11s.pt at the same path is another teacher)."""
+    init = _init(cfg)
     recipe = {
         "version": RECIPE_VERSION,
         "data": data_fingerprint(data),
-        "cfg": cfg.teacher.cfg,
-        "cfg_text": Path(cfg.teacher.cfg).read_text() if Path(str(cfg.teacher.cfg)).is_file() else None,
-        "epochs": int(cfg.teacher.epochs),
+        "cfg": None if init else cfg.teacher.cfg,  # with an init, the architecture is the init file's
+        "cfg_text": Path(cfg.teacher.cfg).read_text() if not init and Path(str(cfg.teacher.cfg)).is_file() else None,
+        "epochs": _epochs(cfg),
         "imgsz": int(cfg.data.imgsz),
         "batch": int(cfg.data.batch),
         "seed": int(cfg.teacher.seed),
         "augment": OmegaConf.to_container(cfg.data.augment, resolve=True),
-        "optim": OmegaConf.to_container(cfg.optim, resolve=True),
+        "optim": training_optim(cfg, from_checkpoint=bool(init))[0],  # the values the teacher trains with
         "loss": {k: float(cfg.loss[k]) for k in ("box", "cls", "dfl")},
+        **({"init": _file_digest(init)} if init else {}),  # absent from-scratch: existing cache keys stay valid
     }
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
-    return f"{Path(str(cfg.teacher.cfg)).stem}-e{int(cfg.teacher.epochs)}-{digest}"
+    start = f"{Path(init).stem}-ft" if init else Path(str(cfg.teacher.cfg)).stem
+    return f"{start}-e{_epochs(cfg)}-{digest}"
 
 
 def _train_into_cache(cfg: DictConfig, data: dict, run_dir: Path, train_fn: Callable) -> Path:
@@ -81,8 +113,9 @@ def _train_into_cache(cfg: DictConfig, data: dict, run_dir: Path, train_fn: Call
         if (final / "best.pt").is_file():
             log.info(f"kdprune: teacher from the cache: {final}")
             return final
-        log.info(f"kdprune: stage 1/2: training the teacher ({cfg.teacher.cfg}, {cfg.teacher.epochs} epochs); "
-                 f"cached as {final} for later runs")
+        what = f"fine-tuning {_init(cfg)}" if _init(cfg) else f"training {cfg.teacher.cfg} from scratch"
+        log.info(f"kdprune: stage 1/2: the teacher: {what}, {_epochs(cfg)} epochs; cached as {final} for "
+                 "later runs")
         summary = train_fn(_teacher_cfg(cfg, run_dir / "teacher"))
         tmp = root / f".{key}.tmp{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -90,6 +123,7 @@ def _train_into_cache(cfg: DictConfig, data: dict, run_dir: Path, train_fn: Call
         shutil.copy2(summary["weights"]["best"], tmp / "best.pt")
         meta = {k: summary.get(k) for k in ("model", "imgsz", "epochs", "mAP50", "mAP50-95", "params", "gflops",
                                             "wall_time_s")}
+        meta["init"], meta["recipe"] = _init(cfg), summary.get("recipe")
         (tmp / "meta.json").write_text(json.dumps({"key": key, **meta}, indent=2))
         os.replace(tmp, final)  # atomic: an interrupted training leaves nothing in the cache
         log.info("kdprune: stage 2/2: training the student")
@@ -112,9 +146,10 @@ def obtain_teacher(cfg: DictConfig, data: dict, student, run_dir: Path, train_fn
     if cfg.teacher.weights:
         source, path, meta = "weights", Path(cfg.teacher.weights).expanduser(), {}
     else:
-        if not cfg.teacher.cfg or int(cfg.teacher.epochs) < 1:
+        if not (cfg.teacher.cfg or _init(cfg)) or _epochs(cfg) < 1:
             raise UserError(f"teacher={cfg.teacher.name}: without teacher.weights, kdprune trains the teacher; give "
-                            f"teacher.cfg (e.g. yolo11s.yaml) and teacher.epochs >= 1.")
+                            f"teacher.cfg (e.g. yolo11s.yaml) and teacher.epochs >= 1, or teacher.init (e.g. "
+                            "yolo11s.pt) and teacher.init_epochs >= 1.")
         d = _train_into_cache(cfg, data, run_dir, train_fn)
         source, path = "cache", d / "best.pt"
         meta = json.loads((d / "meta.json").read_text())
@@ -122,6 +157,7 @@ def obtain_teacher(cfg: DictConfig, data: dict, student, run_dir: Path, train_fn
     if (why := teacher_mismatch(student, model, need_dfl=float(cfg.distill.ld) > 0)) is not None:
         raise UserError(f"teacher {path}: {why}. Use a teacher trained on this dataset "
                         f"(or drop teacher.weights to let kdprune train one).")
-    info = {"source": source, "weights": str(path), "model": meta.get("model") or str(path),
+    info = {"source": source, "weights": str(path), "model": meta.get("model") or str(path), "init": meta.get("init"),
+            "recipe": meta.get("recipe"),
             "mAP50-95": meta.get("mAP50-95"), "mAP50": meta.get("mAP50")}
     return Teacher(model, info)

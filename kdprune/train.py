@@ -32,16 +32,18 @@ from kdprune.module import DetectionModule
 from kdprune.objectives import build_criterion, build_distiller, check_objectives
 from kdprune.pruning import int8_bytes
 from kdprune.quant import per_channel
+from kdprune.recipe import check_recipe, training_optim
 from kdprune.report import deployed, stage_table, write_report
-from kdprune.teacher_stage import obtain_teacher
+from kdprune.teacher_stage import check_teacher, obtain_teacher
 from kdprune.yolo import build_model, evaluate_checkpoint, hyp_namespace, model_stats, split_blocks, val_settings
 
 log = logging.getLogger("kdprune")
 
 
 def hyp_from_cfg(cfg: DictConfig, data: dict):
-    """Ultralytics' hyperparameter namespace for this run (augmentation, loss gains, optimizer, imgsz, data)."""
-    optim = OmegaConf.to_container(cfg.optim, resolve=True)
+    """Ultralytics' hyperparameter namespace for this run (augmentation, loss gains, optimizer, imgsz, data), with the
+    optimizer values of the recipe this model trains with (kdprune/recipe.py)."""
+    optim, _ = training_optim(cfg, from_checkpoint=bool(cfg.model.weights))
     return hyp_namespace(
         task="detect", mode="train", data=data["yaml_file"], imgsz=cfg.data.imgsz, batch=cfg.data.batch,
         epochs=cfg.trainer.max_epochs, cache=cfg.data.cache, workers=cfg.data.workers, seed=cfg.seed,
@@ -71,6 +73,8 @@ def _check_options(cfg: DictConfig) -> QATPhase | None:
     """Every check that needs only the config (and files it names): run, objectives, pruning, QAT, exports. Returns
     the QAT phase, if any."""
     _check_cfg(cfg)
+    check_recipe(cfg)
+    check_teacher(cfg)
     check_objectives(cfg)
     if cfg.prune.name != "none":
         GradualPruning.check_config(cfg.prune, int(cfg.trainer.max_epochs))
@@ -109,7 +113,7 @@ def run(cfg: DictConfig) -> dict:
         split_blocks(model)  # C2f/C3k2's chunk as two convs, so torch-pruning's graph follows it
         pruning = GradualPruning.from_config(cfg.prune, model, imgsz=cfg.data.imgsz, max_epochs=cfg.trainer.max_epochs)
     if qat is not None and getattr(model.model[-1], "one2one_cv2", None) is not None:
-        raise UserError(f"quant=int8_qat: {cfg.model.cfg or cfg.model.weights} has an end-to-end head (YOLO26), "
+        raise UserError(f"quant=int8_qat: {cfg.model.weights or cfg.model.cfg} has an end-to-end head (YOLO26), "
                         "which kdprune cannot quantize-train yet; use quant=none (INT8 exports then use PTQ)")
 
     # Last of the checks, first of the work: the teacher stage may train (and cache) a teacher for many minutes.
@@ -124,7 +128,7 @@ def run(cfg: DictConfig) -> dict:
     module = DetectionModule(model, hyp, data["names"], data, val=val_settings(cfg.val), grad_clip=cfg.optim.grad_clip,
                              ema=cfg.optim.ema, plot_every=cfg.val.plot_every, criterion=criterion,
                              distiller=distiller, teacher=teacher, kd_schedule=kd_schedule)
-    module.train_args = {**vars(hyp), "model": cfg.model.cfg or cfg.model.weights, "save_dir": str(run_dir)}
+    module.train_args = {**vars(hyp), "model": cfg.model.weights or cfg.model.cfg, "save_dir": str(run_dir)}
 
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     if pruning is not None:
@@ -151,7 +155,7 @@ def run(cfg: DictConfig) -> dict:
     log_per_class_ap(trainer, final.get("per_class", {}), trainer.global_step)
     final_model = module.model if module.qat is not None else module.eval_model  # the architecture (QAT: its floats)
     summary = {
-        "model": cfg.model.cfg or cfg.model.weights,
+        "model": cfg.model.weights or cfg.model.cfg,
         "data": data["yaml_file"],
         "imgsz": cfg.data.imgsz,
         "epochs": trainer.current_epoch,
@@ -161,6 +165,7 @@ def run(cfg: DictConfig) -> dict:
         **{k: final.get(k) for k in ("mAP50", "mAP50-95", "precision", "recall")},
         "per_class": final.get("per_class", {}),
         "optimizer": module.resolved_optim,
+        "recipe": training_optim(cfg, from_checkpoint=bool(cfg.model.weights))[1],
         "loss": loss_info,
         "images_skipped": dm.skipped_images(),
         "wall_time_s": round(time.time() - t0, 1),

@@ -4,7 +4,7 @@ happens). Each leaf key is matched to its consumer:
 - under a ``_target_``: Hydra passes it to that class, whose signature must take it;
 - ``trainer.*``: Lightning's ``Trainer`` arguments;
 - ``data.augment.*``, ``optim.*``, the loss gains: ultralytics' hyperparameters (``hyp_from_cfg`` passes them on),
-  but for the two optim keys kdprune reads itself;
+  but for the two optim keys kdprune reads itself; ``finetune.*``: optim values of the fine-tuning recipe, the same;
 - ``distill.schedule.*``: ``kd_scale_at``'s arguments; ``data.embedded.*``: the dataset generator's;
 - ``prune.target.*``: the budget kinds; ``target.rules.*``: the rules of kdprune/export/target.py; other ``target.*``
   keys: interpolated by another group's file (``${target.granularity}``);
@@ -87,7 +87,7 @@ def test_every_option_key_has_a_reader(file, path, target):
         assert key in params or any(p.kind == p.VAR_KEYWORD for p in params.values()), f"{target} takes no {key}"
     elif path[0] == "trainer":
         assert key in inspect.signature(L.Trainer.__init__).parameters, f"Lightning's Trainer takes no {key}"
-    elif (path[:2] == ("data", "augment") or (path[0] == "optim" and key not in ("grad_clip", "ema"))
+    elif (path[:2] == ("data", "augment") or (path[0] in ("optim", "finetune") and key not in ("grad_clip", "ema"))
           or (path[0] == "loss" and key in ("box", "cls", "dfl"))):
         assert key in _hyp_keys(), f"ultralytics has no hyperparameter {key}"
     elif path[:2] == ("distill", "schedule"):

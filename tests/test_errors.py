@@ -102,7 +102,7 @@ def test_undecodable_image_is_skipped_and_counted(tmp_path, user_data):
     assert bad.name in p.stdout + p.stderr  # ultralytics' warning names the file
 
 
-@pytest.mark.parametrize("key", ["model.weights", "teacher.weights"])
+@pytest.mark.parametrize("key", ["model.weights", "teacher.weights", "teacher.init"])
 @pytest.mark.parametrize("yaml,task", [("yolo11n-cls.yaml", "classify"), ("yolo11n-seg.yaml", "segment")])
 def test_a_checkpoint_of_another_task_is_named(tmp_path, key, yaml, task):
     """A classification or segmentation checkpoint where a detection one is needed: the message says what it is."""
@@ -112,7 +112,7 @@ def test_a_checkpoint_of_another_task_is_named(tmp_path, key, yaml, task):
     model = (ClassificationModel if task == "classify" else SegmentationModel)(yaml, nc=3, verbose=False)
     path = tmp_path / f"{task}.pt"
     torch.save({"model": model, "train_args": {}}, path)
-    extra = ["distill=kd", "teacher=yolo11s"] if key == "teacher.weights" else []
+    extra = ["distill=kd", "teacher=yolo11s"] if key.startswith("teacher.") else []
     p = kdprune(f"{key}={path}", *extra, run_dir=tmp_path / "run")
     assert_user_error(p, f"a {task} checkpoint", "needs a detection model", run_dir=tmp_path / "run")
 

@@ -27,7 +27,7 @@ def run_hparams(cfg: DictConfig, run_dir: Path) -> dict:
     """The settings that tell runs apart: a fixed set (so every job has the same columns) and the job's overrides."""
     prune = cfg.prune
     target = {k: v for k, v in (prune.get("target") or {}).items() if v is not None}
-    params = {"model": cfg.model.cfg or cfg.model.weights, "teacher": cfg.teacher.name, "distill": cfg.distill.name,
+    params = {"model": cfg.model.weights or cfg.model.cfg, "teacher": cfg.teacher.name, "distill": cfg.distill.name,
               "loss": cfg.loss.name, "prune": prune.name, "prune.importance": prune.get("importance", ""),
               "prune.schedule": prune.get("schedule", ""), "prune.target": " ".join(f"{k}={v}" for k, v in
                                                                                    target.items()),

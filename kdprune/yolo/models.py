@@ -29,30 +29,42 @@ def _build_from_yaml(cfg: str, nc: int) -> DetectionModel:
         ) from None
 
 
-def _load_weights(weights: str | Path, key: str = "model") -> tuple[torch.nn.Module, dict]:
+# what to do instead of a missing checkpoint, per config key
+_WITHOUT = {"model.weights": "build from scratch with model.cfg={stem}.yaml model.weights=null",
+            "teacher.weights": "let kdprune train the teacher with teacher.weights=null",
+            "teacher.init": "train the teacher from scratch with teacher.init=null"}
+
+
+def _load_weights(weights: str | Path, key: str = "model.weights") -> tuple[torch.nn.Module, dict]:
+    """``(model, checkpoint)`` of a local ultralytics detection checkpoint named by config key ``key``; a missing,
+    unloadable or non-detection file is a UserError that names the key."""
     path = Path(weights).expanduser()
     if not path.is_file():
         raise UserError(
-            f"{key}.weights={weights}: file not found at {path.resolve()}. kdprune never downloads weights: put the "
-            f"checkpoint there (or pass its path), or build from scratch with {key}.cfg={path.stem}.yaml "
-            f"{key}.weights=null."
+            f"{key}={weights}: file not found at {path.resolve()}. kdprune never downloads weights: put the "
+            f"checkpoint there (or pass its path), or {_WITHOUT[key].format(stem=path.stem)}."
         )
     try:
         model, ckpt = load_checkpoint(str(path))
     except Exception as e:  # a corrupt or foreign file is the user's to fix
-        raise UserError(f"{key}.weights={weights}: not a loadable ultralytics checkpoint "
+        raise UserError(f"{key}={weights}: not a loadable ultralytics checkpoint "
                         f"({type(e).__name__}: {e}).") from None
     # ultralytics' own answer from the architecture's head (the checkpoint's train args may be missing or stale)
     task = guess_model_task(getattr(model, "yaml", None) or model)
     if task != "detect" or not isinstance(model, DetectionModel):
-        raise UserError(f"{key}.weights={weights}: a {task} checkpoint ({type(model).__name__}); kdprune needs a "
+        raise UserError(f"{key}={weights}: a {task} checkpoint ({type(model).__name__}); kdprune needs a "
                         "detection model (task=detect), e.g. yolo11n.pt.")
     return model, ckpt
 
 
+def check_checkpoint(weights: str | Path, key: str) -> None:
+    """Raise the UserError ``build_model`` / ``load_teacher`` would, before any work is done."""
+    _load_weights(weights, key)
+
+
 def load_teacher(weights: str | Path) -> DetectionModel:
     """A teacher from a local checkpoint, in fp32 (checkpoints are saved in fp16)."""
-    model, _ = _load_weights(weights, key="teacher")
+    model, _ = _load_weights(weights, key="teacher.weights")
     return model.float().eval()
 
 
@@ -75,7 +87,8 @@ def teacher_mismatch(student: torch.nn.Module, teacher: torch.nn.Module, *, need
     return None
 
 
-def build_model(cfg: str | None, weights: str | None, names: dict[int, str], hyp) -> DetectionModel:
+def build_model(cfg: str | None, weights: str | None, names: dict[int, str], hyp,
+                key: str = "model.weights") -> DetectionModel:
     """A trainable DetectionModel for ``names``: from ``weights`` (any ultralytics checkpoint) or built from ``cfg``.
 
     A checkpoint with another class count is rebuilt from its own YAML with ``nc=len(names)`` and every tensor of
@@ -83,7 +96,7 @@ def build_model(cfg: str | None, weights: str | None, names: dict[int, str], hyp
     """
     nc = len(names)
     if weights:
-        loaded, _ = _load_weights(weights)
+        loaded, _ = _load_weights(weights, key)
         if loaded.nc == nc:
             model = loaded
         else:

@@ -1,0 +1,70 @@
+"""The training recipe of each model a run trains: from scratch, or fine-tuning a checkpoint.
+
+``optim`` in config.yaml holds the values measured for short from-scratch runs (AdamW lr0 0.003, 3 warm-up epochs).
+A model that starts from a checkpoint (the student with ``model.weights``, a teacher trained here from
+``teacher.init``) needs gentler ones: ``finetune`` in config.yaml lists them, and ``recipe=auto`` (the default)
+applies them to exactly those models. ``recipe=scratch`` / ``recipe=finetune`` choose one recipe for every model.
+
+A value the user set wins over the recipe: a key given on the command line (``optim.lr0=0.002``), or one whose value
+differs from config.yaml's (set by an experiment). Hydra has no conditional defaults (a group's option cannot depend
+on whether another key is set), which is why this is resolved here rather than by composition; ``summary.json``
+records every value and where it came from.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from omegaconf import DictConfig, OmegaConf
+
+from kdprune import CONF_DIR
+from kdprune.errors import UserError
+
+RECIPES = ("auto", "scratch", "finetune")
+
+
+@cache
+def _base_optim() -> dict:
+    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml").optim, resolve=False)
+
+
+def command_line_keys() -> set[str]:
+    """The dotted keys given on the command line of this Hydra run (empty outside one, e.g. in tests)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return set()
+    return {o.lstrip("+~").partition("=")[0] for o in HydraConfig.get().overrides.task}
+
+
+def check_recipe(cfg: DictConfig) -> None:
+    recipe = cfg.get("recipe", "auto")
+    if recipe not in RECIPES:
+        raise UserError(f"recipe={recipe}: choose from {', '.join(RECIPES)}")
+    if unknown := sorted(set(cfg.get("finetune") or {}) - set(cfg.optim)):
+        raise UserError(f"finetune.{unknown[0]}: not an optim key (finetune holds optim values: "
+                        f"{', '.join(sorted(cfg.optim))})")
+
+
+def training_optim(cfg: DictConfig, *, from_checkpoint: bool, given: set[str] | None = None) -> tuple[dict, dict]:
+    """``(optim, sources)``: the optim values a model trains with, and for each recipe key where its value came from
+    (``recipe finetune``, ``optim (from scratch)``, ``command line`` or ``config``). ``from_checkpoint``: the model
+    starts from trained weights. ``given``: the command line's keys (default: this Hydra run's)."""
+    optim = OmegaConf.to_container(cfg.optim, resolve=True)
+    recipe = cfg.get("recipe", "auto")
+    finetune = recipe == "finetune" or (recipe == "auto" and from_checkpoint)
+    given = command_line_keys() if given is None else given
+    base = _base_optim()
+    sources = {}
+    for key, value in OmegaConf.to_container(cfg.get("finetune") or {}, resolve=True).items():
+        if f"optim.{key}" in given:
+            sources[key] = "command line"
+        elif optim[key] != base.get(key):
+            sources[key] = "config"  # an experiment (or the config) set it: it wins over the recipe
+        elif finetune:
+            optim[key] = value
+            sources[key] = "recipe finetune" + (" (the model starts from a checkpoint)" if recipe == "auto" else "")
+        else:
+            sources[key] = "optim (from scratch)"
+    return optim, {"recipe": "finetune" if finetune else "scratch", "from_checkpoint": from_checkpoint,
+                   "values": {k: {"value": optim[k], "from": s} for k, s in sources.items()}}
