@@ -18,6 +18,7 @@ from kdprune.yolo import (
     ModelEMA,
     build_optimizer,
     evaluate_checkpoint,
+    in_fp32,
     nominal_accumulate,
     optimizer_iterations,
     raw_head,
@@ -218,17 +219,18 @@ class DetectionModule(L.LightningModule):
             t0 = time.perf_counter()
             teacher = raw_head(self.teacher(batch["img"]))
             self._kd_time += time.perf_counter() - t0
-        preds = self.student(batch["img"])
+        preds, teacher = in_fp32(self.student(batch["img"])), in_fp32(teacher)
         fg_needed = teacher is not None and self.distiller.needs_foreground
-        det_loss, items, fg = self.criterion(preds, batch, foreground=fg_needed)
-        loss = det_loss.sum()
-        out = {"det_loss": loss.detach()}
-        if teacher is not None:
-            t0 = time.perf_counter()
-            kd_loss, kd_items = self.distiller(raw_head(preds), teacher, fg)
-            loss = loss + self.kd_scale * kd_loss * bs  # per image -> per batch, as ultralytics' loss
-            self._kd_time += time.perf_counter() - t0
-            out["kd_loss"] = kd_loss.detach()
+        with torch.autocast(self.device.type, enabled=False):  # mixed precision: the losses stay in fp32
+            det_loss, items, fg = self.criterion(preds, batch, foreground=fg_needed)
+            loss = det_loss.sum()
+            out = {"det_loss": loss.detach()}
+            if teacher is not None:
+                t0 = time.perf_counter()
+                kd_loss, kd_items = self.distiller(raw_head(preds), teacher, fg)
+                loss = loss + self.kd_scale * kd_loss * bs  # per image -> per batch, as ultralytics' loss
+                self._kd_time += time.perf_counter() - t0
+                out["kd_loss"] = kd_loss.detach()
         if self.trainer.world_size > 1:
             loss = loss * self.trainer.world_size  # DDP averages gradients; ultralytics scales back to the sum
         self.manual_backward(loss)
@@ -289,9 +291,10 @@ class DetectionModule(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int):
         model = self.eval_model
         batch["img"] = batch["img"].float() / 255
-        preds = model(batch["img"])
-        _, items, _ = self.criterion(preds, batch)
-        out = self.evaluator.update(preds, batch)
+        with torch.autocast(self.device.type, enabled=False):  # fp32: bf16 would round boxes to 2 px at 256
+            preds = model(batch["img"])
+            _, items, _ = self.criterion(preds, batch)
+            out = self.evaluator.update(preds, batch)
         bs = batch["img"].shape[0]
         self.log_dict({f"val/{k}": v for k, v in items.items()}, on_step=False, on_epoch=True, batch_size=bs,
                       sync_dist=True)

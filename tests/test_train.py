@@ -148,3 +148,51 @@ def test_model_weights_start_from_an_ultralytics_checkpoint(fitted):
     transferred = [k for k in ref if sd3[k].shape == ref[k].shape and torch.equal(sd3[k].float(), ref[k].float())]
     assert len(transferred) > 0.9 * len(ref)
     assert sd3["model.23.cv3.0.2.weight"].shape[0] == 3 and ref["model.23.cv3.0.2.weight"].shape[0] == 8
+
+
+def test_bf16_mixed_on_cpu_keeps_losses_validation_and_ema_in_fp32(tmp_path, monkeypatch):
+    """trainer.precision=bf16-mixed: convolutions run in bf16 (the speed), while the losses see fp32 predictions,
+    validation runs in fp32 (bf16 would round 256-px boxes to 2 px) and the EMA and master weights stay fp32."""
+    import lightning as L
+
+    import kdprune.train as kt
+    from tests.conftest import TINY, compose
+
+    seen = {"conv": set(), "criterion": set(), "val_conv": set()}
+
+    class SpyCriterion:  # the dtypes of the predictions the losses get
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __call__(self, preds, batch, **kw):
+            seen["criterion"].update(t.dtype for t in torch.utils._pytree.tree_leaves(preds)
+                                     if torch.is_tensor(t) and t.is_floating_point())
+            return self.inner(preds, batch, **kw)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    class Spy(L.Callback):
+        def on_fit_start(self, trainer, pl_module):
+            first = next(m for m in pl_module.model.modules() if isinstance(m, torch.nn.Conv2d))
+
+            def hook(m, i, o):  # global (a hook on the model would be pickled into best.pt)
+                if m is first or m is next(x for x in pl_module.eval_model.modules() if isinstance(x, torch.nn.Conv2d)):
+                    seen["conv" if pl_module.training else "val_conv"].add(o.dtype)
+
+            self.handle = torch.nn.modules.module.register_module_forward_hook(hook)
+            pl_module.criterion = SpyCriterion(pl_module.criterion)
+
+        def on_fit_end(self, trainer, pl_module):
+            self.handle.remove()
+            seen["ema"] = {p.dtype for p in pl_module.ema.ema.parameters()}
+            seen["master"] = {p.dtype for p in pl_module.model.parameters()}
+
+    trainer_cls = kt.L.Trainer
+    monkeypatch.setattr(kt.L, "Trainer", lambda *a, callbacks=(), **k: trainer_cls(*a, callbacks=[*callbacks, Spy()], **k))
+    s = run(compose([*TINY, "trainer.precision=bf16-mixed", "logger=none", "val.plot_every=0"], run_dir=tmp_path / "r"))
+    assert seen["conv"] == {torch.bfloat16}  # the setting reached the trainer: training convs ran in bf16
+    assert seen["criterion"] == {torch.float32}
+    assert seen["val_conv"] == {torch.float32}
+    assert seen["ema"] == seen["master"] == {torch.float32}
+    assert s["mAP50-95"] is not None

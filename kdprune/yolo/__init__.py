@@ -2,7 +2,7 @@
 (ultralytics==8.4.190) and this package is the one place that follows it."""
 
 from kdprune.yolo.checkpoint import load_ultralytics_checkpoint, save_ultralytics_checkpoint
-from kdprune.yolo.criterion import DetectionCriterion, inverse_frequency_weights, raw_head
+from kdprune.yolo.criterion import DetectionCriterion, in_fp32, inverse_frequency_weights, raw_head
 from kdprune.yolo.ema import ModelEMA, refresh_ema
 from kdprune.yolo.evaluate import DetectionEvaluator, evaluate_checkpoint, evaluate_model, nms_for_plot, val_settings
 from kdprune.yolo.models import (build_model, check_checkpoint, hyp_namespace, load_teacher, model_stats,
@@ -27,6 +27,7 @@ __all__ = [
     "head_input_channels",
     "head_inputs",
     "hyp_namespace",
+    "in_fp32",
     "inverse_frequency_weights",
     "load_teacher",
     "load_ultralytics_checkpoint",

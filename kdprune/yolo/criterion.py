@@ -36,6 +36,18 @@ def raw_head(preds) -> dict[str, torch.Tensor]:
     return preds.get("one2many", preds)
 
 
+def in_fp32(x):
+    """``x`` (a tensor, or lists / tuples / dicts of them) with every floating tensor in fp32: under mixed precision
+    (bf16-mixed, 16-mixed) the head's outputs arrive in 16 bits, and the losses and box decoding need fp32."""
+    if torch.is_tensor(x):
+        return x.float() if x.is_floating_point() else x
+    if isinstance(x, dict):
+        return {k: in_fp32(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(in_fp32(v) for v in x)
+    return x
+
+
 class DetectionCriterion:
     """``model.init_criterion()`` (v8DetectionLoss, or E2ELoss for end-to-end heads) with an optional element-wise
     classification loss (e.g. ``FocalBCE``) and per-class weights on the classification term."""

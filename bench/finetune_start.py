@@ -1,0 +1,138 @@
+"""Starting from pretrained checkpoints (issue 17): what a pretrained student and a pretrained teacher buy in the
+deployed 2 MB file, against training from scratch and against cutting the pretrained model's width by hand.
+
+    .venv/bin/python bench/finetune_start.py [--seeds 0 1] [--imgsz 256] [--arms scratch student both handcut]
+        [--pretrain-epochs 25] [--pretrain-images 800] [--set KEY=VALUE ...] [--json NAME]
+
+No weights can be downloaded here, so COCO's yolo11n.pt / yolo11s.pt have a stand-in: yolo11n and yolo11s trained by
+kdprune on the second generated dataset (``data=glyphs``: 7 letter classes on procedural backgrounds, other content
+than the embedded shapes), ``prune=none distill=none``, then fine-tuned on the embedded dataset (8 other classes), so
+the head is rebuilt and every other tensor transferred, as with a COCO checkpoint. Arms, each the ``yolo11n_mcu``
+default run (KD, gradual pruning to 2,000,000 INT8 bytes, QAT, exports) scored on its **TFLite INT8 file**:
+
+- ``scratch`` (a): as today, student and teacher from scratch;
+- ``student`` (b): ``model.weights=<pretrained yolo11n>``, the teacher from scratch (the cached one);
+- ``both`` (c): ``model.weights=<pretrained yolo11n> teacher.init=<pretrained yolo11s>`` (the teacher fine-tuned);
+- ``handcut``: what the first user tried: yolo11n with its width multiple cut until the INT8 estimate fits the budget,
+  every tensor of matching shape transferred from the pretrained yolo11n (ultralytics' ``model.load``, which copies
+  only equal shapes), fine-tuned the same epochs with QAT and the same exports, no pruning, no KD.
+
+The pretraining runs go to bench/runs/finetune/pretrain-*; arms to bench/runs/finetune/<arm>-<imgsz>-s<seed> (a finished
+run is read back, not re-run). Writes bench/finetune_start.json after each run and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import ROOT, git_rev, machine  # noqa: E402
+
+OUT = ROOT / "bench" / "runs" / "finetune"
+BUDGET = 2_000_000
+
+
+def kdprune(run_dir: Path, *args: str) -> dict:
+    summary = run_dir / "summary.json"
+    if not summary.is_file():
+        t0 = time.time()
+        p = subprocess.run([sys.executable, "-m", "kdprune", *args, f"hydra.run.dir={run_dir}", "val.plot_every=0"],
+                           cwd=ROOT, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise SystemExit(f"{run_dir.name} failed ({p.returncode}):\n{p.stderr[-3000:]}")
+        print(f"  {run_dir.name}: {time.time() - t0:.0f} s", flush=True)
+    return json.loads(summary.read_text())
+
+
+def pretrain(model: str, imgsz: int, epochs: int, images: int) -> Path:
+    """The stand-in for a COCO checkpoint: ``model`` trained on the glyphs dataset."""
+    run_dir = OUT / f"pretrain-{model}-{imgsz}-e{epochs}-n{images}"
+    kdprune(run_dir, f"model={model}", "data=glyphs", f"data.embedded.n_train={images}", f"data.imgsz={imgsz}",
+            f"trainer.max_epochs={epochs}", "prune=none", "distill=none", "quant=none", "export=none", "seed=0")
+    return run_dir / "weights" / "best.pt"
+
+
+def handcut_checkpoint(pretrained: Path, imgsz: int) -> tuple[Path, float]:
+    """yolo11n at the widest width multiple (steps of 0.005) whose INT8 estimate (per-tensor, as the neutron target
+    exports) fits the budget, with the pretrained tensors of equal shape transferred; saved for ``model.weights``."""
+    from ultralytics.nn.tasks import DetectionModel, yaml_model_load
+
+    from bench.common import default_cfg, default_data_yaml
+    from kdprune.data import resolve_data
+    from kdprune.pruning import int8_bytes
+    from kdprune.yolo import hyp_namespace, load_ultralytics_checkpoint, save_ultralytics_checkpoint
+
+    cfg = default_cfg()
+    data = resolve_data(str(default_data_yaml()), cfg.cache_dir, None, False)
+    src, _ = load_ultralytics_checkpoint(pretrained)
+    base = yaml_model_load("yolo11n.yaml")
+    d, w, mc = base["scales"]["n"]
+    width = w
+    while True:
+        y = {k: v for k, v in base.items() if k not in ("scales", "scale")}
+        y.update(depth_multiple=d, width_multiple=round(width, 3), max_channels=mc)
+        model = DetectionModel(y, nc=len(data["names"]), verbose=False)
+        if int8_bytes(model, per_channel=False) <= BUDGET:
+            break
+        width -= 0.005
+    model.load(src, verbose=False)  # ultralytics' transfer: tensors of equal shape only
+    model.names, model.args = dict(data["names"]), hyp_namespace(imgsz=imgsz)
+    path = OUT / f"handcut-yolo11n-w{width:.3f}.pt"
+    save_ultralytics_checkpoint(path, model, epoch=0, train_args={"model": f"yolo11n.yaml width {width:.3f}"})
+    return path, width
+
+
+def score(s: dict) -> dict:
+    row = next(r for r in s["stages"] if r["stage"] == "TFLite INT8")
+    teacher = s.get("teacher") or {}
+    return {"tflite_mAP50-95": row["mAP50-95"], "tflite_bytes": row["bytes"], "best_pt_mAP50-95": s["mAP50-95"],
+            "params": s["params"], "wall_time_s": s["wall_time_s"], "teacher_mAP50-95": teacher.get("mAP50-95"),
+            "recipe": (s.get("recipe") or {}).get("recipe")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--imgsz", type=int, default=256)
+    ap.add_argument("--arms", nargs="+", default=["scratch", "student", "both", "handcut"],
+                    choices=["scratch", "student", "both", "handcut"])
+    ap.add_argument("--pretrain-epochs", type=int, default=25)
+    ap.add_argument("--pretrain-images", type=int, default=800, help="glyphs training images for the stand-ins")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="Hydra overrides added to every arm")
+    ap.add_argument("--json", default="finetune_start")
+    args = ap.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    n = pretrain("yolo11n", args.imgsz, args.pretrain_epochs, args.pretrain_images)
+    s = pretrain("yolo11s", args.imgsz, args.pretrain_epochs, args.pretrain_images) if "both" in args.arms else None
+    cut, width = handcut_checkpoint(n, args.imgsz) if "handcut" in args.arms else (None, None)
+    base = ["+experiment=yolo11n_mcu", f"data.imgsz={args.imgsz}", *args.set]
+    arms = {"scratch": [], "student": [f"model.weights={n}"], "both": [f"model.weights={n}", f"teacher.init={s}"],
+            "handcut": [f"model.weights={cut}", "prune=none", "distill=none", "teacher=none"]}
+    results: dict[str, list[dict]] = {}
+    for seed in args.seeds:
+        for arm in args.arms:
+            r = score(kdprune(OUT / f"{arm}-{args.imgsz}-s{seed}", *base, *arms[arm], f"seed={seed}"))
+            results.setdefault(arm, []).append(r)
+            (ROOT / "bench" / f"{args.json}.json").write_text(json.dumps(
+                {"machine": machine(), "commit": git_rev(), "imgsz": args.imgsz, "seeds": args.seeds,
+                 "pretrained": {"yolo11n": str(n), "yolo11s": str(s) if s else None},
+                 "handcut_width": width, "arms": results}, indent=2))
+    lines = [f"\n{machine()}, commit {git_rev()}, imgsz {args.imgsz}, seeds {args.seeds}",
+             "| arm | TFLite INT8 mAP50-95 per seed | mean | file bytes | params | wall time (s) |", "|---|---|---|---|---|---|"]
+    for arm, rs in results.items():
+        m = [r["tflite_mAP50-95"] for r in rs]
+        lines.append(f"| {arm} | {' / '.join(f'{x:.4f}' for x in m)} | {statistics.mean(m):.4f} | "
+                     f"{rs[0]['tflite_bytes']:,} | {rs[0]['params']:,} | "
+                     f"{' / '.join(str(round(r['wall_time_s'])) for r in rs)} |")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
