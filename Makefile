@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test install clean bench
+.PHONY: run test test-fast lint install clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,8 +18,16 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m kdprune +experiment=yolo11n_mcu $(ARGS)
 
-test: $(STAMP)
+# the full suite (what CI runs), after the linter
+test: lint
 	$(BIN)/python -m pytest $(ARGS)
+
+# the unit tests alone (no training, conversion or export): a few minutes, for changing code
+test-fast: lint
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check kdprune tests bench
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py

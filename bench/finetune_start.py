@@ -125,7 +125,8 @@ def main() -> None:
                  "pretrained": {"yolo11n": str(n), "yolo11s": str(s) if s else None},
                  "handcut_width": width, "arms": results}, indent=2))
     lines = [f"\n{machine()}, commit {git_rev()}, imgsz {args.imgsz}, seeds {args.seeds}",
-             "| arm | TFLite INT8 mAP50-95 per seed | mean | file bytes | params | wall time (s) |", "|---|---|---|---|---|---|"]
+             "| arm | TFLite INT8 mAP50-95 per seed | mean | file bytes | params | wall time (s) |",
+             "|---|---|---|---|---|---|"]
     for arm, rs in results.items():
         m = [r["tflite_mAP50-95"] for r in rs]
         lines.append(f"| {arm} | {' / '.join(f'{x:.4f}' for x in m)} | {statistics.mean(m):.4f} | "

@@ -7,7 +7,8 @@ in the same number of epochs, on the embedded dataset, over several seeds, besid
 
 Arms (all: +experiment=yolo11n_mcu distill=none quant=none export=none, or --kd for the KD defaults):
 - ``dense``: prune=none, the reference row (what compression costs is read against it);
-- ``today``: gradual as before issue 13 (the default until then): cubic, 4 steps at epochs 2..10, Taylor from 4 fresh batches
+- ``today``: gradual as before issue 13 (the default until then): cubic, 4 steps at epochs 2..10, Taylor from 4 fresh
+  batches
   at each step, channels cut at once (prune.importance_epochs=0 prune.fade_epochs=0), optimizer moments carried;
 - ``new``: Taylor averaged over the training steps (time constant 1 epoch), each step's channels faded to zero over the
   epoch before their removal (prune.importance_epochs=1 prune.fade_epochs=1);
@@ -147,7 +148,8 @@ def main() -> None:
         ref = statistics.mean(r["mAP50-95"] for r in dense) if dense else None
         full_dense = results.get("mcu_dense")  # the full arms read against their own dense (a file against a file)
         ref_full = statistics.mean(r["mAP50-95"] for r in full_dense) if full_dense else None
-        lines = [f"\n{machine()}, commit {git_rev()}, data {args.data}, imgsz {args.imgsz}, KD {'on' if args.kd else 'off'}, "
+        kd = "on" if args.kd else "off"
+        lines = [f"\n{machine()}, commit {git_rev()}, data {args.data}, imgsz {args.imgsz}, KD {kd}, "
                  f"seeds {args.seeds}" + (f", overrides {args.set}" if args.set else "")
                  + (f", fine-tuned {FINETUNE_EPOCHS} epochs from {args.finetune}" if args.finetune else ""),
                  "| arm | mAP50-95 per seed | mean ± sd | vs dense | worst cliff per seed | params |",

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import os
+import tempfile
 import time
 from pathlib import Path
 

@@ -75,7 +75,6 @@ def ultralytics_int8(pt: Path, data: str, imgsz: int, timeout: int, split: str =
 
 def ort_quantize_static(run: Path, cfg, n_calib: int) -> dict:
     """onnxruntime's static INT8 (QDQ, per-channel weights, int8 activations, MinMax) of the run's fp32 ONNX."""
-    import numpy as np
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from ultralytics.nn.tasks import load_checkpoint
 

@@ -17,6 +17,7 @@ from kdprune.export.tflite_runner import TFLiteRunner  # noqa: E402
 from kdprune.train import hyp_from_cfg  # noqa: E402
 from kdprune.yolo import load_ultralytics_checkpoint, val_settings  # noqa: E402
 from kdprune.yolo.rawhead import head_spec  # noqa: E402
+
 for run in map(Path, sys.argv[1:]):
     cfg = OmegaConf.load(run / "config.yaml")
     data = resolve_data(cfg.data.yaml, cfg.cache_dir, dict(cfg.data.embedded), False)

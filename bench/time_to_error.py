@@ -27,7 +27,8 @@ def cases(tmp: Path) -> dict[str, list[str]]:
 
     missing_val = tmp / "missing_val"
     (missing_val / "images" / "train").mkdir(parents=True)
-    (missing_val / "data.yaml").write_text(f"path: {missing_val}\ntrain: images/train\nval: images/val\nnames: {{0: a}}\n")
+    (missing_val / "data.yaml").write_text(f"path: {missing_val}\ntrain: images/train\nval: images/val\n"
+                                           "names: {0: a}\n")
     yaml = generate(tmp / "bad_label", n_train=8, n_val=4, imgsz=64, seed=3, workers=0)
     label = next((yaml.parent / "labels" / "train").glob("*.txt"))
     label.write_text(label.read_text() + "0 0.5 0.5 0.1\n")  # four fields
@@ -41,7 +42,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     print(f"{machine()}, commit {git_rev()}")
-    print("| mistake | seconds to the error (median of %d) | the line |" % args.repeats)
+    print(f"| mistake | seconds to the error (median of {args.repeats}) | the line |")
     print("|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for name, extra in cases(Path(tmp)).items():

@@ -50,9 +50,10 @@ def _kdprune(epochs: int, imgsz: int, batch: int, workers: int) -> list[float]:
 def _ultralytics(epochs: int, imgsz: int, batch: int, workers: int) -> list[float]:
     import tempfile
 
+    from ultralytics import YOLO
+
     import kdprune  # noqa: F401  (offline settings)
     from bench.common import default_data_yaml
-    from ultralytics import YOLO
 
     rates: list[float] = []
     state = {}

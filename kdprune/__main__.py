@@ -87,11 +87,11 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     which is what ``+hparams_search=optuna`` maximises."""
     global _entered
     _entered = True
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     # heavy imports after Hydra has parsed the command line
     import logging
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     # torchao 0.18 registers an Enum with torch 2.14's pytree, which logs a deprecation warning on every start; it is
     # theirs to fix and it came before a config error's one line. Silenced for this logger only.

@@ -11,11 +11,11 @@ from kdprune.distill import Distiller, Teacher, kd_scale_at
 from kdprune.errors import UserError
 from kdprune.pruning import replay
 from kdprune.yolo import (
-    SplitC2f,
     DetectionCriterion,
     DetectionEvaluator,
     LRSchedule,
     ModelEMA,
+    SplitC2f,
     build_optimizer,
     evaluate_checkpoint,
     in_fp32,

@@ -120,7 +120,8 @@ def test_image_list_txt_and_no_images(tmp_path):
     y = tmp_path / "list.yaml"
     y.write_text(f"path: {tmp_path}\ntrain: train.txt\nval: images/val\nnames: [a, b, c]\n")
     data = check_data_yaml(y)
-    assert split_image_files(data["train"]) == [str(tmp_path / "images/train/a.jpg"), str(tmp_path / "images/train/z.jpg")]
+    assert split_image_files(data["train"]) == [str(tmp_path / "images/train/a.jpg"),
+                                                str(tmp_path / "images/train/z.jpg")]
     raises_one_line(check_labels, data, contains=("z.txt:1:", "class id 7"))
     (tmp_path / "images" / "empty").mkdir()
     raises_one_line(check_labels, dict(data, train=str(tmp_path / "images" / "empty")), contains=("no images",))

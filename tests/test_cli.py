@@ -14,7 +14,10 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from tests.conftest import TINY
 from tests.conftest import run_cli as kdprune
 
-SWEEP_ARGS = ["+experiment=yolo11n_mcu", "trainer.max_epochs=2", "prune.start_epoch=0", "prune.end_epoch=0", "prune.fade_epochs=0",
+pytestmark = pytest.mark.slow  # trains, converts or exports (make test-fast leaves it out)
+
+SWEEP_ARGS = ["+experiment=yolo11n_mcu", "trainer.max_epochs=2", "prune.start_epoch=0", "prune.end_epoch=0",
+              "prune.fade_epochs=0",
               "prune.steps=1", "teacher.cfg=yolov8n.yaml", "teacher.epochs=1", "quant.start_epoch=-1",
               "quant.freeze_bn_epoch=-1", "quant.freeze_observer_epoch=-1", "export.formats=[]"]
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdprune.distill import Distiller, FeatureAdapters, Teacher, cls_kd, cwd, kd_scale_at, ld_kd
+from kdprune.distill import Distiller, Teacher, cls_kd, cwd, kd_scale_at, ld_kd
 from kdprune.losses import FocalBCE
 from kdprune.pruning import YoloPruner
 from kdprune.yolo import (
@@ -42,7 +42,8 @@ def _batch(bs=2, imgsz=64, seed=0):
 def _distiller(student, teacher, **kw):
     kd = compose(["distill=kd"]).distill  # temperatures and anchor mode as configured (conf/distill/kd.yaml)
     args = dict(cls=1.0, ld=1.0, cwd=1.0, t_cls=kd.t_cls, t_ld=kd.t_ld, t_cwd=kd.t_cwd, anchors=kd.anchors,
-                reg_max=16, student_channels=head_input_channels(student), teacher_channels=head_input_channels(teacher))
+                reg_max=16, student_channels=head_input_channels(student),
+                teacher_channels=head_input_channels(teacher))
     return Distiller(**{**args, **kw})
 
 
@@ -230,7 +231,8 @@ def test_optimizer_is_not_fused_so_amp_can_clip_its_gradients(monkeypatch):
 
     real = torch.optim.AdamW
     made = []
-    monkeypatch.setattr(torch.optim, "AdamW", lambda params, **kw: made.append(real(params, fused=True, **kw)) or made[-1])
+    monkeypatch.setattr(torch.optim, "AdamW",
+                        lambda params, **kw: made.append(real(params, fused=True, **kw)) or made[-1])
     model = _model()
     opt, _ = build_optimizer(model, hyp_namespace(imgsz=64, optimizer="AdamW"), 4, 100, 5e-4)
     assert len(made) == 1 and _optimizer_handles_unscaling(made[0])  # what ultralytics built, and Lightning refuses

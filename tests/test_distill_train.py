@@ -4,7 +4,6 @@ the config, and bad input."""
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +20,15 @@ from tests.conftest import TINY, compose
 from tests.probes import assert_starts_from, probe
 from tests.test_errors import assert_user_error, kdprune
 
-# A tiny teacher (yolov8n, one epoch) trained by the teacher stage (its own seed, so no other test cached it first); the student is pruned at the start of epoch 0 with
-# KD on, so the adapters follow a prune step before any training; class-weighted loss.
+pytestmark = pytest.mark.slow  # trains, converts or exports (make test-fast leaves it out)
+
+# A tiny teacher (yolov8n, one epoch) trained by the teacher stage (its own seed, so no other test cached it first);
+# the student is pruned at the start of epoch 0 with KD on, so the adapters follow a prune step before any training;
+# class-weighted loss.
 TEACHER = ["teacher=yolo11s", "teacher.cfg=yolov8n.yaml", "teacher.epochs=1"]
-KD = [*TINY, *TEACHER, "teacher.seed=1", "distill=kd", "trainer.max_epochs=2", "prune=gradual", "prune.fade_epochs=0", "prune.start_epoch=0",
-      "prune.end_epoch=0", "prune.steps=1", "prune.target.ratio=0.5", "loss=class_weighted"]
+KD = [*TINY, *TEACHER, "teacher.seed=1", "distill=kd", "trainer.max_epochs=2", "prune=gradual",
+      "prune.fade_epochs=0", "prune.start_epoch=0", "prune.end_epoch=0", "prune.steps=1", "prune.target.ratio=0.5",
+      "loss=class_weighted"]
 
 
 def _sha(path) -> str:

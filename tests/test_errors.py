@@ -10,6 +10,8 @@ import pytest
 
 from tests.conftest import ROOT, TINY, run_cli
 
+pytestmark = pytest.mark.slow  # trains, converts or exports (make test-fast leaves it out)
+
 
 def kdprune(*args: str, run_dir: Path, timeout: int = 240) -> subprocess.CompletedProcess:
     """One tiny run into ``run_dir``."""

@@ -17,6 +17,8 @@ from kdprune.export.runtime import OnnxRunner, TorchRunner, latency_ms
 from kdprune.yolo.rawhead import RawHeadModel
 from tests.conftest import val_args
 
+pytestmark = pytest.mark.slow  # trains, converts or exports (make test-fast leaves it out)
+
 IMGSZ = 64
 ORACLE_SCALE = 3.0  # val mAP50-95 ~0.73: imperfect boxes, so ranking and IoU both matter
 
@@ -84,10 +86,9 @@ def test_decode_matches_detect_yolo26(yolo26):
 
 @pytest.fixture(scope="module")
 def tiny_val(cache_dir):
-    from tests.conftest import TINY, compose
-
     from kdprune.data import resolve_data
     from kdprune.train import hyp_from_cfg
+    from tests.conftest import TINY, compose
 
     cfg = compose(TINY)
     data = resolve_data(cfg.data.yaml, cfg.cache_dir, dict(cfg.data.embedded), cfg.data.check_labels)

@@ -160,9 +160,10 @@ def test_accumulated_taylor_scores_average_the_steps_and_decide_the_cut():
     (["prune.importance_epochs=-0.5"], "must be >= 0"),
 ])
 def test_bad_fade_settings_are_one_line_errors(extra, needle):
+    from ultralytics.nn.tasks import DetectionModel
+
     from kdprune.callbacks import GradualPruning
     from kdprune.yolo import split_blocks
-    from ultralytics.nn.tasks import DetectionModel
 
     cfg = compose([*TINY, "trainer.max_epochs=8", "prune=gradual", "prune.start_epoch=3", "prune.end_epoch=6",
                    "prune.steps=2", "prune.target.ratio=0.2", *extra])

@@ -18,6 +18,8 @@ from kdprune.yolo import build_model, hyp_namespace, save_ultralytics_checkpoint
 from tests.conftest import TINY, compose
 from tests.test_errors import assert_user_error, kdprune
 
+pytestmark = pytest.mark.slow  # trains, converts or exports (make test-fast leaves it out)
+
 COCO_LIKE = {i: f"coco{i}" for i in range(80)}
 
 

@@ -72,6 +72,7 @@ def test_layers_left_out_of_the_export_are_not_counted():
     assert int8_bytes(e2e) == before
 
 
+@pytest.mark.slow  # converts two models to TFLite
 @pytest.mark.parametrize("per_channel", [True, False])
 def test_estimate_matches_the_tflite_file(tmp_path, per_channel):
     """Both granularities: per-tensor files are ~8 % smaller, and the estimate follows them (a per-tensor target

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from tests.conftest import TINY
 from tests.conftest import run_cli as kdprune
 from tests.test_cli import read_csv
+
+pytestmark = pytest.mark.slow  # trains, converts or exports (make test-fast leaves it out)
 
 # The MCU experiment at 64 px without QAT and exports (the basic-launcher sweep in test_cli covers those)
 ARGS = [a for a in TINY if not a.startswith("trainer.max_epochs")] + [
@@ -21,7 +24,8 @@ def test_submitit_jobs_run_concurrently_and_train_the_teacher_once(tmp_path):
     d = tmp_path / "sweep"
     # teacher.seed=7: a teacher no other test has cached, so both jobs start without one and race for it
     p = kdprune("-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=15", *ARGS,
-                "prune.start_epoch=0", "prune.end_epoch=0", "prune.fade_epochs=0", "teacher.seed=7", "prune.target.int8_bytes=1500000,2000000",
+                "prune.start_epoch=0", "prune.end_epoch=0", "prune.fade_epochs=0", "teacher.seed=7",
+                "prune.target.int8_bytes=1500000,2000000",
                 f"hydra.sweep.dir={d}", OMP_NUM_THREADS="1")  # two jobs on 2 cores (joblib sets this itself)
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     assert list((d / ".submitit").iterdir())  # the jobs went through submitit
@@ -58,7 +62,8 @@ def test_optuna_search_scores_trials_by_int8_map_and_writes_the_best(tmp_path):
     ok, over = by_target["1500000"], by_target["2400000"]
     assert ok["status"] == "ok" and float(ok["score"]) == float(ok["int8_mAP50-95"]) >= 0
     assert int(ok["int8_bytes"]) <= 1_800_000 < int(over["int8_bytes"])
-    assert over["status"] == "over budget" and float(over["score"]) == round(-int(over["int8_bytes"]) / 1_800_000, 4) < 0
+    assert over["status"] == "over budget"
+    assert float(over["score"]) == round(-int(over["int8_bytes"]) / 1_800_000, 4) < 0
     results = yaml.safe_load((d / "optimization_results.yaml").read_text())
     assert results["best_value"] == float(ok["score"])  # optuna saw what the summary says, and maximised it
     assert results["best_params"]["prune.target.int8_bytes"] == 1500000

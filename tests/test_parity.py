@@ -7,6 +7,8 @@ import pytest
 from kdprune.train import run
 from tests.conftest import compose
 
+pytestmark = pytest.mark.slow  # trains, converts or exports (make test-fast leaves it out)
+
 IMGSZ = 128
 
 
@@ -20,7 +22,8 @@ def trained(tmp_path_factory):
     yaml = generate(tmp / "ds", n_train=16, n_val=1, imgsz=IMGSZ, seed=5, workers=0)
     yaml.write_text(yaml.read_text().replace("val: images/val", "val: images/train"))
     overrides = [
-        f"data.yaml={yaml}", f"data.imgsz={IMGSZ}", "data.batch=4", "data.val_batch=8", "optim.lr0=0.005", "data.workers=0",
+        f"data.yaml={yaml}", f"data.imgsz={IMGSZ}", "data.batch=4", "data.val_batch=8", "optim.lr0=0.005",
+        "data.workers=0",
         "data.augment.mosaic=0", "data.augment.close_mosaic=0", "data.augment.scale=0", "data.augment.translate=0",
         "trainer.max_epochs=40", "optim.warmup_epochs=1", "val.plot_every=0", "logger=none",
     ]

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from kdprune.errors import UserError
@@ -15,6 +14,8 @@ from kdprune.train import run
 from tests.conftest import TINY, compose
 from tests.test_distill_train import TEACHER
 from tests.test_errors import assert_user_error, kdprune
+
+pytestmark = pytest.mark.slow  # trains, converts or exports (make test-fast leaves it out)
 
 # Two pruning steps (start of epochs 0 and 1) to 30 % of the channels, then one recovery epoch. (Resuming between the
 # two steps: tests/test_resume.py.)
@@ -88,9 +89,10 @@ print("RESULT", n, r.box.map, len(p), f)
 
 
 def _prune_cfg(*extra, model="yolo11n.yaml"):
+    from ultralytics.nn.tasks import DetectionModel
+
     from kdprune.callbacks import GradualPruning
     from kdprune.yolo import split_blocks
-    from ultralytics.nn.tasks import DetectionModel
 
     cfg = compose([*TINY, "trainer.max_epochs=5", "prune=gradual", "prune.fade_epochs=0", "prune.start_epoch=0",
                    "prune.end_epoch=2",
@@ -137,7 +139,8 @@ def test_bad_layer_ratios_and_unknown_family(tmp_path):
 
 
 def test_cli_bad_ratio_exits_2_before_training(tmp_path):
-    p = kdprune("prune=gradual", "prune.fade_epochs=0", "prune.start_epoch=0", "prune.end_epoch=0", "prune.steps=1", "trainer.max_epochs=2",
+    p = kdprune("prune=gradual", "prune.fade_epochs=0", "prune.start_epoch=0", "prune.end_epoch=0", "prune.steps=1",
+                "trainer.max_epochs=2",
                 "prune.target.ratio=1.5", run_dir=tmp_path / "run")
     assert_user_error(p, "prune.target.ratio=1.5", run_dir=tmp_path / "run")
     assert "Epoch 0" not in p.stderr
@@ -145,8 +148,8 @@ def test_cli_bad_ratio_exits_2_before_training(tmp_path):
 
 def test_ddp_two_processes_prune_and_distil_identically(tmp_path):
     """trainer=ddp on 2 CPU processes (gloo), with accumulated Taylor scores and a fade: the scores average
-    gradients after DDP's all-reduce, and rank 0 decides the plan, so every rank fades and removes the same channels. With
-    distillation on, the adapters are pruned with the student on every rank and stay in sync under DDP."""
+    gradients after DDP's all-reduce, and rank 0 decides the plan, so every rank fades and removes the same channels.
+    With distillation on, the adapters are pruned with the student on every rank and stay in sync under DDP."""
     probe = tmp_path / "probe"
     p = kdprune("trainer=ddp", "trainer.devices=2", "trainer.max_epochs=4", "prune=gradual", "prune.start_epoch=2",
                 "prune.end_epoch=2", "prune.steps=1", "prune.fade_epochs=1", "prune.importance_epochs=1",

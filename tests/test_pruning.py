@@ -16,7 +16,6 @@ from kdprune.pruning import (
     count_params,
     fraction_at,
     int8_bytes,
-    fraction_at,
     keep_counts,
     measure,
     solve_ratio,

@@ -15,6 +15,8 @@ from kdprune.errors import UserError
 from kdprune.quant import QATDetector, backend
 from kdprune.yolo.rawhead import RawHeadModel
 
+pytestmark = pytest.mark.slow  # trains, converts or exports (make test-fast leaves it out)
+
 
 def _model(cfg="yolov8n.yaml", seed=0):
     torch.manual_seed(seed)
@@ -102,7 +104,8 @@ def test_qdq_around_every_conv_with_configured_granularity(qdq):
         assert prod[o.name].op_type == "DequantizeLinear"
     # shared scales: each Concat's inputs are all dequantized with one scale
     for cat in (n for n in g.node if n.op_type == "Concat"):
-        scales = {float(_const(prod[i].input[1], inits, prod)) for i in cat.input if prod[i].op_type == "DequantizeLinear"}
+        scales = {float(_const(prod[i].input[1], inits, prod))
+                  for i in cat.input if prod[i].op_type == "DequantizeLinear"}
         assert len(scales) == 1, (cat.name, scales)
     # sigmoid outputs on TFLite's fixed 1/256 scale, zero point -128
     sig_q = [n for n in g.node if n.op_type == "QuantizeLinear" and prod.get(n.input[0]) is not None
@@ -132,7 +135,8 @@ def test_qat_detector_trains_the_model_tensors_and_answers_like_detectionmodel()
     m = _model()
     q = QATDetector(m, 64)
     params = {id(p) for p in m.parameters()}
-    assert {id(p) for p in q.graph.parameters()} <= params  # one set of tensors: the optimizer keeps ultralytics' groups
+    # one set of tensors: the optimizer keeps ultralytics' groups
+    assert {id(p) for p in q.graph.parameters()} <= params
     q.train(True)
     preds = q(torch.rand(2, 3, 64, 64))
     assert set(preds) == {"boxes", "scores", "feats"} and preds["scores"].shape[1] == 3

@@ -17,7 +17,10 @@ from kdprune.train import run
 from tests.conftest import TINY, compose
 from tests.probes import assert_starts_from, probe
 
-QAT = [*TINY, "trainer.max_epochs=3", "prune=gradual", "prune.start_epoch=0", "prune.end_epoch=0", "prune.fade_epochs=0", "prune.steps=1",
+pytestmark = pytest.mark.slow  # trains, converts or exports (make test-fast leaves it out)
+
+QAT = [*TINY, "trainer.max_epochs=3", "prune=gradual", "prune.start_epoch=0", "prune.end_epoch=0",
+       "prune.fade_epochs=0", "prune.steps=1",
        "prune.target.ratio=0.2", "quant=int8_qat", "quant.start_epoch=1", "quant.freeze_bn_epoch=2",
        "quant.freeze_observer_epoch=2", "quant.ptq_images=8", "export=int8", "target=ethos_u",
        "export.latency_runs=20"]

@@ -14,6 +14,8 @@ from tests.conftest import TINY, run_cli
 from tests.probes import assert_starts_from, probe
 from tests.test_distill_train import TEACHER
 
+pytestmark = pytest.mark.slow  # trains, converts or exports (make test-fast leaves it out)
+
 # 8 epochs: Taylor scores accumulate from epoch 0; step 1's channels are chosen at epoch 1 and fade over epochs 1-2,
 # removed at epoch 3; step 2's fade over 3-4, removed at 5; QAT from epoch 6 (BN and ranges freeze at 7).
 # 32 images = 4 batches an epoch, so a signal can land mid-epoch.
@@ -98,7 +100,8 @@ def test_sigterm_in_the_teacher_stage_resumes_the_teacher(tmp_path):
     teacher_ckpt = run_dir / "teacher" / "checkpoints" / "last.ckpt"
     saved = torch.load(teacher_ckpt, map_location="cpu", weights_only=False)
     assert saved["epoch"] == 0 and not (run_dir / "checkpoints").exists()
-    assert not (tmp_path / "cache" / "teachers").exists() or not any((tmp_path / "cache" / "teachers").glob("*/best.pt"))
+    teachers = tmp_path / "cache" / "teachers"
+    assert not teachers.exists() or not any(teachers.glob("*/best.pt"))
     shutil.copy(teacher_ckpt, tmp_path / "teacher.ckpt")
 
     out = run_cli(*cmd[3:], *probe(tmp_path / "start"), **cache)

@@ -24,6 +24,8 @@ from kdprune.sensitivity import (
 )
 from tests.conftest import TINY, compose
 
+pytestmark = pytest.mark.slow  # trains, converts or exports (make test-fast leaves it out)
+
 BUDGET = 2_300_000  # yolo11n at nc=8 is ~2.90 MB dense: forces real pruning, reachable at ratio 0.5
 SCAN = [*TINY, "sensitivity.ratios=[0.25,0.5]", "sensitivity.bn_batches=2"]
 
@@ -159,7 +161,8 @@ def test_yaml_loads_in_prune_ratios_and_meets_the_budget_as_training_applies_it(
     ratios = load_layer_ratios(path)
     assert set(ratios) == {int(k.split()[0]) for k in summary["allocation"]} and isinstance(ratios[23], list)
     assert any(v > 0 for v in summary["allocation"].values())
-    cfg = compose([*TINY, "prune=gradual", f"prune.prune_ratios={path}", "prune.start_epoch=0", "prune.end_epoch=0", "prune.fade_epochs=0",
+    cfg = compose([*TINY, "prune=gradual", f"prune.prune_ratios={path}", "prune.start_epoch=0", "prune.end_epoch=0",
+                   "prune.fade_epochs=0",
                    "prune.steps=1"], tmp_path)
     assert all(v is None for v in cfg.prune.target.values())  # the ratios alone, as written
     data = resolve_data(None, cfg.cache_dir, OmegaConf.to_container(cfg.data.embedded), False)

@@ -18,6 +18,8 @@ from tests.conftest import CONF, compose
 from tests.test_errors import assert_user_error, kdprune
 from tests.test_tflite import IMGSZ, NAMES, _qat_graph
 
+pytestmark = pytest.mark.slow  # trains, converts or exports (make test-fast leaves it out)
+
 
 def _rules(name: str) -> dict:
     from omegaconf import OmegaConf

@@ -16,6 +16,8 @@ from kdprune.export import tflite as T
 from kdprune.export import tflite_check as C
 from kdprune.quant import QATDetector, backend
 
+pytestmark = pytest.mark.slow  # trains, converts or exports (make test-fast leaves it out)
+
 IMGSZ = 64
 NAMES = ["box0", "cls0", "box1", "cls1", "box2", "cls2"]
 

@@ -10,6 +10,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from kdprune.train import run
 
+pytestmark = pytest.mark.slow  # trains, converts or exports (make test-fast leaves it out)
+
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
@@ -123,7 +125,8 @@ def test_close_mosaic_reaches_the_dataloader_workers(tmp_path, monkeypatch):
 
     monkeypatch.setattr(YOLODataModule, "train_dataloader", probing_loader)
     trainer_cls = kt.L.Trainer
-    monkeypatch.setattr(kt.L, "Trainer", lambda *a, callbacks=(), **k: trainer_cls(*a, callbacks=[*callbacks, Record()], **k))
+    monkeypatch.setattr(kt.L, "Trainer",
+                        lambda *a, callbacks=(), **k: trainer_cls(*a, callbacks=[*callbacks, Record()], **k))
     cfg = compose([*TINY, "trainer.max_epochs=2", "data.augment.close_mosaic=1", "data.workers=2",
                    "data.embedded.n_train=32", "logger=none", "val.plot_every=0"], run_dir=tmp_path / "run")
     kt.run(cfg)
@@ -189,7 +192,8 @@ def test_bf16_mixed_on_cpu_keeps_losses_validation_and_ema_in_fp32(tmp_path, mon
             seen["master"] = {p.dtype for p in pl_module.model.parameters()}
 
     trainer_cls = kt.L.Trainer
-    monkeypatch.setattr(kt.L, "Trainer", lambda *a, callbacks=(), **k: trainer_cls(*a, callbacks=[*callbacks, Spy()], **k))
+    monkeypatch.setattr(kt.L, "Trainer",
+                        lambda *a, callbacks=(), **k: trainer_cls(*a, callbacks=[*callbacks, Spy()], **k))
     s = run(compose([*TINY, "trainer.precision=bf16-mixed", "logger=none", "val.plot_every=0"], run_dir=tmp_path / "r"))
     assert seen["conv"] == {torch.bfloat16}  # the setting reached the trainer: training convs ran in bf16
     assert seen["criterion"] == {torch.float32}

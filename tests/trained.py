@@ -39,7 +39,8 @@ def easy_dataset(root: Path, n_train: int = 64, n_val: int = 32, seed: int = 0) 
                 cv2.rectangle(img, (x0, y0), (x0 + side - 1, y0 + side - 1), color, -1)
             cv2.imwrite(str(root / "images" / split / f"{i:03d}.png"), img)
             c = (x0 + side / 2) / IMGSZ, (y0 + side / 2) / IMGSZ
-            (root / "labels" / split / f"{i:03d}.txt").write_text(f"{cls} {c[0]} {c[1]} {side / IMGSZ} {side / IMGSZ}\n")
+            w = side / IMGSZ
+            (root / "labels" / split / f"{i:03d}.txt").write_text(f"{cls} {c[0]} {c[1]} {w} {w}\n")
     names = "".join(f"  {i}: {n}\n" for i, n in enumerate(NAMES))
     path = root / "data.yaml"
     path.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n{names}")

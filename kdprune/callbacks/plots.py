@@ -12,7 +12,8 @@ _COLORS = [(56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 255), (49, 
            (23, 204, 146), (134, 219, 61), (52, 147, 26), (187, 212, 0), (168, 153, 44), (255, 194, 0)]
 
 
-def draw_grid(images: np.ndarray, dets: list[np.ndarray], names: dict[int, str], cols: int = 4, max_n: int = 16) -> np.ndarray:
+def draw_grid(images: np.ndarray, dets: list[np.ndarray], names: dict[int, str], cols: int = 4,
+              max_n: int = 16) -> np.ndarray:
     """Tile up to ``max_n`` CHW float [0,1] RGB images with their ``[x1,y1,x2,y2,conf,cls]`` boxes into one HWC uint8.
 
     Drawn with cv2's Hershey font on purpose: ultralytics' ``plot_images`` fetches a TrueType font from the network.

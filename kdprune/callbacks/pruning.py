@@ -135,7 +135,7 @@ class GradualPruning(L.Callback):
         return schedule, target, layer_ratios
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, model: torch.nn.Module, *, imgsz: int, max_epochs: int) -> "GradualPruning":
+    def from_config(cls, cfg: DictConfig, model: torch.nn.Module, *, imgsz: int, max_epochs: int) -> GradualPruning:
         """Validate ``prune.*`` (one-line ``UserError``s, before any training) and build the callback for ``model``."""
         schedule, target, layer_ratios = cls.check_config(cfg, max_epochs)
         try:

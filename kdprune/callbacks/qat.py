@@ -28,7 +28,7 @@ class QATPhase(L.Callback):
         self.freeze_observer_epoch, self.per_channel, self.imgsz = freeze_observer_epoch, per_channel, imgsz
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, *, max_epochs: int, imgsz: int, prune_end: int | None) -> "QATPhase":
+    def from_config(cls, cfg: DictConfig, *, max_epochs: int, imgsz: int, prune_end: int | None) -> QATPhase:
         start = _epoch(cfg.start_epoch, max_epochs)
         bn, obs = _epoch(cfg.freeze_bn_epoch, max_epochs), _epoch(cfg.freeze_observer_epoch, max_epochs)
         last = max_epochs - 1

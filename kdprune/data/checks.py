@@ -68,7 +68,8 @@ def check_data_yaml(path: str | Path) -> dict:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
-        raise UserError(_one_line(f"{where}: not valid YAML ({getattr(e, 'problem', None) or e}); fix the syntax")) from None
+        why = getattr(e, "problem", None) or e
+        raise UserError(_one_line(f"{where}: not valid YAML ({why}); fix the syntax")) from None
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(_one_line(f"{p}: cannot read ({e})")) from None
     if not isinstance(data, dict):

@@ -99,7 +99,8 @@ def reset_mosaic_buffer(ds) -> None:
     would otherwise carry from one epoch into the next, and a resumed run would start with another one."""
     if not hasattr(ds, "buffer"):
         return
-    if getattr(ds, "cache", None) != "ram":  # images held only because they are in the buffer (ultralytics' BaseDataset.load_image)
+    # images held only because they are in the buffer (ultralytics' BaseDataset.load_image)
+    if getattr(ds, "cache", None) != "ram":
         for j in ds.buffer:
             ds.ims[j], ds.im_hw0[j], ds.im_hw[j] = None, None, None
     ds.buffer.clear()

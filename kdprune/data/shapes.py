@@ -7,7 +7,7 @@ Geometry is float; masks are drawn by cv2 with 4 fractional bits and anti-aliasi
 from __future__ import annotations
 
 import importlib.util
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import cv2
@@ -115,7 +115,7 @@ def texture(h: int, w: int, size: float, rng: np.random.Generator) -> np.ndarray
     return tex * light[..., None]
 
 
-@lru_cache(maxsize=None)
+@cache
 def photos() -> tuple[np.ndarray, ...]:
     """The real photographs shipped inside the ultralytics package (bus.jpg, zidane.jpg), BGR uint8."""
     spec = importlib.util.find_spec("ultralytics")
@@ -163,11 +163,11 @@ def clutter(img: np.ndarray, rng: np.random.Generator) -> None:
         cv2.polylines(img, [pts], False, random_color(rng).tolist(), int(rng.integers(1, 3)), cv2.LINE_AA, _SHIFT)
 
 
-# ---- the second kind ("glyphs"): letters on procedural backgrounds ----------------------------------------------------
+# ---- the second kind ("glyphs"): letters on procedural backgrounds -----------------------------------------------
 GLYPHS = ("A", "E", "G", "K", "R", "S", "Y")  # no pair is a rotation of another within the +-30 degrees drawn
 
 
-@lru_cache(maxsize=None)
+@cache
 def _glyph_contours(ch: str, thickness: int) -> tuple[tuple[np.ndarray, int], ...]:
     """Outline and holes of ``ch`` drawn with cv2's Hershey font at ``thickness`` (of a 120-px letter), radius 1."""
     mask = np.zeros((240, 240), np.uint8)

@@ -8,6 +8,7 @@ from torch import nn
 from kdprune.distill.adapters import FeatureAdapters
 from kdprune.distill.losses import ANCHOR_WEIGHTS, anchor_weights, cls_kd, cwd, ld_kd
 
+
 class Distiller(nn.Module):
     """KD loss per image: ``cls * cls_kd + ld * ld_kd + cwd * mean_levels(cwd)``.
 

@@ -20,7 +20,7 @@ class Teacher:
             p.requires_grad_(False)
         self.info = dict(info or {})  # where it came from, its val mAP
 
-    def to(self, device) -> "Teacher":
+    def to(self, device) -> Teacher:
         self.model.to(device)
         return self
 

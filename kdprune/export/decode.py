@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+
 from kdprune.yolo.ops import dist2bbox, make_anchors, non_max_suppression
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from torch.utils.data import Subset
 
 from kdprune.errors import UserError
 from kdprune.export.evaluate import evaluate_runner, square_val_loader

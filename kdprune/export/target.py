@@ -9,8 +9,8 @@ docs/npu_targets.md. ``RULES`` is the one place a rule is added.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

@@ -49,7 +49,7 @@ class ChannelFade:
         return {"targets": self.targets, "steps": self.steps, "done": self.done}
 
     @classmethod
-    def from_state(cls, state: dict) -> "ChannelFade":
+    def from_state(cls, state: dict) -> ChannelFade:
         f = cls(state["targets"], state["steps"])
         f.done = int(state["done"])
         return f

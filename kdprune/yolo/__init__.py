@@ -5,8 +5,14 @@ from kdprune.yolo.checkpoint import load_ultralytics_checkpoint, save_ultralytic
 from kdprune.yolo.criterion import DetectionCriterion, in_fp32, inverse_frequency_weights, raw_head
 from kdprune.yolo.ema import ModelEMA, refresh_ema
 from kdprune.yolo.evaluate import DetectionEvaluator, evaluate_checkpoint, evaluate_model, nms_for_plot, val_settings
-from kdprune.yolo.models import (build_model, check_checkpoint, hyp_namespace, load_teacher, model_stats,
-                                 teacher_mismatch)
+from kdprune.yolo.models import (
+    build_model,
+    check_checkpoint,
+    hyp_namespace,
+    load_teacher,
+    model_stats,
+    teacher_mismatch,
+)
 from kdprune.yolo.optim import LRSchedule, build_optimizer, nominal_accumulate, optimizer_iterations
 from kdprune.yolo.prunable import SplitC2f, merge_split_blocks, split_blocks
 from kdprune.yolo.structure import check_prunable, head_input_channels, head_inputs, trace_forward

@@ -45,7 +45,8 @@ class LRSchedule:
     def __init__(self, epochs: int, batches_per_epoch: int, hyp, accumulate: int):
         self.epochs, self.nb, self.accumulate = epochs, batches_per_epoch, accumulate
         self.hyp = hyp
-        self.lf = one_cycle(1, hyp.lrf, epochs) if hyp.cos_lr else (lambda x: max(1 - x / epochs, 0) * (1.0 - hyp.lrf) + hyp.lrf)
+        linear = lambda x: max(1 - x / epochs, 0) * (1.0 - hyp.lrf) + hyp.lrf  # noqa: E731 (ultralytics' own)
+        self.lf = one_cycle(1, hyp.lrf, epochs) if hyp.cos_lr else linear
         warmup_epochs = min(hyp.warmup_epochs, max(epochs - 1, 0))
         self.nw = round(warmup_epochs * batches_per_epoch) if warmup_epochs > 0 else 0
 
