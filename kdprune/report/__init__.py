@@ -2,6 +2,7 @@
 ``best.yaml`` per sweep (``sweep.py``, ``pareto.py``), rebuilt at any time with ``python -m kdprune.report PATH``."""
 
 from kdprune.report.run import stage_table, write_report
-from kdprune.report.sweep import collect, deployed, score, summarize, write_csv
+from kdprune.report.summary import summarize
+from kdprune.report.sweep import collect, deployed, score, write_csv
 
 __all__ = ["collect", "deployed", "score", "stage_table", "summarize", "write_csv", "write_report"]

@@ -9,7 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-from kdprune.report.sweep import run_dirs, summarize, summary_lines
+from kdprune.report.summary import summarize, summary_lines
+from kdprune.report.sweep import run_dirs
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from kdprune.errors import SweepFailed
-from kdprune.report.sweep import FAILED, summarize, summary_lines
+from kdprune.report.summary import summarize, summary_lines
+from kdprune.report.sweep import FAILED
 
 
 class SweepSummary(Callback):
