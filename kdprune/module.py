@@ -212,8 +212,7 @@ class DetectionModule(L.LightningModule):
         opt = self.optimizers()
         ni = batch_idx + self.schedule.nb * self.current_epoch
         accumulate = self.schedule.apply(opt.optimizer, ni)
-        batch["img"] = batch["img"].float() / 255
-        bs = batch["img"].shape[0]
+        bs = batch["img"].shape[0]  # (images in [0, 1]: the DataModule's on_after_batch_transfer)
         teacher = None
         if self.teacher is not None:
             t0 = time.perf_counter()
@@ -290,7 +289,6 @@ class DetectionModule(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int):
         model = self.eval_model
-        batch["img"] = batch["img"].float() / 255
         with torch.autocast(self.device.type, enabled=False):  # fp32: bf16 would round boxes to 2 px at 256
             preds = model(batch["img"])
             _, items, _ = self.criterion(preds, batch)

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdprune import CONF_DIR
 from kdprune.callbacks.plots import _tb, channels_chart
+from kdprune.data import prepare_batch
 from kdprune.errors import UserError
 from kdprune.pruning import (
     IMPORTANCES,
@@ -266,9 +267,8 @@ class GradualPruning(L.Callback):
             for i, batch in enumerate(trainer.datamodule.train_dataloader()):
                 if i >= self.taylor_batches:
                     break
-                batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
-                img = batch["img"].float() / 255
-                loss, _, _ = pl_module.criterion(model(img), batch)
+                batch = prepare_batch(batch, pl_module.device)
+                loss, _, _ = pl_module.criterion(model(batch["img"]), batch)
                 loss.sum().backward()
 
     @staticmethod

@@ -12,6 +12,17 @@ from ultralytics.data.build import build_yolo_dataset, seed_worker
 from kdprune.data.checks import split_image_files
 
 
+def prepare_batch(batch: dict, device: torch.device | str | None = None) -> dict:
+    """A loader's batch as models take it: every tensor on ``device`` (None: where it is) and ``img`` as float in
+    [0, 1] (loaders give uint8, as ultralytics' do: 4x less to move). A new dict (a cached batch is not changed); a
+    batch already prepared is returned as is. The one place images are normalised: Lightning's loops get it through
+    ``on_after_batch_transfer``, every other loop over a loader calls it."""
+    out = {k: (v.to(device) if device is not None and isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    if out["img"].dtype == torch.uint8:
+        out["img"] = out["img"].float() / 255
+    return out
+
+
 class YOLODataModule(L.LightningDataModule):
     """Train/val loaders exactly as ultralytics' detection trainer builds them (mosaic etc. for train, rect val).
 
@@ -34,6 +45,9 @@ class YOLODataModule(L.LightningDataModule):
         if self.val_set is None:
             self.val_set = build_yolo_dataset(self.hyp, self.data["val"], self.val_batch, self.data, mode="val",
                                               rect=True, stride=self.stride)
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        return prepare_batch(batch)  # on the device already: normalising there moves 4x fewer bytes
 
     def skipped_images(self) -> dict[str, int]:
         """Images ultralytics dropped as unreadable or corrupt, per split (files found minus files kept)."""

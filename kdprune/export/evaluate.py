@@ -12,7 +12,10 @@ from types import SimpleNamespace
 
 import torch
 
-from kdprune.data import square_val_loader  # noqa: F401  (re-exported: the loader evaluate_runner expects)
+from kdprune.data import (
+    prepare_batch,
+    square_val_loader,  # noqa: F401  (re-exported: the loader evaluate_runner expects)
+)
 from kdprune.export.decode import decode
 from kdprune.yolo.evaluate import DetectionEvaluator
 
@@ -34,8 +37,7 @@ def evaluate_runner(runner, loader, data: dict, *, strides: Sequence[float], nc:
     ev.reset(SimpleNamespace(names=dict(names), end2end=bool(end2end)), torch.device("cpu"), data)
     total = len(loader)
     for n, batch in enumerate(loader, 1):
-        batch = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-        batch["img"] = batch["img"].float() / 255
+        batch = prepare_batch(batch, "cpu")
         imgs = batch["img"].numpy()
         preds = torch.cat([
             decode(runner(imgs[i:i + 1]), strides, nc=nc, reg_max=reg_max, channels_last=channels_last,

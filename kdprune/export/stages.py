@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from kdprune.data import prepare_batch
 from kdprune.errors import UserError
 from kdprune.export.evaluate import evaluate_runner, square_val_loader
 from kdprune.export.onnx import export_onnx
@@ -80,7 +81,7 @@ def calibration_images(data: dict, hyp, imgsz: int, n: int) -> np.ndarray:
     ds = loader.dataset
     idx = np.linspace(0, len(ds) - 1, num=min(n, len(ds))).round().astype(int)
     imgs = [ds.collate_fn([ds[int(i)]])["img"] for i in idx]
-    return (torch.cat(imgs).float() / 255).numpy()
+    return torch.cat([prepare_batch({"img": im})["img"] for im in imgs]).numpy()
 
 
 class _Outputs(torch.nn.Module):
@@ -147,7 +148,7 @@ class StageRunner:
         """The first ``n`` val images as the exports see them: (n, 3, H, W) float32 in [0, 1]."""
         imgs, got = [], 0
         for batch in self.loader:
-            imgs.append(batch["img"][: n - got].float() / 255)
+            imgs.append(prepare_batch(batch)["img"][: n - got])
             got += len(imgs[-1])
             if got >= n:
                 break

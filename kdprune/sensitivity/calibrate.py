@@ -12,6 +12,7 @@ from itertools import islice
 import torch
 from torch import nn
 
+from kdprune.data import prepare_batch
 from kdprune.yolo import DetectionEvaluator
 
 
@@ -40,7 +41,7 @@ def recalibrate_bn(model: nn.Module, batches: list[dict], device: torch.device) 
             m.momentum = None
         model.train()
         for b in batches:
-            model(b["img"].to(device).float() / 255)
+            model(prepare_batch(b, device)["img"])
     finally:
         for m, mom in zip(bns, momenta):
             m.momentum = mom
@@ -57,8 +58,7 @@ def evaluate(model: nn.Module, batches: list[dict], data: dict, device: torch.de
     ev.reset(model, device, data)
     try:
         for b in batches:
-            b = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in b.items()}  # a copy: reused
-            b["img"] = b["img"].float() / 255
+            b = prepare_batch(b, device)  # a copy: the batches are reused
             ev.update(model(b["img"]), b)
     finally:
         model.train(was_training)

@@ -11,6 +11,8 @@ import torch
 import torch.distributed as dist
 from ultralytics.models.yolo.detect import DetectionValidator
 
+from kdprune.data import prepare_batch
+
 METRIC_KEYS = {
     "metrics/precision(B)": "precision",
     "metrics/recall(B)": "recall",
@@ -99,8 +101,7 @@ def evaluate_model(model: torch.nn.Module, loader, data: dict, device="cpu", **v
     ev = DetectionEvaluator(model.names, distributed=False, **val)
     ev.reset(model, torch.device(device), data)
     for batch in loader:
-        batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-        batch["img"] = batch["img"].float() / 255
+        batch = prepare_batch(batch, device)
         ev.update(model(batch["img"]), batch)
     model.train(was_training)
     return ev.compute()
