@@ -104,7 +104,7 @@ def ort_quantize_static(run: Path, cfg, n_calib: int) -> dict:
     took = time.time() - t
     head = load_checkpoint(str(run / "weights" / "best.pt"), device="cpu")[0].model[-1]
     runner = OnnxRunner(dst, 1)
-    from kdprune.export.evaluate import square_val_loader
+    from kdprune.export.scoring import square_val_loader
 
     m = evaluate_runner(runner, square_val_loader(data, hyp, imgsz), data, strides=[float(s) for s in head.stride],
                         nc=head.nc, reg_max=head.reg_max, names=data["names"], **val_settings(cfg.val))

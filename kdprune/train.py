@@ -28,8 +28,8 @@ from kdprune.callbacks import (
 from kdprune.data import YOLODataModule, resolve_data
 from kdprune.errors import UserError
 from kdprune.export.stages import ExportFailed, RunRecord, check_exports, run_stages
+from kdprune.losses.objectives import build_criterion, build_distiller, check_objectives
 from kdprune.module import DetectionModule
-from kdprune.objectives import build_criterion, build_distiller, check_objectives
 from kdprune.pruning import int8_bytes
 from kdprune.quant import per_channel
 from kdprune.recipe import check_recipe, training_optim

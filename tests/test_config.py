@@ -71,7 +71,7 @@ def test_embedded_dataset_default_is_the_issue_default():
 
 @pytest.mark.parametrize("teacher", sorted(p.stem for p in (Path(CONF) / "teacher").glob("*.yaml") if p.stem != "none"))
 def test_teacher_options_build_and_pass_the_checks(teacher):
-    from kdprune.objectives import check_objectives
+    from kdprune.losses.objectives import check_objectives
     from kdprune.yolo import build_model, hyp_namespace
 
     cfg = compose([f"teacher={teacher}", "distill=kd"])
@@ -83,7 +83,7 @@ def test_teacher_options_build_and_pass_the_checks(teacher):
 
 @pytest.mark.parametrize("loss", sorted(p.stem for p in (Path(CONF) / "loss").glob("*.yaml")))
 def test_loss_options_pass_the_checks(loss):
-    from kdprune.objectives import LOSSES, check_objectives
+    from kdprune.losses.objectives import LOSSES, check_objectives
 
     cfg = compose([f"loss={loss}"])
     assert cfg.loss.name in LOSSES

@@ -121,11 +121,11 @@ def test_the_key_walk_sees_every_option_file():
 def test_nms_settings_have_no_default_in_code():
     """val.conf / val.iou / val.max_det reach every evaluation: no evaluator has a default of its own to fall back
     on, so a call site that did not pass the configured values would fail, not silently use 0.001 / 0.7 / 300."""
-    from kdprune.export.evaluate import evaluate_runner
-    from kdprune.sensitivity.calibrate import evaluate
+    from kdprune.export.scoring import evaluate_runner
+    from kdprune.sensitivity.calibrate import val_metrics
     from kdprune.yolo import DetectionEvaluator
 
-    for fn in (DetectionEvaluator.__init__, evaluate_runner, evaluate):
+    for fn in (DetectionEvaluator.__init__, evaluate_runner, val_metrics):
         params = inspect.signature(fn).parameters
         for k in ("conf", "iou", "max_det"):
             assert params[k].default is inspect.Parameter.empty, (fn.__qualname__, k)

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from kdprune.distill import Distiller, Teacher, cls_kd, cwd, kd_scale_at, ld_kd
-from kdprune.losses import FocalBCE
+from kdprune.distill import Distiller, Teacher, kd_scale_at
+from kdprune.losses import FocalBCE, cls_kd, cwd, ld_kd
 from kdprune.pruning import YoloPruner
 from kdprune.yolo import (
     DetectionCriterion,

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from kdprune.export.decode import decode, nms
-from kdprune.export.evaluate import evaluate_runner, square_val_loader
 from kdprune.export.onnx import export_onnx, onnx_ops
 from kdprune.export.runtime import OnnxRunner, TorchRunner, latency_ms
+from kdprune.export.scoring import evaluate_runner, square_val_loader
 from kdprune.yolo.rawhead import RawHeadModel
 from tests.conftest import val_args
 

@@ -227,7 +227,7 @@ class GradualPruning(L.Callback):
         every rank gets the same plan."""
         model = pl_module.model
         if k == 1:  # the dense student as it was before any channel was chosen (and faded)
-            from kdprune.callbacks.checkpoint import UltralyticsCheckpoint
+            from kdprune.callbacks.weights import UltralyticsCheckpoint
 
             for cb in trainer.callbacks:
                 if isinstance(cb, UltralyticsCheckpoint):

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from kdprune.distill.adapters import FeatureAdapters
-from kdprune.distill.losses import ANCHOR_WEIGHTS, anchor_weights, cls_kd, cwd, ld_kd
+from kdprune.losses.kd import ANCHOR_WEIGHTS, anchor_weights, cls_kd, cwd, ld_kd
 
 
 class Distiller(nn.Module):

@@ -19,10 +19,10 @@ from omegaconf import DictConfig
 
 from kdprune.data import prepare_batch
 from kdprune.errors import UserError
-from kdprune.export.evaluate import evaluate_runner, square_val_loader
 from kdprune.export.onnx import export_onnx
 from kdprune.export.runtime import MIN_LATENCY_RUNS, OnnxRunner, TorchRunner, latency_ms
-from kdprune.yolo.evaluate import val_settings
+from kdprune.export.scoring import evaluate_runner, square_val_loader
+from kdprune.yolo.metrics import val_settings
 from kdprune.yolo.rawhead import HeadSpec, RawHeadModel, head_spec
 
 log = logging.getLogger("kdprune")

@@ -1,5 +1,8 @@
-"""Classification losses for small, imbalanced datasets, as drop-in parts of ultralytics' v8DetectionLoss."""
+"""Every loss kdprune adds to ultralytics' detection loss: focal classification for small, imbalanced data
+(``focal.py``), the distillation terms (``kd.py``), and what the student minimises, built from the config
+(``objectives.py``: imported from there, as it builds on the distiller)."""
 
 from kdprune.losses.focal import FocalBCE
+from kdprune.losses.kd import ANCHOR_WEIGHTS, anchor_weights, cls_kd, cwd, ld_kd
 
-__all__ = ["FocalBCE"]
+__all__ = ["ANCHOR_WEIGHTS", "FocalBCE", "anchor_weights", "cls_kd", "cwd", "ld_kd"]

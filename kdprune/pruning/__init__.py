@@ -1,13 +1,13 @@
 """Structured pruning: schedules, importance criteria, budgets and the YOLO pruner around torch-pruning."""
 
 from kdprune.pruning.accumulate import TaylorEMA
-from kdprune.pruning.allocate import Unit, channels_to_remove, keep_counts
 from kdprune.pruning.budget import MEASURES, count_macs, count_params, int8_bytes, measure, model_costs, solve_ratio
 from kdprune.pruning.fade import ChannelFade
 from kdprune.pruning.importance import IMPORTANCES, make_importance, needs_gradients
 from kdprune.pruning.pruner import YoloPruner, build_graph, replay
 from kdprune.pruning.ratios import load_layer_ratios
 from kdprune.pruning.schedule import SHAPES, PruneSchedule, fraction_at
+from kdprune.pruning.selection import Unit, channels_to_remove, keep_counts
 
 __all__ = [
     "ChannelFade",

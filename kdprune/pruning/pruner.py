@@ -15,10 +15,10 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from kdprune.pruning.allocate import Unit, channels_to_remove, keep_counts
 from kdprune.pruning.budget import BUDGET_TOLERANCE, measure, solve_ratio
 from kdprune.pruning.importance import make_importance, needs_gradients
 from kdprune.pruning.ratios import unit_weights
+from kdprune.pruning.selection import Unit, channels_to_remove, keep_counts
 from kdprune.yolo.prunable import SplitC2f
 from kdprune.yolo.structure import (
     check_prunable,

@@ -1,7 +1,13 @@
 """Per-layer pruning sensitivity: prune each layer alone, measure the mAP it costs, and choose per-layer ratios that
 meet an INT8 budget with the least predicted loss (``python -m kdprune +experiment=sensitivity``)."""
 
-from kdprune.sensitivity.allocate import (
+from kdprune.sensitivity.calibrate import recalibrate_bn, take, val_metrics
+from kdprune.sensitivity.config import check_config
+from kdprune.sensitivity.groups import Group, find_groups, plan_for, to_layer_ratios, widths
+from kdprune.sensitivity.measure import Scanner
+from kdprune.sensitivity.outputs import COLUMNS, layer_notes, write_csv, write_heatmap, write_ratios_yaml
+from kdprune.sensitivity.run import run
+from kdprune.sensitivity.solve import (
     Allocation,
     Curve,
     allocate,
@@ -10,12 +16,6 @@ from kdprune.sensitivity.allocate import (
     make_curve,
     predicted_drops,
 )
-from kdprune.sensitivity.calibrate import evaluate, recalibrate_bn, take
-from kdprune.sensitivity.config import check_config
-from kdprune.sensitivity.groups import Group, find_groups, plan_for, to_layer_ratios, widths
-from kdprune.sensitivity.measure import Scanner
-from kdprune.sensitivity.outputs import COLUMNS, layer_notes, write_csv, write_heatmap, write_ratios_yaml
-from kdprune.sensitivity.run import run
 
 __all__ = [
     "COLUMNS",
@@ -26,7 +26,7 @@ __all__ = [
     "allocate",
     "candidate_ratios",
     "check_config",
-    "evaluate",
+    "val_metrics",
     "find_groups",
     "hull_steps",
     "layer_notes",

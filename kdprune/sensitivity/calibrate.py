@@ -49,7 +49,7 @@ def recalibrate_bn(model: nn.Module, batches: list[dict], device: torch.device) 
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: list[dict], data: dict, device: torch.device, *, conf: float, iou: float,
+def val_metrics(model: nn.Module, batches: list[dict], data: dict, device: torch.device, *, conf: float, iou: float,
              max_det: int) -> dict:
     """Ultralytics' detection metrics (``mAP50``, ``mAP50-95``, ...) of ``model`` (eval mode) on ``batches``."""
     was_training = model.training

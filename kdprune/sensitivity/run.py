@@ -20,12 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 from kdprune.data import YOLODataModule, resolve_data
 from kdprune.errors import UserError
 from kdprune.pruning import YoloPruner, int8_bytes
-from kdprune.sensitivity.allocate import allocate, candidate_ratios, make_curve
-from kdprune.sensitivity.calibrate import evaluate, recalibrate_bn, take
+from kdprune.sensitivity.calibrate import recalibrate_bn, take, val_metrics
 from kdprune.sensitivity.config import check_config
 from kdprune.sensitivity.groups import to_layer_ratios, widths
 from kdprune.sensitivity.measure import Scanner
 from kdprune.sensitivity.outputs import layer_notes, write_csv, write_heatmap, write_ratios_yaml
+from kdprune.sensitivity.solve import allocate, candidate_ratios, make_curve
 from kdprune.yolo import build_model, split_blocks, val_settings
 
 
@@ -69,7 +69,7 @@ def _scanner(cfg: DictConfig, s: dict) -> tuple[Scanner, dict, int, int]:
     scanner = Scanner(
         model, pruner,
         calibrate=lambda m: recalibrate_bn(m, calib, device),
-        evaluate=lambda m: evaluate(m, val, data, device, **val_settings(cfg.val)),
+        evaluate=lambda m: val_metrics(m, val, data, device, **val_settings(cfg.val)),
     )
     return scanner, data, len(calib), sum(len(b["img"]) for b in val)
 

@@ -4,7 +4,7 @@
 from kdprune.yolo.checkpoint import load_ultralytics_checkpoint, save_ultralytics_checkpoint
 from kdprune.yolo.criterion import DetectionCriterion, in_fp32, inverse_frequency_weights, raw_head
 from kdprune.yolo.ema import ModelEMA, refresh_ema
-from kdprune.yolo.evaluate import DetectionEvaluator, evaluate_checkpoint, evaluate_model, nms_for_plot, val_settings
+from kdprune.yolo.metrics import DetectionEvaluator, evaluate_checkpoint, evaluate_model, nms_for_plot, val_settings
 from kdprune.yolo.models import (
     build_model,
     check_checkpoint,

@@ -17,7 +17,7 @@ from kdprune.data import (
     square_val_loader,  # noqa: F401  (re-exported: the loader evaluate_runner expects)
 )
 from kdprune.export.decode import decode
-from kdprune.yolo.evaluate import DetectionEvaluator
+from kdprune.yolo.metrics import DetectionEvaluator
 
 
 @torch.no_grad()

@@ -9,9 +9,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from kdprune.data import class_counts
-from kdprune.distill import ANCHOR_WEIGHTS, KD_SCHEDULES, Distiller, Teacher, kd_scale_at
+from kdprune.distill import KD_SCHEDULES, Distiller, Teacher, kd_scale_at
 from kdprune.errors import UserError
 from kdprune.losses import FocalBCE
+from kdprune.losses.kd import ANCHOR_WEIGHTS
 from kdprune.yolo import DetectionCriterion, head_input_channels, inverse_frequency_weights
 
 log = logging.getLogger("kdprune")
