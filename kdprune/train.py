@@ -30,7 +30,7 @@ from kdprune.errors import UserError
 from kdprune.export.stages import ExportFailed, RunRecord, check_exports, run_stages
 from kdprune.losses.objectives import build_criterion, build_distiller, check_objectives
 from kdprune.module import DetectionModule
-from kdprune.pruning import int8_bytes
+from kdprune.pruning import epoch_index, int8_bytes
 from kdprune.quant import per_channel
 from kdprune.recipe import check_recipe, training_optim
 from kdprune.report import deployed, stage_table, write_report
@@ -81,7 +81,8 @@ def _check_options(cfg: DictConfig) -> QATPhase | None:
     qat = None
     if cfg.quant.name == "int8_qat":
         qat = QATPhase.from_config(cfg.quant, max_epochs=int(cfg.trainer.max_epochs), imgsz=int(cfg.data.imgsz),
-                                   prune_end=int(cfg.prune.end_epoch) if cfg.prune.name != "none" else None)
+                                   prune_end=epoch_index(cfg.prune.end_epoch, int(cfg.trainer.max_epochs))
+                                   if cfg.prune.name != "none" else None)
     elif cfg.quant.name != "none":
         raise UserError(f"quant={cfg.quant.name}: choose int8_qat or none")
     check_exports(cfg)  # unknown formats, a bad granularity, a missing 'tflite' extra

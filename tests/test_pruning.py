@@ -14,6 +14,7 @@ from kdprune.pruning import (
     YoloPruner,
     channels_to_remove,
     count_params,
+    epoch_index,
     fraction_at,
     int8_bytes,
     keep_counts,
@@ -48,6 +49,17 @@ def test_schedule_epochs_and_validation():
     assert "at most" in PruneSchedule(2, 3, 4).validate(25)  # 4 steps in 2 epochs
     one = PruneSchedule(3, 10, 4, "oneshot")
     assert one.epochs() == [3] and one.fraction(1) == 1.0
+
+
+def test_pruning_epochs_count_from_the_end_like_quant():
+    """prune.start_epoch/end_epoch = -k: the k-th epoch from the end, as quant.start_epoch (one function for both)."""
+    from kdprune.callbacks import GradualPruning
+    from tests.conftest import compose
+
+    cfg = compose(["prune=gradual", "prune.start_epoch=-18", "prune.end_epoch=-15", "prune.target.ratio=0.3"])
+    schedule, _, _ = GradualPruning.check_config(cfg.prune, 25)
+    assert schedule.epochs() == [7, 8, 9, 10]
+    assert epoch_index(-4, 25) == 21 and epoch_index(3, 25) == 3
 
 
 # ---- allocation ----------------------------------------------------------------------------------------------------

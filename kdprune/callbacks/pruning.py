@@ -20,6 +20,7 @@ from kdprune.pruning import (
     PruneSchedule,
     TaylorEMA,
     YoloPruner,
+    epoch_index,
     load_layer_ratios,
     model_costs,
     needs_gradients,
@@ -89,7 +90,8 @@ class GradualPruning(L.Callback):
     def check_config(cfg: DictConfig, max_epochs: int) -> tuple[PruneSchedule, dict, dict | None]:
         """Everything about ``prune.*`` that needs no model (run first, before data or models are built): the
         schedule, the target and the per-layer ratios file. Raises one-line ``UserError``s."""
-        schedule = PruneSchedule(int(cfg.start_epoch), int(cfg.end_epoch), int(cfg.steps), str(cfg.schedule))
+        schedule = PruneSchedule(epoch_index(cfg.start_epoch, max_epochs), epoch_index(cfg.end_epoch, max_epochs),
+                                 int(cfg.steps), str(cfg.schedule))
         if (msg := schedule.validate(max_epochs)) is not None:
             raise UserError(msg)
         if cfg.importance not in IMPORTANCES:

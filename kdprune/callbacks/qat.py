@@ -8,12 +8,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig
 
 from kdprune.errors import UserError
-
-
-def _epoch(value, max_epochs: int) -> int:
-    """An epoch index from the config: ``k >= 0`` as written, ``-k`` counted from the end (``-3``: the last three)."""
-    v = int(value)
-    return v + max_epochs if v < 0 else v
+from kdprune.pruning import epoch_index
 
 
 class QATPhase(L.Callback):
@@ -29,8 +24,8 @@ class QATPhase(L.Callback):
 
     @classmethod
     def from_config(cls, cfg: DictConfig, *, max_epochs: int, imgsz: int, prune_end: int | None) -> QATPhase:
-        start = _epoch(cfg.start_epoch, max_epochs)
-        bn, obs = _epoch(cfg.freeze_bn_epoch, max_epochs), _epoch(cfg.freeze_observer_epoch, max_epochs)
+        start = epoch_index(cfg.start_epoch, max_epochs)
+        bn, obs = epoch_index(cfg.freeze_bn_epoch, max_epochs), epoch_index(cfg.freeze_observer_epoch, max_epochs)
         last = max_epochs - 1
         if not 0 <= start <= last:
             raise UserError(f"quant.start_epoch={cfg.start_epoch} is outside the run (trainer.max_epochs={max_epochs}: "

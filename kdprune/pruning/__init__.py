@@ -6,7 +6,7 @@ from kdprune.pruning.fade import ChannelFade
 from kdprune.pruning.importance import IMPORTANCES, make_importance, needs_gradients
 from kdprune.pruning.pruner import YoloPruner, build_graph, replay
 from kdprune.pruning.ratios import load_layer_ratios
-from kdprune.pruning.schedule import SHAPES, PruneSchedule, fraction_at
+from kdprune.pruning.schedule import SHAPES, PruneSchedule, epoch_index, fraction_at
 from kdprune.pruning.selection import Unit, channels_to_remove, keep_counts
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "channels_to_remove",
     "count_macs",
     "count_params",
+    "epoch_index",
     "fraction_at",
     "int8_bytes",
     "keep_counts",

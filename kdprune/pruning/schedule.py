@@ -27,6 +27,13 @@ def fraction_at(k: int, steps: int, shape: str = "cubic") -> float:
     return t if shape == "linear" else 1.0 - (1.0 - t) ** 3
 
 
+def epoch_index(value, max_epochs: int) -> int:
+    """An epoch index from the config, for every phase (pruning, QAT): ``k >= 0`` as written (0-based), ``-k``
+    counted from the end (``-4`` in a 25-epoch run: epoch 21, the start of the last four)."""
+    v = int(value)
+    return v + max_epochs if v < 0 else v
+
+
 @dataclass(frozen=True)
 class PruneSchedule:
     """Pruning steps spread evenly over epochs ``start_epoch`` .. ``end_epoch`` (0-based, both included)."""
