@@ -29,7 +29,7 @@ from kdprune.pruning import MEASURES
 
 ROOT = CONF_DIR.parent
 SOURCE = "\n".join(p.read_text() for p in (ROOT / "kdprune").rglob("*.py"))
-SKIP_DIRS = {"hydra", "hparams_search", "experiment", "prune_ratios"}  # Hydra's own, sweeps, overrides, data files
+SKIP_DIRS = {"hydra", "hparams_search", "experiment"}  # Hydra's own, sweeps, overrides
 
 
 def _leaves(node, path=()):

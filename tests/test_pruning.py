@@ -220,14 +220,11 @@ def test_layer_ratios_prune_only_listed_layers_and_split_the_head():
 
 
 def test_shipped_ratio_examples_load(tmp_path):
-    from pathlib import Path
+    from kdprune.pruning import load_layer_ratios, ratios_path
 
-    from kdprune.pruning import load_layer_ratios
-
-    conf = Path(__file__).resolve().parents[1] / "conf" / "prune_ratios"
     for name in ("yolov8n", "yolo11n"):
         model = _model(f"{name}.yaml")
-        pruner = YoloPruner(model, layer_ratios=load_layer_ratios(conf / f"{name}.yaml"))
+        pruner = YoloPruner(model, layer_ratios=load_layer_ratios(ratios_path(name)))  # by name, as the config does
         before = measure(model, "params", 64)
         pruner.apply(model, pruner.plan(model, 1.0))
         assert measure(model, "params", 64) < before

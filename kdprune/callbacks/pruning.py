@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from pathlib import Path
 
 import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from kdprune import CONF_DIR
 from kdprune.callbacks.plots import _tb, channels_chart
 from kdprune.data import prepare_batch
 from kdprune.errors import UserError
@@ -24,19 +22,13 @@ from kdprune.pruning import (
     load_layer_ratios,
     model_costs,
     needs_gradients,
+    ratios_path,
 )
 from kdprune.quant import per_channel
 from kdprune.yolo import evaluate_model
 from kdprune.yolo.structure import ATTENTION_MODES
 
 BUDGETS = tuple(MEASURES)  # params, macs, int8_bytes, arena_bytes
-
-
-def _resolve_ratios_path(path: str) -> Path:
-    p = Path(path).expanduser()
-    if not p.is_file() and (CONF_DIR / "prune_ratios" / f"{path}.yaml").is_file():
-        return CONF_DIR / "prune_ratios" / f"{path}.yaml"  # a shipped example by name, e.g. prune_ratios=yolo11n
-    return p
 
 
 def _check_fade(schedule: PruneSchedule, fade: int, importance_epochs: float, gradients: bool) -> str | None:
@@ -123,7 +115,7 @@ class GradualPruning(L.Callback):
                 raise UserError("prune.prune_ratios without a target applies the ratios per layer, which "
                                 "prune.global_ranking=true ignores: set prune.global_ranking=false, or add a budget "
                                 "(prune.target.int8_bytes=...) for global ranking within the listed layers.")
-            path = _resolve_ratios_path(str(cfg.prune_ratios))
+            path = ratios_path(str(cfg.prune_ratios))
             try:
                 layer_ratios = load_layer_ratios(path)
             except ValueError as e:

@@ -5,7 +5,7 @@ from kdprune.pruning.budget import MEASURES, count_macs, count_params, int8_byte
 from kdprune.pruning.fade import ChannelFade
 from kdprune.pruning.importance import IMPORTANCES, make_importance, needs_gradients
 from kdprune.pruning.pruner import YoloPruner, build_graph, replay
-from kdprune.pruning.ratios import load_layer_ratios
+from kdprune.pruning.ratios import load_layer_ratios, ratios_path
 from kdprune.pruning.schedule import SHAPES, PruneSchedule, epoch_index, fraction_at
 from kdprune.pruning.selection import Unit, channels_to_remove, keep_counts
 
@@ -30,6 +30,7 @@ __all__ = [
     "make_importance",
     "measure",
     "model_costs",
+    "ratios_path",
     "needs_gradients",
     "replay",
     "solve_ratio",

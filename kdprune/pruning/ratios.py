@@ -12,6 +12,17 @@ from pathlib import Path
 
 import yaml
 
+# Shipped examples, chosen by name (prune.prune_ratios=yolo11n). Data, not config: they live beside their loader
+EXAMPLES = Path(__file__).resolve().parent / "ratio_examples"
+
+
+def ratios_path(value: str) -> Path:
+    """``prune.prune_ratios``: a path to a YAML file, or the name of a shipped example (``EXAMPLES``)."""
+    p = Path(value).expanduser()
+    if not p.is_file() and (EXAMPLES / f"{value}.yaml").is_file():
+        return EXAMPLES / f"{value}.yaml"
+    return p
+
 
 def load_layer_ratios(path: str | Path) -> dict:
     """The raw mapping in ``path``; ``ValueError`` with what is wrong."""
