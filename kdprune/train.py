@@ -31,7 +31,7 @@ from kdprune.export.stages import ExportFailed, RunRecord, check_exports, run_st
 from kdprune.losses.objectives import build_criterion, build_distiller, check_objectives
 from kdprune.module import DetectionModule
 from kdprune.pruning import epoch_index, int8_bytes
-from kdprune.quant import per_channel
+from kdprune.quant import check_qat_model, per_channel
 from kdprune.recipe import check_recipe, training_optim
 from kdprune.report import deployed, stage_table, write_report
 from kdprune.teacher_stage import check_teacher, obtain_teacher
@@ -113,9 +113,8 @@ def run(cfg: DictConfig) -> dict:
     if cfg.prune.name != "none":
         split_blocks(model)  # C2f/C3k2's chunk as two convs, so torch-pruning's graph follows it
         pruning = GradualPruning.from_config(cfg.prune, model, imgsz=cfg.data.imgsz, max_epochs=cfg.trainer.max_epochs)
-    if qat is not None and getattr(model.model[-1], "one2one_cv2", None) is not None:
-        raise UserError(f"quant=int8_qat: {cfg.model.weights or cfg.model.cfg} has an end-to-end head (YOLO26), "
-                        "which kdprune cannot quantize-train yet; use quant=none (INT8 exports then use PTQ)")
+    if qat is not None:
+        check_qat_model(model, str(cfg.model.weights or cfg.model.cfg))
 
     # Last of the checks, first of the work: the teacher stage may train (and cache) a teacher for many minutes.
     teacher = obtain_teacher(cfg, data, model, run_dir, train_fn=run)

@@ -137,3 +137,9 @@ def test_too_few_latency_runs_is_refused_before_training(tmp_path):
     """Before: a ValueError traceback after the whole run had trained, at the first timed export."""
     p = kdprune("export=int8", "export.formats=[onnx]", "export.latency_runs=5", run_dir=tmp_path / "run")
     assert_user_error(p, "export.latency_runs=5", "at least 20", run_dir=tmp_path / "run")
+
+
+def test_qat_of_an_end_to_end_head_is_refused_in_one_line(tmp_path):
+    """YOLO26's one-to-one head cannot be quantize-trained yet: one line before any training, naming the way out."""
+    p = kdprune("model.cfg=yolo26n.yaml", "quant=int8_qat", "quant.start_epoch=0", run_dir=tmp_path / "run")
+    assert_user_error(p, "yolo26n.yaml", "end-to-end head", "quant=none", run_dir=tmp_path / "run")

@@ -161,7 +161,9 @@ def test_qat_detector_trains_the_model_tensors_and_answers_like_detectionmodel()
 
 
 def test_qat_refuses_end_to_end_heads():
-    with pytest.raises(ValueError, match="end-to-end"):
+    from kdprune.errors import UserError
+
+    with pytest.raises(UserError, match="end-to-end"):
         QATDetector(DetectionModel("yolo26n.yaml", nc=3, verbose=False), 64)
 
 

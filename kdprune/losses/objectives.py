@@ -13,7 +13,7 @@ from kdprune.distill import KD_SCHEDULES, Distiller, Teacher, kd_scale_at
 from kdprune.errors import UserError
 from kdprune.losses import FocalBCE
 from kdprune.losses.kd import ANCHOR_WEIGHTS
-from kdprune.yolo import DetectionCriterion, head_input_channels, inverse_frequency_weights
+from kdprune.yolo import DetectionCriterion, head_input_channels, head_spec, inverse_frequency_weights
 
 log = logging.getLogger("kdprune")
 LOSSES = ("default", "focal", "class_weighted")
@@ -79,6 +79,6 @@ def build_distiller(cfg: DictConfig, student, teacher: Teacher) -> tuple[Distill
     """The ``Distiller`` and the KD weight schedule from ``distill.*`` (checked by ``check_objectives``)."""
     distiller = Distiller(cls=float(cfg.cls), ld=float(cfg.ld), cwd=float(cfg.cwd), t_cls=float(cfg.t_cls),
                           t_ld=float(cfg.t_ld), t_cwd=float(cfg.t_cwd), anchors=cfg.anchors,
-                          reg_max=int(student.model[-1].reg_max), student_channels=head_input_channels(student),
+                          reg_max=head_spec(student).reg_max, student_channels=head_input_channels(student),
                           teacher_channels=head_input_channels(teacher.model))
     return distiller, OmegaConf.to_container(cfg.schedule, resolve=True)

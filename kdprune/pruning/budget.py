@@ -10,6 +10,7 @@ from torch import nn
 
 from kdprune.pruning.arena import peak_activation_bytes
 from kdprune.yolo.prunable import SPLITTABLE
+from kdprune.yolo.rawhead import not_exported
 
 # Bytes of the full-INT8 TFLite file (``onnx_to_tflite_int8(..., per_channel=True)`` of the fp32 ONNX of
 # ``RawHeadModel(model, one2one=False)``), per exported conv/linear layer, BatchNorm folded into the conv. Measured by
@@ -46,18 +47,6 @@ def _split_blocks(model: nn.Module) -> int:
     return sum(type(m) in SPLITTABLE for m in model.modules())
 
 
-def _not_exported(model: nn.Module) -> set[int]:
-    """ids of the layers the exported graph leaves out: the Detect head's DFL (decoded on the host) and the
-    one-to-one branch of end-to-end heads (``RawHeadModel(one2one=False)`` exports the one-to-many branch)."""
-    skip: set[int] = set()
-    for m in model.modules():
-        for attr in ("dfl", "one2one_cv2", "one2one_cv3"):
-            sub = getattr(m, attr, None)
-            if isinstance(sub, nn.Module):
-                skip.update(id(x) for x in sub.modules())
-    return skip
-
-
 def int8_bytes(model: nn.Module, per_channel: bool = True) -> int:
     """Estimated size in bytes of the model's full-INT8 TFLite file: for each exported conv/linear layer (BatchNorm
     folded), 1 byte per weight + ``INT8_BYTES_PER_CHANNEL`` per output channel (``..._PER_TENSOR`` for per-tensor
@@ -65,7 +54,7 @@ def int8_bytes(model: nn.Module, per_channel: bool = True) -> int:
 
     A walk over the module tree (no export), strictly increasing in every layer's channels. On the YOLO models of
     ``bench/int8_size.py`` it lands 0.1-1 % above the real file (yolo11n: 0.1-0.5 %)."""
-    skip = _not_exported(model)
+    skip = not_exported(model)
     per_ch = INT8_BYTES_PER_CHANNEL if per_channel else INT8_BYTES_PER_CHANNEL_PER_TENSOR
     n = 0
     for m in model.modules():
@@ -86,7 +75,7 @@ ARENA_HEAD_SCALE = 1.02
 
 def arena_bytes(model: nn.Module, imgsz: int) -> int:
     """Estimated TFLite Micro tensor arena (bytes of RAM) of the model's full-INT8 file at ``imgsz``."""
-    skip = _not_exported(model)
+    skip = not_exported(model)
     layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and id(m) not in skip]
     tail = sum(ARENA_BYTES_PER_CHANNEL * m.weight.shape[0] + ARENA_BYTES_PER_LAYER for m in layers)
     return int(ARENA_HEAD_SCALE * peak_activation_bytes(model, imgsz)) + tail

@@ -2,7 +2,7 @@
 
 from kdprune.errors import UserError
 from kdprune.quant import backend
-from kdprune.quant.qat import QATDetector
+from kdprune.quant.qat import QATDetector, check_qat_model
 from kdprune.quant.scheme import TFLiteInt8Quantizer
 
 GRANULARITIES = ("per_channel", "per_tensor")
@@ -16,4 +16,4 @@ def per_channel(granularity) -> bool:
     return str(granularity) == "per_channel"
 
 
-__all__ = ["GRANULARITIES", "QATDetector", "TFLiteInt8Quantizer", "backend", "per_channel"]
+__all__ = ["GRANULARITIES", "QATDetector", "check_qat_model", "TFLiteInt8Quantizer", "backend", "per_channel"]

@@ -12,23 +12,30 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kdprune.errors import UserError
 from kdprune.quant import backend
-from kdprune.yolo.rawhead import RawHeadModel
+from kdprune.yolo.rawhead import RawHeadModel, decode_head, head_spec
+
+
+def check_qat_model(model: nn.Module, name: str = "this model") -> None:
+    """What QAT cannot train yet, as a UserError: end-to-end heads (YOLO26)."""
+    if head_spec(model).end2end:
+        raise UserError(f"quant=int8_qat: {name} has an end-to-end head (YOLO26), which kdprune cannot "
+                        "quantize-train yet; use quant=none (INT8 exports then use PTQ)")
 
 
 class QATDetector(nn.Module):
     def __init__(self, model: nn.Module, imgsz: int, *, per_channel: bool = True):
         super().__init__()
-        head = model.model[-1]
-        if getattr(head, "one2one_cv2", None) is not None:
-            raise ValueError("QAT of end-to-end heads (YOLO26) is not supported yet: use quant=none for this model")
+        check_qat_model(model)
+        head = head_spec(model)
         self.source = [model]  # a list: not a submodule (its parameters are the graph's; no double registration)
         self.nl, self.nc, self.reg_max = head.nl, head.nc, head.reg_max
         self.per_channel, self.imgsz = per_channel, imgsz
         self.names, self.stride = model.names, model.stride  # what ultralytics' validator reads from a model
         raw = RawHeadModel(model, feats=True, one2one=False)
         example = torch.zeros(2, 3, imgsz, imgsz, device=next(model.parameters()).device)
-        self.graph = backend.prepare_qat(raw, example, int(head.stride.max()), per_channel=per_channel)
+        self.graph = backend.prepare_qat(raw, example, int(max(head.strides)), per_channel=per_channel)
         self.bn_frozen = False
         self.observers_frozen = False
 
@@ -69,7 +76,7 @@ class QATDetector(nn.Module):
         }
         if self.training:
             return preds
-        return self.model.model[-1]._inference(preds), preds
+        return decode_head(self.model, preds), preds
 
     def state(self) -> dict:
         return {"per_channel": self.per_channel, "imgsz": self.imgsz, "bn_frozen": self.bn_frozen,

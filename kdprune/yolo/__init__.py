@@ -15,11 +15,17 @@ from kdprune.yolo.models import (
 )
 from kdprune.yolo.optim import LRSchedule, build_optimizer, nominal_accumulate, optimizer_iterations
 from kdprune.yolo.prunable import SplitC2f, merge_split_blocks, split_blocks
+from kdprune.yolo.rawhead import HeadSpec, RawHeadModel, decode_head, head_spec, not_exported
 from kdprune.yolo.structure import check_prunable, head_input_channels, head_inputs, trace_forward
 
 __all__ = [
     "DetectionCriterion",
     "DetectionEvaluator",
+    "HeadSpec",
+    "RawHeadModel",
+    "decode_head",
+    "head_spec",
+    "not_exported",
     "LRSchedule",
     "ModelEMA",
     "SplitC2f",

@@ -15,17 +15,43 @@ from torch import nn
 
 
 class HeadSpec(NamedTuple):
-    """What decoding a detector's raw outputs needs to know about its head (``kdprune.export.decode``)."""
+    """What the rest of kdprune needs to know about a detector's head (ultralytics' ``Detect``): the only description
+    of it outside ``kdprune.yolo``. Decoding raw outputs (``kdprune.export.decode``) needs the first three."""
 
     strides: list[float]
     nc: int
     reg_max: int
+    end2end: bool = False  # a one-to-one branch (YOLO26): its own selection, no NMS
+
+    @property
+    def nl(self) -> int:
+        """Detection levels."""
+        return len(self.strides)
 
 
 def head_spec(model: nn.Module) -> HeadSpec:
     """The ``HeadSpec`` of an ultralytics detection model (its Detect layer)."""
     head = model.model[-1]
-    return HeadSpec([float(s) for s in head.stride], int(head.nc), int(head.reg_max))
+    return HeadSpec([float(s) for s in head.stride], int(head.nc), int(head.reg_max),
+                    getattr(head, "one2one_cv2", None) is not None)
+
+
+def decode_head(model: nn.Module, preds: dict) -> torch.Tensor:
+    """The head's own eval-mode decode of raw ``{boxes, scores, feats}`` (ultralytics' ``Detect._inference``): what
+    ``model`` returns first in eval mode, for predictions computed elsewhere (the QAT graph)."""
+    return model.model[-1]._inference(preds)
+
+
+def not_exported(model: nn.Module) -> set[int]:
+    """ids of the modules the exported graph leaves out: the Detect head's DFL (decoded on the host) and the
+    one-to-one branch of end-to-end heads (``RawHeadModel(one2one=False)`` exports the one-to-many branch)."""
+    skip: set[int] = set()
+    for m in model.modules():
+        for attr in ("dfl", "one2one_cv2", "one2one_cv3"):
+            sub = getattr(m, attr, None)
+            if isinstance(sub, nn.Module):
+                skip.update(id(x) for x in sub.modules())
+    return skip
 
 
 class RawHeadModel(nn.Module):
