@@ -2,7 +2,8 @@
 deployed 2 MB file, against training from scratch and against cutting the pretrained model's width by hand.
 
     .venv/bin/python bench/finetune_start.py [--seeds 0 1] [--imgsz 256] [--arms scratch student both handcut]
-        [--pretrain-epochs 25] [--pretrain-images 800] [--set KEY=VALUE ...] [--json NAME]
+        [--pretrain-epochs 25] [--pretrain-images 800] [--yolo11n-pt PT] [--yolo11s-pt PT] [--set KEY=VALUE ...]
+        [--json NAME]
 
 No weights can be downloaded here, so COCO's yolo11n.pt / yolo11s.pt have a stand-in: yolo11n and yolo11s trained by
 kdprune on the second generated dataset (``data=glyphs``: 7 letter classes on procedural backgrounds, other content
@@ -105,12 +106,18 @@ def main() -> None:
                     choices=["scratch", "student", "both", "handcut"])
     ap.add_argument("--pretrain-epochs", type=int, default=25)
     ap.add_argument("--pretrain-images", type=int, default=800, help="glyphs training images for the stand-ins")
+    ap.add_argument("--yolo11n-pt", help="an existing stand-in for yolo11n.pt instead of pretraining one")
+    ap.add_argument("--yolo11s-pt", help="an existing stand-in for yolo11s.pt (e.g. the teacher kdprune trained and "
+                    "cached for data=glyphs: a plain 20-epoch run of yolo11s.yaml) instead of pretraining one")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="Hydra overrides added to every arm")
     ap.add_argument("--json", default="finetune_start")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    n = pretrain("yolo11n", args.imgsz, args.pretrain_epochs, args.pretrain_images)
-    s = pretrain("yolo11s", args.imgsz, args.pretrain_epochs, args.pretrain_images) if "both" in args.arms else None
+    def stand_in(model: str, given: str | None) -> Path:
+        return Path(given) if given else pretrain(model, args.imgsz, args.pretrain_epochs, args.pretrain_images)
+
+    n = stand_in("yolo11n", args.yolo11n_pt)
+    s = stand_in("yolo11s", args.yolo11s_pt) if "both" in args.arms else None
     cut, width = handcut_checkpoint(n, args.imgsz) if "handcut" in args.arms else (None, None)
     base = ["+experiment=yolo11n_mcu", f"data.imgsz={args.imgsz}", *args.set]
     arms = {"scratch": [], "student": [f"model.weights={n}"], "both": [f"model.weights={n}", f"teacher.init={s}"],
