@@ -5,7 +5,8 @@ happens). Each leaf key is matched to its consumer:
 - ``trainer.*``: Lightning's ``Trainer`` arguments;
 - ``data.augment.*``, ``optim.*``, the loss gains: ultralytics' hyperparameters (``hyp_from_cfg`` passes them on),
   but for the two optim keys kdprune reads itself; ``finetune.*``: optim values of the fine-tuning recipe, the same;
-- ``distill.schedule.*``: ``kd_scale_at``'s arguments; ``data.embedded.*``: the dataset generator's;
+- ``distill.schedule.*``: ``kd_scale_at``'s arguments; ``distill.<term>`` / ``distill.t_<term>``: a KD term of the
+  registry (``kdprune.losses.kd.KD_TERMS``); ``data.embedded.*``: the dataset generator's;
 - ``prune.target.*``: the budget kinds; ``target.rules.*``: the rules of kdprune/export/target.py; other ``target.*``
   keys: interpolated by another group's file (``${target.granularity}``);
 - anything else: kdprune's source must read it as ``<parent>.<key>`` (or ``cfg.<key>`` where the group is handed
@@ -25,6 +26,7 @@ from omegaconf import OmegaConf
 
 from kdprune import CONF_DIR
 from kdprune.distill import kd_scale_at
+from kdprune.losses import KD_TERMS
 from kdprune.pruning import MEASURES
 
 ROOT = CONF_DIR.parent
@@ -90,6 +92,8 @@ def test_every_option_key_has_a_reader(file, path, target):
     elif (path[:2] == ("data", "augment") or (path[0] in ("optim", "finetune") and key not in ("grad_clip", "ema"))
           or (path[0] == "loss" and key in ("box", "cls", "dfl"))):
         assert key in _hyp_keys(), f"ultralytics has no hyperparameter {key}"
+    elif path[0] == "distill" and len(path) == 2 and (key in KD_TERMS or key.removeprefix("t_") in KD_TERMS):
+        pass  # a KD term's weight or temperature: read through the registry (kd_settings), by the term's name
     elif path[:2] == ("distill", "schedule"):
         assert key in inspect.signature(kd_scale_at).parameters
     elif path[:2] == ("data", "embedded"):

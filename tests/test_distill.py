@@ -239,3 +239,22 @@ def test_optimizer_is_not_fused_so_amp_can_clip_its_gradients(monkeypatch):
     assert not _optimizer_handles_unscaling(opt) and not any(g.get("fused") for g in opt.param_groups)
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
     assert [g["weight_decay"] for g in opt.param_groups] == [g["weight_decay"] for g in made[0].param_groups]
+
+
+def test_a_registered_kd_term_needs_nothing_else(monkeypatch):
+    """The extension promise of kdprune.losses.kd: registering a term is enough for the Distiller (weight, default
+    temperature, its own item) and for the config check; every shipped term has its two keys in conf/distill/kd.yaml."""
+    from omegaconf import OmegaConf
+
+    from kdprune import CONF_DIR
+    from kdprune.losses import KD_TERMS, check_kd, kd_term
+
+    kd = OmegaConf.load(CONF_DIR / "distill" / "kd.yaml")
+    assert all(n in kd and f"t_{n}" in kd for n in KD_TERMS)
+    monkeypatch.setitem(KD_TERMS, "l2", None)  # restored afterwards; replaced by the registration below
+    kd_term("l2", temperature=3.0)(lambda s, t, ctx: ((s["scores"] - t["scores"]) ** 2).mean() / ctx.T)
+    s, t = {"scores": torch.ones(1, 2, 4)}, {"scores": torch.zeros(1, 2, 4)}
+    total, items = Distiller(anchors="all", l2=2.0)(s, t)
+    assert set(items) == {"l2"} and float(total) == pytest.approx(2.0 / 3.0)
+    assert "a temperature" in check_kd({"l2": 1.0, "t_l2": 0.0}, "all")
+    assert "no such KD term" in check_kd({"l3": 1.0}, "all")

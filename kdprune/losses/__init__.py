@@ -3,6 +3,7 @@
 (``objectives.py``: imported from there, as it builds on the distiller)."""
 
 from kdprune.losses.focal import FocalBCE
-from kdprune.losses.kd import ANCHOR_WEIGHTS, anchor_weights, cls_kd, cwd, ld_kd
+from kdprune.losses.kd import ANCHOR_WEIGHTS, KD_TERMS, anchor_weights, check_kd, cls_kd, cwd, kd_term, ld_kd
 
-__all__ = ["ANCHOR_WEIGHTS", "FocalBCE", "anchor_weights", "cls_kd", "cwd", "ld_kd"]
+__all__ = ["ANCHOR_WEIGHTS", "KD_TERMS", "FocalBCE", "anchor_weights", "check_kd", "cls_kd", "cwd", "kd_term",
+           "ld_kd"]

@@ -1,4 +1,9 @@
-"""Distillation losses between a student's and a teacher's raw YOLO head outputs, as pure functions.
+"""Distillation losses between a student's and a teacher's raw YOLO head outputs, as pure functions, and the
+registry of KD terms built on them (``KD_TERMS``): the one place a term is defined.
+
+Adding a term: a function ``(student, teacher, ctx) -> loss`` decorated with ``@kd_term("name", temperature=...)``
+here, and ``name`` (its weight) and ``t_name`` (its temperature) in conf/distill/kd.yaml. The distiller, the config
+checks and the training logs (``train/kd_name``) follow from the registry.
 
 Each is a divergence, not a cross-entropy, so it is exactly zero when the student reproduces the teacher (the cross-
 entropy would keep the teacher's own entropy as a floor); the gradients are the same. Temperatures follow Hinton et al.:
@@ -6,6 +11,9 @@ both sides are softened by ``T`` and the loss is multiplied by ``T**2`` so its g
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -61,3 +69,66 @@ def cwd(student: torch.Tensor, teacher: torch.Tensor, T: float = 1.0) -> torch.T
     s = F.log_softmax(student.reshape(b, c, -1) / T, dim=2)
     t = F.log_softmax(teacher.detach().reshape(b, c, -1) / T, dim=2)
     return (t.exp() * (t - s)).sum(2).mean() * T * T
+
+
+# ---- the registry of KD terms -----------------------------------------------------------------------------------
+class KDContext(NamedTuple):
+    """What a term may need besides the two head dicts: its temperature, the per-anchor weights (response terms),
+    the DFL bin count, and the student's neck features mapped to the teacher's widths (feature terms)."""
+
+    T: float
+    anchor_w: torch.Tensor | None
+    reg_max: int
+    mapped: list[torch.Tensor] | None
+
+
+class KDTerm(NamedTuple):
+    name: str
+    fn: Callable[[dict, dict, KDContext], torch.Tensor]
+    temperature: float  # the default of ``distill.t_<name>``
+    features: bool      # on the neck features through trainable adapters (else on the head's responses)
+
+
+KD_TERMS: dict[str, KDTerm] = {}
+
+
+def kd_term(name: str, *, temperature: float, features: bool = False):
+    """Register ``fn(student, teacher, ctx) -> loss per image`` as the KD term ``name``."""
+    def register(fn):
+        KD_TERMS[name] = KDTerm(name, fn, float(temperature), features)
+        return fn
+    return register
+
+
+def check_kd(settings: dict, anchors: str) -> str | None:
+    """What is wrong with KD settings ``{name: weight, t_name: temperature}`` (every key of the registry's terms),
+    or None. The one check, used by the config check (a UserError) and by ``Distiller`` (a ValueError)."""
+    if anchors not in ANCHOR_WEIGHTS:
+        return f"anchors={anchors}: choose one of {', '.join(ANCHOR_WEIGHTS)}"
+    known = {*KD_TERMS, *(f"t_{n}" for n in KD_TERMS)}
+    if unknown := sorted(set(settings) - known):
+        return f"{unknown[0]}: no such KD term or temperature (terms: {', '.join(KD_TERMS)})"
+    for n in KD_TERMS:
+        w, t = float(settings.get(n, 0.0)), float(settings.get(f"t_{n}", KD_TERMS[n].temperature))
+        if w < 0:
+            return f"{n}={w}: a weight must be >= 0"
+        if t <= 0:
+            return f"t_{n}={t}: a temperature must be > 0"
+    if not any(float(settings.get(n, 0.0)) for n in KD_TERMS):
+        return f"every term has weight 0 ({', '.join(KD_TERMS)}); use distill=none"
+    return None
+
+
+@kd_term("cls", temperature=1.0)
+def _cls_term(student: dict, teacher: dict, ctx: KDContext) -> torch.Tensor:
+    return cls_kd(student["scores"], teacher["scores"], ctx.anchor_w, ctx.T)
+
+
+@kd_term("ld", temperature=10.0)
+def _ld_term(student: dict, teacher: dict, ctx: KDContext) -> torch.Tensor:
+    return ld_kd(student["boxes"], teacher["boxes"], ctx.anchor_w, ctx.reg_max, ctx.T)
+
+
+@kd_term("cwd", temperature=1.0, features=True)
+def _cwd_term(student: dict, teacher: dict, ctx: KDContext) -> torch.Tensor:  # averaged over the levels
+    return torch.stack([cwd(s, t, ctx.T) for s, t in zip(ctx.mapped, teacher["feats"])]).mean()

@@ -12,7 +12,7 @@ from kdprune.data import class_counts
 from kdprune.distill import KD_SCHEDULES, Distiller, Teacher, kd_scale_at
 from kdprune.errors import UserError
 from kdprune.losses import FocalBCE
-from kdprune.losses.kd import ANCHOR_WEIGHTS
+from kdprune.losses.kd import KD_TERMS, check_kd
 from kdprune.yolo import DetectionCriterion, head_input_channels, head_spec, inverse_frequency_weights
 
 log = logging.getLogger("kdprune")
@@ -48,8 +48,8 @@ def check_objectives(cfg: DictConfig) -> None:
     if cfg.distill.name == "none":
         return
     d = cfg.distill
-    if d.anchors not in ANCHOR_WEIGHTS:
-        raise UserError(f"distill.anchors={d.anchors}: choose one of {', '.join(ANCHOR_WEIGHTS)}.")
+    if (msg := check_kd(kd_settings(d), d.anchors)) is not None:
+        raise UserError(f"distill.{msg}.")
     sched = OmegaConf.to_container(d.schedule, resolve=True)
     if sched.get("shape") not in KD_SCHEDULES:
         raise UserError(f"distill.schedule.shape={sched.get('shape')}: choose one of {', '.join(KD_SCHEDULES)}.")
@@ -57,14 +57,12 @@ def check_objectives(cfg: DictConfig) -> None:
         kd_scale_at(0, int(cfg.trainer.max_epochs), **sched)
     except (ValueError, TypeError) as e:
         raise UserError(f"distill.schedule: {e}.") from None
-    for k in ("cls", "ld", "cwd"):
-        if float(d[k]) < 0:
-            raise UserError(f"distill.{k}={d[k]}: a weight must be >= 0.")
-    for k in ("t_cls", "t_ld", "t_cwd"):
-        if float(d[k]) <= 0:
-            raise UserError(f"distill.{k}={d[k]}: a temperature must be > 0.")
-    if not any(float(d[k]) for k in ("cls", "ld", "cwd")):
-        raise UserError("distill: every term has weight 0 (distill.cls, distill.ld, distill.cwd); use distill=none.")
+
+
+def kd_settings(cfg: DictConfig) -> dict[str, float]:
+    """``distill.<term>`` (weight) and ``distill.t_<term>`` (temperature) of every registered KD term present."""
+    keys = [k for n in KD_TERMS for k in (n, f"t_{n}")]
+    return {k: float(cfg[k]) for k in keys if k in cfg}
 
 
 def _focal(cfg: DictConfig) -> FocalBCE:
@@ -77,8 +75,7 @@ def _focal(cfg: DictConfig) -> FocalBCE:
 
 def build_distiller(cfg: DictConfig, student, teacher: Teacher) -> tuple[Distiller, dict]:
     """The ``Distiller`` and the KD weight schedule from ``distill.*`` (checked by ``check_objectives``)."""
-    distiller = Distiller(cls=float(cfg.cls), ld=float(cfg.ld), cwd=float(cfg.cwd), t_cls=float(cfg.t_cls),
-                          t_ld=float(cfg.t_ld), t_cwd=float(cfg.t_cwd), anchors=cfg.anchors,
-                          reg_max=head_spec(student).reg_max, student_channels=head_input_channels(student),
+    distiller = Distiller(**kd_settings(cfg), anchors=cfg.anchors, reg_max=head_spec(student).reg_max,
+                          student_channels=head_input_channels(student),
                           teacher_channels=head_input_channels(teacher.model))
     return distiller, OmegaConf.to_container(cfg.schedule, resolve=True)
