@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
@@ -26,6 +27,7 @@ from kdprune.callbacks import (
     save_channels_png,
 )
 from kdprune.data import YOLODataModule, resolve_data
+from kdprune.data.checks import check_imgsz
 from kdprune.errors import UserError
 from kdprune.export.stages import ExportFailed, RunRecord, check_exports, run_stages
 from kdprune.losses.objectives import build_criterion, build_distiller, check_objectives
@@ -54,11 +56,26 @@ def hyp_from_cfg(cfg: DictConfig, data: dict):
     )
 
 
+def build_student(cfg: DictConfig) -> tuple[dict, object, torch.nn.Module]:
+    """``(data, hyp, model)``: the run's dataset (resolved and checked), ultralytics' hyperparameters and the student,
+    built as every task (training, the sensitivity scan) builds them."""
+    data = resolve_data(cfg.data.yaml, cfg.cache_dir, OmegaConf.to_container(cfg.data.embedded), cfg.data.check_labels)
+    hyp = hyp_from_cfg(cfg, data)
+    return data, hyp, build_model(cfg.model.cfg, cfg.model.weights, data["names"], hyp)
+
+
+def build_datamodule(cfg: DictConfig, data: dict, hyp, model: torch.nn.Module) -> YOLODataModule:
+    """The DataModule for ``model`` (its largest stride, at least 32), set up for fitting."""
+    dm = YOLODataModule(data, hyp, batch=cfg.data.batch, val_batch=cfg.data.val_batch, workers=cfg.data.workers,
+                        seed=cfg.seed, stride=max(int(model.stride.max()), 32))
+    dm.setup("fit")
+    return dm
+
+
 def _check_cfg(cfg: DictConfig) -> None:
     if cfg.trainer.max_epochs is None or int(cfg.trainer.max_epochs) < 1:
         raise UserError(f"trainer.max_epochs={cfg.trainer.max_epochs}: must be >= 1.")
-    if int(cfg.data.imgsz) % 32:
-        raise UserError(f"data.imgsz={cfg.data.imgsz}: must be a multiple of 32 (the model's largest stride).")
+    check_imgsz(cfg.data.imgsz)
     if cfg.ckpt_path == "last":
         if not any(p.is_file() for p in (last_checkpoint(cfg.run_dir), last_checkpoint(Path(cfg.run_dir) / "teacher"))):
             raise UserError(f"ckpt_path=last: {cfg.run_dir} holds no checkpoints/last.ckpt; resume in the interrupted "
@@ -105,10 +122,7 @@ def run(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    data = resolve_data(cfg.data.yaml, cfg.cache_dir, OmegaConf.to_container(cfg.data.embedded), cfg.data.check_labels)
-    hyp = hyp_from_cfg(cfg, data)
-    model = build_model(cfg.model.cfg, cfg.model.weights, data["names"], hyp)
-    stride = max(int(model.stride.max()), 32)
+    data, hyp, model = build_student(cfg)
     pruning = None
     if cfg.prune.name != "none":
         split_blocks(model)  # C2f/C3k2's chunk as two convs, so torch-pruning's graph follows it
@@ -120,9 +134,7 @@ def run(cfg: DictConfig) -> dict:
     teacher = obtain_teacher(cfg, data, model, run_dir, train_fn=run)
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the same student whether the teacher was cached or not
 
-    dm = YOLODataModule(data, hyp, batch=cfg.data.batch, val_batch=cfg.data.val_batch, workers=cfg.data.workers,
-                        seed=cfg.seed, stride=stride)
-    dm.setup("fit")  # class weights are counted from the training labels
+    dm = build_datamodule(cfg, data, hyp, model)  # class weights are counted from its training labels
     criterion, loss_info = build_criterion(cfg.loss, model, dm.train_set, data["names"])
     distiller, kd_schedule = build_distiller(cfg.distill, model, teacher) if teacher else (None, None)
     module = DetectionModule(model, hyp, data["names"], data, val=val_settings(cfg.val), grad_clip=cfg.optim.grad_clip,

@@ -31,6 +31,17 @@ from kdprune.yolo.structure import ATTENTION_MODES
 BUDGETS = tuple(MEASURES)  # params, macs, int8_bytes, arena_bytes
 
 
+def check_pruner_options(importance: str, prune: DictConfig, importance_key: str) -> None:
+    """The pruner's own options (the criterion, ``prune.round_to``, ``prune.attention``), for training and for the
+    sensitivity scan alike; one-line ``UserError``s."""
+    if importance not in IMPORTANCES:
+        raise UserError(f"{importance_key}={importance}: choose one of {', '.join(IMPORTANCES)}.")
+    if prune.attention not in ATTENTION_MODES:
+        raise UserError(f"prune.attention={prune.attention}: choose one of {', '.join(ATTENTION_MODES)}.")
+    if int(prune.round_to) < 1:
+        raise UserError(f"prune.round_to={prune.round_to}: must be >= 1 (8 suits most NPUs).")
+
+
 def _check_fade(schedule: PruneSchedule, fade: int, importance_epochs: float, gradients: bool) -> str | None:
     """What is wrong with ``prune.fade_epochs`` / ``prune.importance_epochs`` for this schedule, or None."""
     if importance_epochs < 0:
@@ -86,12 +97,7 @@ class GradualPruning(L.Callback):
                                  int(cfg.steps), str(cfg.schedule))
         if (msg := schedule.validate(max_epochs)) is not None:
             raise UserError(msg)
-        if cfg.importance not in IMPORTANCES:
-            raise UserError(f"prune.importance={cfg.importance}: choose one of {', '.join(IMPORTANCES)}.")
-        if cfg.attention not in ATTENTION_MODES:
-            raise UserError(f"prune.attention={cfg.attention}: choose one of {', '.join(ATTENTION_MODES)}.")
-        if int(cfg.round_to) < 1:
-            raise UserError(f"prune.round_to={cfg.round_to}: must be >= 1 (8 suits most NPUs).")
+        check_pruner_options(cfg.importance, cfg, "prune.importance")
         if float(cfg.bn_sparsity) < 0:
             raise UserError(f"prune.bn_sparsity={cfg.bn_sparsity}: must be >= 0.")
         if (msg := _check_fade(schedule, int(cfg.fade_epochs), float(cfg.importance_epochs),

@@ -183,3 +183,9 @@ def check_labels(data: dict, splits=("train", "val")) -> None:
     if first is not None:
         more = f" (+{n_bad - 1} more bad lines in {len(bad_files)} files)" if n_bad > 1 else ""
         raise UserError(_one_line(f"{first}{more}; fix or remove these lines"))
+
+
+def check_imgsz(imgsz) -> None:
+    """``data.imgsz``: a multiple of 32, the largest stride of every YOLO detector."""
+    if int(imgsz) % 32:
+        raise UserError(f"data.imgsz={imgsz}: must be a multiple of 32 (the model's largest stride).")

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
+from kdprune.callbacks.pruning import check_pruner_options
+from kdprune.data.checks import check_imgsz
 from kdprune.errors import UserError
-from kdprune.pruning import IMPORTANCES
-from kdprune.yolo.structure import ATTENTION_MODES
 
 
 def check_config(cfg: DictConfig) -> dict:
@@ -23,8 +23,6 @@ def check_config(cfg: DictConfig) -> dict:
     vb = s.get("val_batches")
     if vb is not None and (isinstance(vb, bool) or not isinstance(vb, int) or vb < 1):
         raise UserError(f"sensitivity.val_batches={vb}: must be an integer >= 1, or null for the whole val set.")
-    if s.importance not in IMPORTANCES:
-        raise UserError(f"sensitivity.importance={s.importance}: choose one of {', '.join(IMPORTANCES)}.")
     step = s.grid_step
     if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step <= max(ratios):
         raise UserError(f"sensitivity.grid_step={s.grid_step}: must be in (0, {max(ratios)}].")
@@ -38,12 +36,8 @@ def check_config(cfg: DictConfig) -> dict:
     if "round_to" not in p:
         raise UserError(f"prune={p.get('name')}: the scan borrows prune.round_to / keep_stem / attention; use "
                         "prune=gradual (as +experiment=sensitivity does).")
-    if int(p.round_to) < 1:
-        raise UserError(f"prune.round_to={p.round_to}: must be >= 1 (8 suits most NPUs).")
-    if p.attention not in ATTENTION_MODES:
-        raise UserError(f"prune.attention={p.attention}: choose one of {', '.join(ATTENTION_MODES)}.")
-    if int(cfg.data.imgsz) % 32:
-        raise UserError(f"data.imgsz={cfg.data.imgsz}: must be a multiple of 32 (the model's largest stride).")
+    check_pruner_options(s.importance, p, "sensitivity.importance")
+    check_imgsz(cfg.data.imgsz)
     return {"ratios": sorted({float(r) for r in ratios}), "bn_batches": int(s.bn_batches), "val_batches": vb,
             "importance": str(s.importance), "grid_step": float(step), "budget": int(budget),
             "round_to": int(p.round_to), "keep_stem": bool(p.keep_stem), "attention": str(p.attention)}

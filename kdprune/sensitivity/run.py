@@ -15,9 +15,8 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from kdprune.data import YOLODataModule, resolve_data
 from kdprune.errors import UserError
 from kdprune.pruning import YoloPruner, int8_bytes
 from kdprune.sensitivity.calibrate import recalibrate_bn, take, val_metrics
@@ -26,7 +25,7 @@ from kdprune.sensitivity.groups import to_layer_ratios, widths
 from kdprune.sensitivity.measure import Scanner
 from kdprune.sensitivity.outputs import layer_notes, write_csv, write_heatmap, write_ratios_yaml
 from kdprune.sensitivity.solve import allocate, candidate_ratios, make_curve
-from kdprune.yolo import build_model, split_blocks, val_settings
+from kdprune.yolo import split_blocks, val_settings
 
 
 def _say(msg: str) -> None:
@@ -41,12 +40,10 @@ def _device(cfg: DictConfig) -> torch.device:
 def _scanner(cfg: DictConfig, s: dict) -> tuple[Scanner, dict, int, int]:
     """The dense (split) model, its pruner and the cached batches as a ``Scanner``; the data; how many training batches
     recalibrate BN and how many val images are evaluated."""
-    from kdprune.train import hyp_from_cfg  # ultralytics' hyp namespace exactly as training builds it
+    from kdprune.train import build_datamodule, build_student  # data, hyp and model exactly as training builds them
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the same BN batches on every run
-    data = resolve_data(cfg.data.yaml, cfg.cache_dir, OmegaConf.to_container(cfg.data.embedded), cfg.data.check_labels)
-    hyp = hyp_from_cfg(cfg, data)
-    model = build_model(cfg.model.cfg, cfg.model.weights, data["names"], hyp)
+    data, hyp, model = build_student(cfg)
     if not cfg.model.weights:
         rank_zero_warn("kdprune: sensitivity of untrained weights (no model.weights) is noise: every layer looks "
                        "equally harmless. Give model.weights=<trained .pt> for ratios worth using.")
@@ -61,9 +58,7 @@ def _scanner(cfg: DictConfig, s: dict) -> tuple[Scanner, dict, int, int]:
                             keep_stem=s["keep_stem"], attention=s["attention"])
     except ValueError as e:
         raise UserError(f"prune: {e}.") from None
-    dm = YOLODataModule(data, hyp, batch=cfg.data.batch, val_batch=cfg.data.val_batch, workers=cfg.data.workers,
-                        seed=cfg.seed, stride=max(int(model.stride.max()), 32))
-    dm.setup("fit")
+    dm = build_datamodule(cfg, data, hyp, model)
     calib = take(dm.train_dataloader(), s["bn_batches"]) if s["bn_batches"] else []
     val = take(dm.val_dataloader(), s["val_batches"])
     scanner = Scanner(
