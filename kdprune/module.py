@@ -40,8 +40,10 @@ class DetectionModule(L.LightningModule):
     def __init__(self, model: torch.nn.Module, hyp, names: dict[int, str], data: dict, *, val: dict,
                  grad_clip: float | None = None, ema: bool = False, plot_every: int = 0,
                  criterion: DetectionCriterion | None = None,
-                 distiller: Distiller | None = None, teacher: Teacher | None = None, kd_schedule: dict | None = None):
+                 distiller: Distiller | None = None, teacher: Teacher | None = None, kd_schedule: dict | None = None,
+                 train_args: dict | None = None):
         super().__init__()
+        self.train_args = dict(train_args or {})  # ultralytics' train args, written into every best.pt / last.pt
         self.model, self.hyp, self.names, self.data = model, hyp, dict(names), data
         self.grad_clip, self.use_ema, self.plot_every = grad_clip, ema, plot_every
         self.automatic_optimization = False
@@ -60,6 +62,7 @@ class DetectionModule(L.LightningModule):
         self.evaluator = DetectionEvaluator(names, **self.val_args)
         self.schedule: LRSchedule | None = None
         self.resolved_optim: dict = {}
+        self.accumulate_nominal, self._optim_args = 1, None  # set with the optimizer (configure_optimizers)
         self.last_opt_step = -1
         self.val_metrics: dict = {}
         self.plot_batch = None  # (batch, nms output) of the first val batch on plotting epochs

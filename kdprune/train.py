@@ -139,8 +139,9 @@ def run(cfg: DictConfig) -> dict:
     distiller, kd_schedule = build_distiller(cfg.distill, model, teacher) if teacher else (None, None)
     module = DetectionModule(model, hyp, data["names"], data, val=val_settings(cfg.val), grad_clip=cfg.optim.grad_clip,
                              ema=cfg.optim.ema, plot_every=cfg.val.plot_every, criterion=criterion,
-                             distiller=distiller, teacher=teacher, kd_schedule=kd_schedule)
-    module.train_args = {**vars(hyp), "model": cfg.model.weights or cfg.model.cfg, "save_dir": str(run_dir)}
+                             distiller=distiller, teacher=teacher, kd_schedule=kd_schedule,
+                             train_args={**vars(hyp), "model": cfg.model.weights or cfg.model.cfg,
+                                         "save_dir": str(run_dir)})
 
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     if pruning is not None:

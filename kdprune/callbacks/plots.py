@@ -106,7 +106,6 @@ class DetectionPlots(L.Callback):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         stats = model_stats(pl_module.model, self.imgsz)
-        pl_module.model_stats = stats
         if trainer.is_global_zero and (tb := _tb(trainer)) is not None:
             tb.add_scalar("model/params", stats["params"], trainer.global_step)
             tb.add_scalar("model/GFLOPs", stats["gflops"], trainer.global_step)
