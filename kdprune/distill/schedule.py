@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import math
 
-KD_SCHEDULES = ("constant", "linear", "cosine")
+# The registry of KD weight shapes: the multiplier at progress x in [0, 1] over the run, going to ``final``
+KD_SCHEDULES = {
+    "constant": lambda x, final: 1.0,
+    "linear": lambda x, final: 1.0 + (final - 1.0) * x,
+    "cosine": lambda x, final: final + (1.0 - final) * 0.5 * (1 + math.cos(math.pi * x)),
+}
 
 
 def kd_scale_at(epoch: int, max_epochs: int, shape: str = "constant", final: float = 1.0,
                 warmup_epochs: int = 0) -> float:
     """Multiplier of the KD loss at ``epoch`` (0-based): a linear ramp from 0 over the first ``warmup_epochs``, times a
-    ``shape`` going from 1 at the first epoch to ``final`` at the last (``constant`` ignores ``final``)."""
+    ``shape`` (``KD_SCHEDULES``) going from 1 at the first epoch to ``final`` at the last (``constant`` ignores
+    ``final``)."""
     if shape not in KD_SCHEDULES:
         raise ValueError(f"schedule={shape!r}: choose one of {', '.join(KD_SCHEDULES)}")
     ramp = min(1.0, (epoch + 1) / warmup_epochs) if warmup_epochs > 0 else 1.0
-    x = epoch / max(max_epochs - 1, 1)
-    if shape == "constant":
-        s = 1.0
-    elif shape == "linear":
-        s = 1.0 + (final - 1.0) * x
-    else:
-        s = final + (1.0 - final) * 0.5 * (1 + math.cos(math.pi * x))
-    return ramp * s
+    return ramp * KD_SCHEDULES[shape](epoch / max(max_epochs - 1, 1), final)

@@ -18,21 +18,27 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-ANCHOR_WEIGHTS = ("teacher_conf", "foreground", "all")
+
+def _foreground(teacher_scores: torch.Tensor, fg_mask: torch.Tensor | None) -> torch.Tensor:
+    if fg_mask is None:
+        raise ValueError("anchor weights 'foreground' need the assigner's fg_mask")
+    return fg_mask.float()
+
+
+# The registry of per-anchor weights (B, A) for the response terms: the teacher's max class probability
+# (``teacher_conf``), the anchors the assigner gave an object to (``foreground``), or every anchor alike (``all``).
+ANCHOR_WEIGHTS = {
+    "teacher_conf": lambda teacher_scores, fg_mask: teacher_scores.detach().sigmoid().amax(1),
+    "foreground": _foreground,
+    "all": lambda teacher_scores, fg_mask: teacher_scores.new_ones(teacher_scores.shape[0], teacher_scores.shape[2]),
+}
 
 
 def anchor_weights(mode: str, teacher_scores: torch.Tensor, fg_mask: torch.Tensor | None) -> torch.Tensor:
-    """Per-anchor weights (B, A) for the response terms: the teacher's max class probability (``teacher_conf``), the
-    anchors the assigner gave an object to (``foreground``), or every anchor alike (``all``)."""
-    if mode == "teacher_conf":
-        return teacher_scores.detach().sigmoid().amax(1)
-    if mode == "foreground":
-        if fg_mask is None:
-            raise ValueError("anchor weights 'foreground' need the assigner's fg_mask")
-        return fg_mask.float()
-    if mode == "all":
-        return teacher_scores.new_ones(teacher_scores.shape[0], teacher_scores.shape[2])
-    raise ValueError(f"anchors={mode!r}: choose one of {', '.join(ANCHOR_WEIGHTS)}")
+    """Per-anchor weights (B, A) of ``ANCHOR_WEIGHTS[mode]``."""
+    if mode not in ANCHOR_WEIGHTS:
+        raise ValueError(f"anchors={mode!r}: choose one of {', '.join(ANCHOR_WEIGHTS)}")
+    return ANCHOR_WEIGHTS[mode](teacher_scores, fg_mask)
 
 
 def _weighted_mean(per_anchor: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -16,25 +16,36 @@ from kdprune.losses.kd import KD_TERMS, check_kd
 from kdprune.yolo import DetectionCriterion, head_input_channels, head_spec, inverse_frequency_weights
 
 log = logging.getLogger("kdprune")
-LOSSES = ("default", "focal", "class_weighted")
+
+
+def _default_loss(cfg: DictConfig, train_set, names: dict[int, str]) -> tuple:
+    return None, None, {}
+
+
+def _focal_loss(cfg: DictConfig, train_set, names: dict[int, str]) -> tuple:
+    cls_loss = _focal(cfg)
+    return cls_loss, None, {"gamma": cls_loss.gamma, "alpha": cls_loss.alpha}
+
+
+def _class_weighted_loss(cfg: DictConfig, train_set, names: dict[int, str]) -> tuple:
+    power = float(cfg.power)
+    counts = class_counts(train_set, len(names))
+    w = inverse_frequency_weights(counts, power)
+    log.info("kdprune: class weights " + ", ".join(f"{names[i]} {x:.2f}" for i, x in enumerate(w)))
+    return None, torch.from_numpy(w).float(), {
+        "power": power, "counts": {names[i]: int(c) for i, c in enumerate(counts)},
+        "class_weights": {names[i]: round(float(x), 4) for i, x in enumerate(w)}}
+
+
+# The registry of ``loss=`` options: ``(cfg, train_set, names) -> (classification loss or None, class weights or
+# None, what it was built from)``, the parts ultralytics' detection loss takes (``DetectionCriterion``).
+LOSSES = {"default": _default_loss, "focal": _focal_loss, "class_weighted": _class_weighted_loss}
 
 
 def build_criterion(cfg: DictConfig, model, train_set, names: dict[int, str]) -> tuple[DetectionCriterion, dict]:
     """The detection criterion for ``loss=...`` (checked by ``check_objectives``) and what it was built from."""
-    info: dict = {"name": cfg.name}
-    cls_loss = weights = None
-    if cfg.name == "focal":
-        cls_loss = _focal(cfg)
-        info.update(gamma=cls_loss.gamma, alpha=cls_loss.alpha)
-    elif cfg.name == "class_weighted":
-        power = float(cfg.power)
-        counts = class_counts(train_set, len(names))
-        w = inverse_frequency_weights(counts, power)
-        weights = torch.from_numpy(w).float()
-        info.update(power=power, counts={names[i]: int(c) for i, c in enumerate(counts)},
-                    class_weights={names[i]: round(float(x), 4) for i, x in enumerate(w)})
-        log.info("kdprune: class weights " + ", ".join(f"{names[i]} {x:.2f}" for i, x in enumerate(w)))
-    return DetectionCriterion(model, cls_loss=cls_loss, class_weights=weights), info
+    cls_loss, weights, info = LOSSES[cfg.name](cfg, train_set, names)
+    return DetectionCriterion(model, cls_loss=cls_loss, class_weights=weights), {"name": cfg.name, **info}
 
 
 def check_objectives(cfg: DictConfig) -> None:

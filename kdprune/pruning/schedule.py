@@ -8,23 +8,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SHAPES = ("cubic", "linear", "oneshot")
+# The registry of schedule shapes: share of the final ratio at progress t = k / steps in (0, 1) after step k.
+# ``cubic`` is Zhu & Gupta's gradual schedule (To prune, or not to prune, 2017): large steps first, while the network
+# still has redundancy, small ones near the end. ``linear`` takes equal steps; ``oneshot`` all at once.
+SHAPES = {
+    "cubic": lambda t: 1.0 - (1.0 - t) ** 3,
+    "linear": lambda t: t,
+    "oneshot": lambda t: 1.0,
+}
 
 
 def fraction_at(k: int, steps: int, shape: str = "cubic") -> float:
-    """Fraction of the final ratio after step ``k`` (0 = none yet, ``steps`` = all of it).
-
-    ``cubic`` is Zhu & Gupta's gradual schedule (To prune, or not to prune, 2017): large steps first, while the network
-    still has redundancy, small ones near the end. ``linear`` takes equal steps; ``oneshot`` all at once.
-    """
+    """Fraction of the final ratio after step ``k`` (0 = none yet, ``steps`` = all of it), for a shape of ``SHAPES``."""
     if shape not in SHAPES:
         raise ValueError(f"unknown schedule {shape!r}; choose one of {', '.join(SHAPES)}")
     if k <= 0:
         return 0.0
-    if k >= steps or shape == "oneshot":
+    if k >= steps:
         return 1.0
-    t = k / steps
-    return t if shape == "linear" else 1.0 - (1.0 - t) ** 3
+    return float(SHAPES[shape](k / steps))
 
 
 def epoch_index(value, max_epochs: int) -> int:
