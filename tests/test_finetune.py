@@ -10,6 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+import kdprune.train as kt
 from kdprune.data import resolve_data
 from kdprune.recipe import training_optim
 from kdprune.teacher_stage import teacher_key
@@ -49,13 +50,34 @@ def ft_run(tmp_path_factory):
                  "teacher.seed=2", "distill=kd", "trainer.max_epochs=3", "prune=gradual", "prune.fade_epochs=0",
                  "prune.start_epoch=0", "prune.end_epoch=0", "prune.steps=1", "prune.target.ratio=0.3",
                  "quant=int8_qat", "quant.start_epoch=1", "quant.freeze_bn_epoch=2", "quant.freeze_observer_epoch=2",
-                 "quant.ptq_images=8", "export=int8", "logger=none", "val.plot_every=0"]
+                 "quant.ptq_images=8", "export=int8", "export.formats=[tflite_int8]",
+                 "export.tflm_images=2", "logger=none", "val.plot_every=0"]
     run_dir = d / "run"
-    return d, run_dir, run(compose(overrides, run_dir=run_dir))
+    made = []
+
+    class Recorded(kt.DetectionModule):  # what the module declared in __init__ (test_the_module_declares_its_state)
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.declared = None
+            self.declared = set(vars(self))
+            made.append(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kt, "DetectionModule", Recorded)
+        s = run(compose(overrides, run_dir=run_dir))
+    return d, run_dir, s, made[-1]  # (the teacher stage's run made the first module)
+
+
+def test_the_module_declares_its_state_in_init(ft_run):
+    """DetectionModule's state is declared in __init__ (issue 18): nothing outside it (callbacks, train.py) adds an
+    attribute during a run that prunes, distils and enters QAT; its transitions are methods."""
+    module = ft_run[3]
+    added = {a for a in set(vars(module)) - module.declared if not a.startswith("_")}
+    assert not added, sorted(added)
 
 
 def test_teacher_init_is_fine_tuned_for_the_datas_classes_and_cached(ft_run):
-    d, run_dir, s = ft_run
+    d, run_dir, s, _ = ft_run
     t = s["teacher"]
     assert t["source"] == "cache" and t["init"] == str(d / "yolov8n80.pt")
     assert json.loads((run_dir / "teacher" / "summary.json").read_text())["recipe"]["recipe"] == "finetune"
@@ -73,7 +95,7 @@ def test_teacher_init_is_fine_tuned_for_the_datas_classes_and_cached(ft_run):
 
 
 def test_a_student_from_an_80_class_checkpoint_goes_through_pruning_kd_qat_and_export(ft_run):
-    d, run_dir, s = ft_run
+    d, run_dir, s, _ = ft_run
     best = torch.load(run_dir / "weights" / "best.pt", map_location="cpu", weights_only=False)["ema"]
     assert int(best.nc) == 8 and dict(best.names) == _data_names()
     assert s["pruning"]["steps"] and s["params"] < 2_000_000  # pruned

@@ -201,28 +201,3 @@ def test_bf16_mixed_on_cpu_keeps_losses_validation_and_ema_in_fp32(tmp_path, mon
     assert seen["ema"] == seen["master"] == {torch.float32}
     assert s["mAP50-95"] is not None
 
-
-def test_the_module_declares_its_state_in_init(tmp_path, monkeypatch):
-    """DetectionModule's state is declared in __init__ (issue 18): nothing outside it (callbacks, train.py) adds an
-    attribute during a run that prunes, distils and enters QAT; transitions are methods."""
-    import kdprune.train as kt
-    from tests.conftest import TINY, compose
-    from tests.test_distill_train import TEACHER
-
-    made = []
-
-    class Recorded(kt.DetectionModule):
-        def __init__(self, *a, **k):
-            super().__init__(*a, **k)
-            self.declared = None
-            self.declared = set(vars(self))
-            made.append(self)
-
-    monkeypatch.setattr(kt, "DetectionModule", Recorded)
-    run(compose([*TINY, *TEACHER, "teacher.seed=1", "distill=kd", "trainer.max_epochs=3", "prune=gradual",
-                 "prune.start_epoch=0", "prune.end_epoch=0", "prune.steps=1", "prune.target.ratio=0.3",
-                 "quant=int8_qat", "quant.start_epoch=2", "logger=none", "val.plot_every=0"],
-                run_dir=tmp_path / "r"))
-    module = made[0]
-    added = set(vars(module)) - module.declared
-    assert not {a for a in added if not a.startswith("_")}, sorted(added)
