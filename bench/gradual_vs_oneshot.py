@@ -75,7 +75,8 @@ ARMS = {
              "prune.fade_epochs=0"],
 }
 # the whole pipeline (QAT, exports): scored on the TFLite INT8 file rather than on best.pt
-FULL_ARMS = {"mcu": [], "mcu_dense": ["prune=none"]}
+# (the dense reference is not meant to fit the budget: its file is scored, not failed for its size)
+FULL_ARMS = {"mcu": [], "mcu_dense": ["prune=none", "export.max_bytes=null"]}
 ARMS.update(FULL_ARMS)
 
 
