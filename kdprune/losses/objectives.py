@@ -4,6 +4,8 @@ with a teacher, the distillation terms. Built from the ``loss.*`` and ``distill.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -37,14 +39,33 @@ def _class_weighted_loss(cfg: DictConfig, train_set, names: dict[int, str]) -> t
         "class_weights": {names[i]: round(float(x), 4) for i, x in enumerate(w)}}
 
 
-# The registry of ``loss=`` options: ``(cfg, train_set, names) -> (classification loss or None, class weights or
-# None, what it was built from)``, the parts ultralytics' detection loss takes (``DetectionCriterion``).
-LOSSES = {"default": _default_loss, "focal": _focal_loss, "class_weighted": _class_weighted_loss}
+def _focal(cfg: DictConfig) -> FocalBCE:
+    alpha = None if cfg.alpha is None else float(cfg.alpha)
+    try:
+        return FocalBCE(float(cfg.gamma), alpha)
+    except ValueError as e:
+        raise UserError(f"loss.{e}.") from None
+
+
+def _check_power(cfg: DictConfig) -> None:
+    if not 0 <= float(cfg.power) <= 1:
+        raise UserError(f"loss.power={cfg.power}: must be in [0, 1] (0 = unweighted, 1 = inverse frequency).")
+
+
+class LossOption(NamedTuple):
+    check: Callable[[DictConfig], object]  # its ``loss.*`` settings, as one-line UserErrors, before any work
+    build: Callable[..., tuple]            # (cfg, train_set, names) -> (classification loss or None, class
+                                           # weights or None, what it was built from)
+
+
+# The registry of ``loss=`` options: the parts ultralytics' detection loss takes (``DetectionCriterion``).
+LOSSES = {"default": LossOption(lambda cfg: None, _default_loss), "focal": LossOption(_focal, _focal_loss),
+          "class_weighted": LossOption(_check_power, _class_weighted_loss)}
 
 
 def build_criterion(cfg: DictConfig, model, train_set, names: dict[int, str]) -> tuple[DetectionCriterion, dict]:
     """The detection criterion for ``loss=...`` (checked by ``check_objectives``) and what it was built from."""
-    cls_loss, weights, info = LOSSES[cfg.name](cfg, train_set, names)
+    cls_loss, weights, info = LOSSES[cfg.name].build(cfg, train_set, names)
     return DetectionCriterion(model, cls_loss=cls_loss, class_weights=weights), {"name": cfg.name, **info}
 
 
@@ -52,10 +73,7 @@ def check_objectives(cfg: DictConfig) -> None:
     """Validate ``loss.*`` and ``distill.*`` before anything is trained (a teacher stage can take many minutes)."""
     if cfg.loss.name not in LOSSES:
         raise UserError(f"loss={cfg.loss.name}: choose one of {', '.join(LOSSES)}.")
-    if cfg.loss.name == "focal":
-        _focal(cfg.loss)
-    if cfg.loss.name == "class_weighted" and not 0 <= float(cfg.loss.power) <= 1:
-        raise UserError(f"loss.power={cfg.loss.power}: must be in [0, 1] (0 = unweighted, 1 = inverse frequency).")
+    LOSSES[cfg.loss.name].check(cfg.loss)
     if cfg.distill.name == "none":
         return
     d = cfg.distill
@@ -74,14 +92,6 @@ def kd_settings(cfg: DictConfig) -> dict[str, float]:
     """``distill.<term>`` (weight) and ``distill.t_<term>`` (temperature) of every registered KD term present."""
     keys = [k for n in KD_TERMS for k in (n, f"t_{n}")]
     return {k: float(cfg[k]) for k in keys if k in cfg}
-
-
-def _focal(cfg: DictConfig) -> FocalBCE:
-    alpha = None if cfg.alpha is None else float(cfg.alpha)
-    try:
-        return FocalBCE(float(cfg.gamma), alpha)
-    except ValueError as e:
-        raise UserError(f"loss.{e}.") from None
 
 
 def build_distiller(cfg: DictConfig, student, teacher: Teacher) -> tuple[Distiller, dict]:
