@@ -37,13 +37,21 @@ def command_line_keys() -> set[str]:
     return {o.lstrip("+~").partition("=")[0] for o in HydraConfig.get().overrides.task}
 
 
+def _recipe_keys() -> list[str]:
+    """The optim keys a recipe may set: those ultralytics' hyperparameters take (``grad_clip`` and ``ema`` are read
+    by kdprune itself, once for every model) and that config.yaml writes as values (an interpolation such as
+    ``nbs: ${data.batch}`` follows its source)."""
+    return sorted(k for k, v in _base_optim().items()
+                  if k not in ("grad_clip", "ema") and not (isinstance(v, str) and v.startswith("${")))
+
+
 def check_recipe(cfg: DictConfig) -> None:
     recipe = cfg.get("recipe", "auto")
-    if recipe not in RECIPES:
+    if not isinstance(recipe, str) or recipe not in RECIPES:
         raise UserError(f"recipe={recipe}: choose from {', '.join(RECIPES)}")
-    if unknown := sorted(set(cfg.get("finetune") or {}) - set(cfg.optim)):
-        raise UserError(f"finetune.{unknown[0]}: not an optim key (finetune holds optim values: "
-                        f"{', '.join(sorted(cfg.optim))})")
+    if unknown := sorted(set(cfg.get("finetune") or {}) - set(_recipe_keys())):
+        raise UserError(f"finetune.{unknown[0]}: not a recipe key (the fine-tuning recipe sets optim values: "
+                        f"{', '.join(_recipe_keys())})")
 
 
 def training_optim(cfg: DictConfig, *, from_checkpoint: bool, given: set[str] | None = None) -> tuple[dict, dict]:

@@ -150,7 +150,9 @@ def test_missing_teacher_init_names_where_to_put_it(tmp_path):
 
 
 @pytest.mark.parametrize("bad,needle", [("recipe=pretrained", "recipe=pretrained"),
-                                        ("+finetune.momentum_x=0.9", "finetune.momentum_x")])
+                                        ("+finetune.momentum_x=0.9", "finetune.momentum_x"),
+                                        ("+finetune.grad_clip=1.0", "finetune.grad_clip"),  # read once, not per model
+                                        ("+finetune.nbs=64", "finetune.nbs")])  # interpolated: follows data.batch
 def test_bad_recipe_options(tmp_path, bad, needle):
     p = kdprune(bad, run_dir=tmp_path / "run", timeout=120)
     assert_user_error(p, needle, run_dir=tmp_path / "run")

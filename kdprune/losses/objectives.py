@@ -80,7 +80,7 @@ def check_objectives(cfg: DictConfig) -> None:
     if (msg := check_kd(kd_settings(d), d.anchors)) is not None:
         raise UserError(f"distill.{msg}.")
     sched = OmegaConf.to_container(d.schedule, resolve=True)
-    if sched.get("shape") not in KD_SCHEDULES:
+    if not isinstance(sched.get("shape"), str) or sched["shape"] not in KD_SCHEDULES:
         raise UserError(f"distill.schedule.shape={sched.get('shape')}: choose one of {', '.join(KD_SCHEDULES)}.")
     try:
         kd_scale_at(0, int(cfg.trainer.max_epochs), **sched)

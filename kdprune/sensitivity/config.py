@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 from kdprune.callbacks.pruning import check_pruner_options
 from kdprune.data.checks import check_imgsz
 from kdprune.errors import UserError
+from kdprune.recipe import check_recipe
 
 
 def check_config(cfg: DictConfig) -> dict:
@@ -38,6 +39,7 @@ def check_config(cfg: DictConfig) -> dict:
                         "prune=gradual (as +experiment=sensitivity does).")
     check_pruner_options(s.importance, p, "sensitivity.importance")
     check_imgsz(cfg.data.imgsz)
+    check_recipe(cfg)  # the scan builds its model through the same hyperparameters as training
     return {"ratios": sorted({float(r) for r in ratios}), "bn_batches": int(s.bn_batches), "val_batches": vb,
             "importance": str(s.importance), "grid_step": float(step), "budget": int(budget),
             "round_to": int(p.round_to), "keep_stem": bool(p.keep_stem), "attention": str(p.attention)}
