@@ -151,6 +151,7 @@ def test_teacher_with_other_classes_is_a_one_line_error(tmp_path):
     (["distill=kd", *TEACHER, "distill.schedule.shape=step"], "distill.schedule.shape=step"),
     (["loss=class_weighted", "loss.power=2"], "loss.power=2"),
     (["loss=focal", "loss.gamma=-1"], "gamma=-1"),
+    (["distill=kd", *TEACHER, "+distill.t_cdw=5"], "distill.t_cdw"),  # a typo of t_cwd: refused, not silently dropped
     (["distill=kd", "teacher.weights=/no/such.pt", "teacher.name=custom"], "teacher.weights=/no/such.pt"),
 ])
 def test_bad_distillation_and_loss_options_are_one_line_errors(extra, needle, tmp_path):

@@ -77,6 +77,9 @@ def check_objectives(cfg: DictConfig) -> None:
     if cfg.distill.name == "none":
         return
     d = cfg.distill
+    if stray := sorted(set(d) - {"name", "anchors", "schedule", *KD_TERMS, *(f"t_{n}" for n in KD_TERMS)}):
+        raise UserError(f"distill.{stray[0]}: no such KD setting (terms: {', '.join(KD_TERMS)}, each with its "
+                        "temperature t_<term>; anchors; schedule)")
     if (msg := check_kd(kd_settings(d), d.anchors)) is not None:
         raise UserError(f"distill.{msg}.")
     sched = OmegaConf.to_container(d.schedule, resolve=True)
