@@ -49,29 +49,29 @@ from bench.common import ROOT, git_rev, machine  # noqa: E402
 FINETUNE_EPOCHS = 10
 FINETUNE_ARMS = {
     "dense": ["prune=none"],
-    "today": ["prune.schedule=cubic", "prune.start_epoch=0", "prune.end_epoch=6", "prune.importance_epochs=0",
+    "today": ["prune.shape=cubic", "prune.start_epoch=0", "prune.end_epoch=6", "prune.importance_epochs=0",
               "prune.fade_epochs=0"],
-    "oneshot": ["prune.schedule=oneshot", "prune.start_epoch=0", "prune.importance_epochs=0", "prune.fade_epochs=0"],
-    "linear": ["prune.start_epoch=1", "prune.end_epoch=4", "prune.schedule=linear", "prune.importance_epochs=0",
+    "oneshot": ["prune.shape=oneshot", "prune.start_epoch=0", "prune.importance_epochs=0", "prune.fade_epochs=0"],
+    "linear": ["prune.start_epoch=1", "prune.end_epoch=4", "prune.shape=linear", "prune.importance_epochs=0",
              "prune.fade_epochs=0"],
     # where cutting a trained model costs most (cliffs 0.035-0.054 above): accumulated Taylor + a one-epoch fade before
     # each of 4 equal steps at epochs 2..5, so every removal takes channels already at zero
-    "new": ["prune.start_epoch=2", "prune.end_epoch=5", "prune.schedule=linear", "prune.importance_epochs=1.0",
+    "new": ["prune.start_epoch=2", "prune.end_epoch=5", "prune.shape=linear", "prune.importance_epochs=1.0",
             "prune.fade_epochs=1"],
 }
-CUBIC = ["prune.schedule=cubic", "prune.start_epoch=2", "prune.end_epoch=10", "prune.steps=4"]  # the pre-13 default
+CUBIC = ["prune.shape=cubic", "prune.start_epoch=2", "prune.end_epoch=10", "prune.steps=4"]  # the pre-13 default
 ARMS = {
     "dense": ["prune=none"],
     "today": CUBIC + ["prune.importance_epochs=0", "prune.fade_epochs=0"],
     "new": CUBIC + ["prune.importance_epochs=1.0", "prune.fade_epochs=1"],
-    "oneshot": ["prune.schedule=oneshot", "prune.start_epoch=10", "prune.importance_epochs=0", "prune.fade_epochs=0"],
-    "oneshot_fade": ["prune.schedule=oneshot", "prune.start_epoch=10", "prune.importance_epochs=1.0",
+    "oneshot": ["prune.shape=oneshot", "prune.start_epoch=10", "prune.importance_epochs=0", "prune.fade_epochs=0"],
+    "oneshot_fade": ["prune.shape=oneshot", "prune.start_epoch=10", "prune.importance_epochs=1.0",
                      "prune.fade_epochs=1"],
     "accumulate_only": CUBIC + ["prune.importance_epochs=1.0", "prune.fade_epochs=0"],  # ablations of "new"
     "fade_only": CUBIC + ["prune.importance_epochs=0", "prune.fade_epochs=1"],
     # gradual around the one-shot epoch: equal steps at epochs 7..10 (the same mean epoch of removal as one-shot@10
     # minus 1.5), so the comparison is between cutting gently and cutting once, not between cutting early and late
-    "late": ["prune.start_epoch=7", "prune.end_epoch=10", "prune.schedule=linear", "prune.importance_epochs=0",
+    "late": ["prune.start_epoch=7", "prune.end_epoch=10", "prune.shape=linear", "prune.importance_epochs=0",
              "prune.fade_epochs=0"],
 }
 # the whole pipeline (QAT, exports): scored on the TFLite INT8 file rather than on best.pt

@@ -107,7 +107,7 @@ def test_sweep_options_compose():
                                          "trainer.num_nodes=2"], return_hydra_config=True)
         par = hydra_compose("config", ["hydra/launcher=parallel"], return_hydra_config=True)
     assert str(opt.hydra.mode) == "RunMode.MULTIRUN" and opt.hydra.sweeper.direction == "maximize"
-    assert {"distill.cls", "prune.importance", "prune.schedule", "prune.start_epoch", "prune.end_epoch"} <= set(
+    assert {"distill.cls", "prune.importance", "prune.shape", "prune.start_epoch", "prune.end_epoch"} <= set(
         opt.hydra.sweeper.params)
     # every sampled start/end pair is a valid schedule before yolo11n_mcu's QAT (epoch 21 of 25), with room for its
     # steps (one per epoch), and the default schedule is one of them

@@ -62,6 +62,23 @@ def test_pruning_epochs_count_from_the_end_like_quant():
     assert epoch_index(-4, 25) == 21 and epoch_index(3, 25) == 3
 
 
+def test_prune_shape_is_read_and_its_former_name_still_works():
+    """prune.shape sets the schedule's shape; prune.schedule, its former name, still sets it with a FutureWarning
+    that names the new key, and a wrong shape is an error that names prune.shape."""
+    from kdprune.callbacks import GradualPruning
+    from kdprune.errors import UserError
+    from tests.conftest import compose
+
+    base = ["prune=gradual", "prune.target.ratio=0.3", "prune.start_epoch=2", "prune.end_epoch=10"]
+    schedule, _, _ = GradualPruning.check_config(compose([*base, "prune.shape=cubic"]).prune, 25)
+    assert schedule.shape == "cubic" and schedule.fraction(1) > 0.25  # cubic front-loads; linear would give 0.25
+    with pytest.warns(FutureWarning, match="prune.shape=oneshot"):
+        schedule, _, _ = GradualPruning.check_config(compose([*base, "prune.schedule=oneshot"]).prune, 25)
+    assert schedule.epochs() == [2] and schedule.fraction(1) == 1.0
+    with pytest.raises(UserError, match="prune.shape='exp'"):
+        GradualPruning.check_config(compose([*base, "prune.shape=exp"]).prune, 25)
+
+
 # ---- allocation ----------------------------------------------------------------------------------------------------
 def _unit(name, n, scores=None, **kw):
     return Unit(name, n, n, torch.tensor(scores, dtype=torch.float) if scores is not None else torch.arange(n).float(),

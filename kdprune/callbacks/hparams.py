@@ -29,8 +29,7 @@ def run_hparams(cfg: DictConfig, run_dir: Path) -> dict:
     target = {k: v for k, v in (prune.get("target") or {}).items() if v is not None}
     params = {"model": cfg.model.weights or cfg.model.cfg, "teacher": cfg.teacher.name, "distill": cfg.distill.name,
               "loss": cfg.loss.name, "prune": prune.name, "prune.importance": prune.get("importance", ""),
-              "prune.schedule": prune.get("schedule", ""), "prune.target": " ".join(f"{k}={v}" for k, v in
-                                                                                   target.items()),
+              "prune.shape": prune.get("shape", ""), "prune.target": " ".join(f"{k}={v}" for k, v in target.items()),
               "quant": (cfg.get("quant") or {}).get("name", "none"), "epochs": cfg.trainer.max_epochs,
               "imgsz": cfg.data.imgsz, "seed": cfg.seed}
     ov = run_dir / ".hydra" / "overrides.yaml"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from contextlib import nullcontext
 
 import lightning as L
@@ -93,8 +94,13 @@ class GradualPruning(L.Callback):
     def check_config(cfg: DictConfig, max_epochs: int) -> tuple[PruneSchedule, dict, dict | None]:
         """Everything about ``prune.*`` that needs no model (run first, before data or models are built): the
         schedule, the target and the per-layer ratios file. Raises one-line ``UserError``s."""
+        shape = cfg.shape
+        if cfg.get("schedule") is not None:  # the key's former name, read until the next minor release
+            warnings.warn(f"kdprune: prune.schedule is renamed prune.shape; using prune.shape={cfg.schedule} (write "
+                          "that instead)", FutureWarning, stacklevel=2)
+            shape = cfg.schedule
         schedule = PruneSchedule(epoch_index(cfg.start_epoch, max_epochs), epoch_index(cfg.end_epoch, max_epochs),
-                                 int(cfg.steps), str(cfg.schedule))
+                                 int(cfg.steps), str(shape))
         if (msg := schedule.validate(max_epochs)) is not None:
             raise UserError(msg)
         check_pruner_options(cfg.importance, cfg, "prune.importance")

@@ -64,7 +64,7 @@ class PruneSchedule:
     def validate(self, max_epochs: int) -> str | None:
         """What is wrong with this schedule for a run of ``max_epochs``, or None."""
         if self.shape not in SHAPES:
-            return f"prune.schedule={self.shape!r}: choose one of {', '.join(SHAPES)}"
+            return f"prune.shape={self.shape!r}: choose one of {', '.join(SHAPES)}"
         if self.steps < 1:
             return f"prune.steps={self.steps}: must be >= 1"
         if not 0 <= self.start_epoch <= self.end_epoch:
