@@ -30,6 +30,11 @@ from kdprune.recipe import training_optim
 from kdprune.yolo import check_checkpoint, load_teacher, teacher_mismatch
 
 log = logging.getLogger("kdprune")
+# The teacher trains as a plain run: these groups switch to their own `none` option (conf/<group>/none.yaml). Every
+# group with a `none` option is in one of the two lists (tests/test_config.py checks it), so whoever adds a group
+# decides whether a teacher's run keeps it.
+PLAIN_RUN_OFF = ("teacher", "prune", "distill", "quant", "export")
+PLAIN_RUN_KEEPS = ("logger",)  # the teacher's curves go to the run's TensorBoard too
 RECIPE_VERSION = 1  # bump when the way kdprune trains a teacher changes, so stale cached teachers are not reused
 
 
@@ -39,7 +44,7 @@ def _teacher_cfg(cfg: DictConfig, run_dir: Path) -> DictConfig:
     t = cfg.copy()
     with open_dict(t):
         t.model = {"name": cfg.teacher.name, "cfg": cfg.teacher.cfg, "weights": _init(cfg)}
-        for group in ("teacher", "prune", "distill", "quant", "export"):  # each group's own 'none' option
+        for group in PLAIN_RUN_OFF:
             t[group] = OmegaConf.load(CONF_DIR / group / "none.yaml")
         t.loss = {**OmegaConf.load(CONF_DIR / "loss" / "default.yaml"),
                   **{k: cfg.loss[k] for k in ("box", "cls", "dfl")}}

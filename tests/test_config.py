@@ -123,3 +123,14 @@ def test_sweep_options_compose():
     assert (launcher["gpus_per_node"], launcher["tasks_per_node"], launcher["nodes"]) == (4, 4, 2)
     assert par.hydra.launcher._target_.endswith("JoblibLauncher") and par.hydra.launcher.n_jobs == 2
     assert "kdprune.report.callback.SweepSummary" in str(OmegaConf.to_container(opt.hydra.callbacks))
+
+
+def test_every_group_with_a_none_option_is_decided_for_the_teacher_run():
+    """The teacher stage switches groups off by loading their none.yaml: a new group with a none option must be put in
+    PLAIN_RUN_OFF or PLAIN_RUN_KEEPS, and each listed group must have one (the loader would fail mid-run)."""
+    from kdprune import CONF_DIR
+    from kdprune.teacher_stage import PLAIN_RUN_KEEPS, PLAIN_RUN_OFF
+
+    with_none = {p.parent.name for p in CONF_DIR.glob("*/none.yaml")}
+    assert with_none == set(PLAIN_RUN_OFF) | set(PLAIN_RUN_KEEPS)
+    assert not set(PLAIN_RUN_OFF) & set(PLAIN_RUN_KEEPS)
