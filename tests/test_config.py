@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.utils import instantiate
 
 from tests.conftest import CONF, compose
@@ -62,6 +63,23 @@ def test_model_options_build(model):
     cfg = compose([f"model={model}"])
     m = build_model(cfg.model.cfg, None, {0: "a", 1: "b"}, hyp_namespace())
     assert m.nc == 2
+
+
+@pytest.mark.parametrize("nc", [2, 80])
+def test_weights_saved_without_a_trainer_load(nc, tmp_path):
+    """A checkpoint of a DetectionModel built directly (no ``nc`` attribute, as a trainer would set) loads as
+    model.weights, with the same class count (used as is) or another (rebuilt, tensors transferred)."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from kdprune.yolo import build_model, hyp_namespace, save_ultralytics_checkpoint
+
+    plain = DetectionModel("yolo11n.yaml", nc=nc, verbose=False)
+    assert not hasattr(plain, "nc")
+    path = save_ultralytics_checkpoint(tmp_path / "plain.pt", plain, epoch=0, train_args={})
+    m = build_model(None, str(path), {0: "a", 1: "b"}, hyp_namespace())
+    assert m.model[-1].nc == 2 and m.nc == 2
+    stem = "model.0.conv.weight"
+    assert torch.equal(m.state_dict()[stem], plain.state_dict()[stem].half().float())
 
 
 def test_embedded_dataset_default_is_the_issue_default():

@@ -68,15 +68,21 @@ def load_teacher(weights: str | Path) -> DetectionModel:
     return model.float().eval()
 
 
+def _nc(model: torch.nn.Module) -> int:
+    """The class count a model predicts: its Detect head's (``model.nc`` is only set by a trainer, and a checkpoint
+    saved from a freshly built ``DetectionModel`` has none)."""
+    return int(model.model[-1].nc)
+
+
 def teacher_mismatch(student: torch.nn.Module, teacher: torch.nn.Module, *, need_dfl: bool) -> str | None:
     """Why ``teacher`` cannot teach ``student`` (classes, detection levels, box encoding), or None."""
     s_names, t_names = dict(student.names), dict(getattr(teacher, "names", {}) or {})
-    if int(teacher.nc) != int(student.nc) or (t_names and t_names != s_names):
+    if _nc(teacher) != _nc(student) or (t_names and t_names != s_names):
         def show(names, nc):
             items = list(names.values()) if names else []
             return f"{nc} classes ({', '.join(map(str, items[:6]))}{', ...' if len(items) > 6 else ''})"
-        return (f"the teacher has {show(t_names, teacher.nc)} but the student and data have "
-                f"{show(s_names, student.nc)}")
+        return (f"the teacher has {show(t_names, _nc(teacher))} but the student and data have "
+                f"{show(s_names, _nc(student))}")
     hs, ht = student.model[-1], teacher.model[-1]
     if hs.nl != ht.nl or [int(x) for x in hs.stride] != [int(x) for x in ht.stride]:
         return (f"the teacher predicts at strides {[int(x) for x in ht.stride]} but the student at "
@@ -97,7 +103,7 @@ def build_model(cfg: str | None, weights: str | None, names: dict[int, str], hyp
     nc = len(names)
     if weights:
         loaded, _ = _load_weights(weights, key)
-        if loaded.nc == nc:
+        if _nc(loaded) == nc:
             model = loaded
         else:
             model = _build_from_yaml(loaded.yaml, nc)
