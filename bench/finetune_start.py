@@ -16,7 +16,10 @@ default run (KD, gradual pruning to 2,000,000 INT8 bytes, QAT, exports) scored o
 - ``both`` (c): ``model.weights=<pretrained yolo11n> teacher.init=<pretrained yolo11s>`` (the teacher fine-tuned);
 - ``handcut``: what the first user tried: yolo11n with its width multiple cut until the INT8 estimate fits the budget,
   every tensor of matching shape transferred from the pretrained yolo11n (ultralytics' ``model.load``, which copies
-  only equal shapes), fine-tuned the same epochs with QAT and the same exports, no pruning, no KD.
+  only equal shapes), fine-tuned the same epochs with QAT and the same exports, no pruning, no KD;
+- ``both_scratch_recipe``: ``both`` trained with the from-scratch values (``recipe=scratch``: lr0 0.003, 3 warm-up
+  epochs, for the student and the teacher's fine-tune), the control that decides the ``finetune`` recipe;
+- ``both_t5``: ``both`` with the teacher fine-tuned for 5 epochs instead of 10 (``teacher.init_epochs=5``).
 
 The pretraining runs go to bench/runs/finetune/pretrain-*; arms to bench/runs/finetune/<arm>-<imgsz>-s<seed> (a finished
 run is read back, not re-run). Writes bench/finetune_start.json after each run and prints a markdown table.
@@ -103,7 +106,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--imgsz", type=int, default=256)
     ap.add_argument("--arms", nargs="+", default=["scratch", "student", "both", "handcut"],
-                    choices=["scratch", "student", "both", "handcut"])
+                    choices=["scratch", "student", "both", "handcut", "both_scratch_recipe", "both_t5"])
     ap.add_argument("--pretrain-epochs", type=int, default=25)
     ap.add_argument("--pretrain-images", type=int, default=800, help="glyphs training images for the stand-ins")
     ap.add_argument("--yolo11n-pt", help="an existing stand-in for yolo11n.pt instead of pretraining one")
@@ -117,11 +120,13 @@ def main() -> None:
         return Path(given) if given else pretrain(model, args.imgsz, args.pretrain_epochs, args.pretrain_images)
 
     n = stand_in("yolo11n", args.yolo11n_pt)
-    s = stand_in("yolo11s", args.yolo11s_pt) if "both" in args.arms else None
+    s = stand_in("yolo11s", args.yolo11s_pt) if any(a.startswith("both") for a in args.arms) else None
     cut, width = handcut_checkpoint(n, args.imgsz) if "handcut" in args.arms else (None, None)
     base = ["+experiment=yolo11n_mcu", f"data.imgsz={args.imgsz}", *args.set]
     arms = {"scratch": [], "student": [f"model.weights={n}"], "both": [f"model.weights={n}", f"teacher.init={s}"],
-            "handcut": [f"model.weights={cut}", "prune=none", "distill=none", "teacher=none"]}
+            "handcut": [f"model.weights={cut}", "prune=none", "distill=none", "teacher=none"],
+            "both_scratch_recipe": [f"model.weights={n}", f"teacher.init={s}", "recipe=scratch"],
+            "both_t5": [f"model.weights={n}", f"teacher.init={s}", "teacher.init_epochs=5"]}
     results: dict[str, list[dict]] = {}
     for seed in args.seeds:
         for arm in args.arms:
