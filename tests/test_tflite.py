@@ -212,6 +212,33 @@ def test_ptq_route_from_a_float_model(tmp_path):
     assert not (tmp_path / "x.tflite").exists()
 
 
+def test_one_head_attention_runs_alike_in_tflite_micro(tmp_path):
+    """A narrow yolo11n (width 0.2: C2PSA with one head) made the converter write the attention's activation x
+    activation products as FULLY_CONNECTED, whose int8 rounding differs between LiteRT's reference kernels (which
+    score the file) and TensorFlow Lite Micro (the device): the device computed another model. The export writes them
+    as BATCH_MATMUL, and TFLM's outputs equal the scored ones bit for bit."""
+    from ultralytics.nn.tasks import yaml_model_load
+
+    from kdprune.export.tflm import tflm_parity
+    from kdprune.yolo import build_model, hyp_namespace
+    from kdprune.yolo.rawhead import RawHeadModel
+
+    y = {k: v for k, v in yaml_model_load("yolo11n.yaml").items() if k not in ("scales", "scale")}
+    y.update(depth_multiple=0.5, width_multiple=0.2, max_channels=1024)
+    torch.manual_seed(0)
+    model = build_model(y, None, {0: "a", 1: "b"}, hyp_namespace(imgsz=IMGSZ)).eval()
+    for m in model.modules():  # activations that neither vanish nor saturate (see _qat_graph)
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.normal_(m.weight, 0.0, 1.6 / math.sqrt(m.weight[0].numel()))
+    assert model.model[10].m[0].attn.num_heads == 1
+    path = T.model_to_tflite_int8(RawHeadModel(model, one2one=False), tmp_path / "narrow.tflite",
+                                  smooth_images(4, IMGSZ, seed=5), per_channel=False)
+    ops = T.tflite_ops(path)
+    assert ops["BATCH_MATMUL"] == 2 and "FULLY_CONNECTED" not in ops
+    t = tflm_parity(path, smooth_images(4, IMGSZ, seed=6), output_names=NAMES)
+    assert t["exact"] == 1.0, t
+
+
 def test_check_flags_a_float_model(tmp_path):
     """Without a quant_config litert-torch writes a float model: every float tensor is named."""
     import litert_torch

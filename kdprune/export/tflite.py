@@ -12,7 +12,12 @@ Why hand-written parts remain (none of these libraries does them):
   of a conv; the only TRANSPOSEs left are C2PSA attention's own);
 - ``fix_uniform_bias``: litert-torch 0.10 quantizes a conv bias whose values are all equal (a splat constant, e.g.
   ultralytics' Detect bias init) with the *first* channel's scale for every channel under per-channel weights;
-  the int32 bias is rewritten as round(b / (s_in * s_w[c])), what it does for any other bias (checked bit-exact).
+  the int32 bias is rewritten as round(b / (s_in * s_w[c])), what it does for any other bias (checked bit-exact);
+- ``activation_fc_to_batch_matmul``: with one attention head (C2PSA of a narrow model) the converter writes the
+  attention's activation x activation products as FULLY_CONNECTED, and LiteRT's reference FULLY_CONNECTED rounds its
+  int8 result once where TensorFlow Lite Micro rounds twice: the device's outputs then differ from the scored ones
+  (1-2 LSB at the product, 5-6 at the outputs). They are rewritten as the same product in BATCH_MATMUL (adj_y),
+  which both runtimes compute alike (what the converter emits for two or more heads).
 
 litert-torch and LiteRT are imported lazily: the rest of kdprune never pays for them (install: the 'tflite' extra).
 """
@@ -93,6 +98,8 @@ def graph_to_tflite_int8(converted: nn.Module, path: str | Path, imgsz: int, out
         log.info(f"kdprune: TFLite: {path.name} converted by litert-torch ({time.perf_counter() - t0:.0f}s)")
         if n := fix_uniform_bias(tmp, converted):
             log.info(f"kdprune: TFLite: {n} uniform conv biases re-quantized per channel (litert-torch 0.10 bug)")
+        if n := activation_fc_to_batch_matmul(tmp):
+            log.info(f"kdprune: TFLite: {n} activation x activation FULLY_CONNECTED written as BATCH_MATMUL")
         problems = check_fully_int8(tmp) or check_scales(converted, tmp)
         if problems:
             raise UserError(f"{path.name}: {len(problems)} problems, first: {problems[0]}")
@@ -148,15 +155,12 @@ def check_scales(converted: nn.Module, path: str | Path) -> list[str]:
 def fix_uniform_bias(path: str | Path, converted: nn.Module) -> int:
     """Rewrite the int32 biases litert-torch 0.10 got wrong (see the module docstring); returns how many.
     Convs are matched to the graph's by their weight-scale vector and input scale."""
-    import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
     from kdprune.quant import backend
 
     refs = backend.qparams(converted)["conv_biases"]
-    path = Path(path)
-    model = schema.ModelT.InitFromPackedBuf(bytearray(path.read_bytes()), 0)
-    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+    model, codes = _read(path)
     conv_codes = {schema.BuiltinOperator.CONV_2D, schema.BuiltinOperator.DEPTHWISE_CONV_2D}
     buf_users = Counter(t.buffer for g in model.subgraphs for t in g.tensors)
     fixed = 0
@@ -183,7 +187,58 @@ def fix_uniform_bias(path: str | Path, converted: nn.Module) -> int:
                     model.buffers[bt.buffer] = new
                 fixed += 1
     if fixed:
-        builder = flatbuffers.Builder(1024)
-        builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-        path.write_bytes(builder.Output())
+        _write(path, model)
     return fixed
+
+
+def activation_fc_to_batch_matmul(path: str | Path) -> int:
+    """Rewrite every FULLY_CONNECTED whose weights are an activation (not a constant) as BATCH_MATMUL(x, w, adj_y):
+    the same product (x @ w.T) without FULLY_CONNECTED's rounding, which differs between LiteRT's reference kernels
+    and TensorFlow Lite Micro (see the module docstring). Only the plain case (no bias, no fused activation, kept
+    dimensions) is rewritten; anything else is left for the TFLite Micro parity check to judge. Returns how many."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model, codes = _read(path)
+    ops = schema.BuiltinOperator
+    bmm, n = None, 0
+    for g in model.subgraphs:
+        for op in g.operators:
+            if codes[op.opcodeIndex] != ops.FULLY_CONNECTED:
+                continue
+            w, opts = g.tensors[op.inputs[1]], op.builtinOptions
+            if model.buffers[w.buffer].data is not None and len(model.buffers[w.buffer].data):
+                continue  # constant weights: a real fully connected layer
+            x_rank = len(g.tensors[op.inputs[0]].shape)
+            if (len(op.inputs) > 2 and op.inputs[2] >= 0) or opts.fusedActivationFunction != 0 or \
+                    not (opts.keepNumDims or x_rank == 2):
+                continue
+            if bmm is None:
+                code = schema.OperatorCodeT()
+                code.builtinCode = code.deprecatedBuiltinCode = ops.BATCH_MATMUL
+                code.version = 2  # int8 BATCH_MATMUL
+                model.operatorCodes.append(code)
+                bmm = len(model.operatorCodes) - 1
+            new = schema.BatchMatMulOptionsT()
+            new.adjX, new.adjY, new.asymmetricQuantizeInputs = False, True, False
+            op.opcodeIndex, op.inputs = bmm, list(op.inputs[:2])
+            op.builtinOptionsType, op.builtinOptions = schema.BuiltinOptions.BatchMatMulOptions, new
+            n += 1
+    if n:
+        _write(path, model)
+    return n
+
+
+def _read(path: str | Path):
+    """A TFLite flatbuffer as the schema's object tree, and each operator code's builtin operator."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(Path(path).read_bytes()), 0)
+    return model, [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+
+
+def _write(path: str | Path, model) -> None:
+    import flatbuffers
+
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    Path(path).write_bytes(builder.Output())
