@@ -1,7 +1,11 @@
 """Re-score the TFLite INT8 file of finished runs on LiteRT's reference kernels (= TensorFlow Lite Micro, the MCU) and
 on its optimized ones, beside the graph it came from (QAT fake-quant, else the PTQ baseline).
 
-    .venv/bin/python bench/rescore_tflite.py RUN_DIR [RUN_DIR ...]
+    .venv/bin/python bench/rescore_tflite.py [--fc-as-bmm] RUN_DIR [RUN_DIR ...]
+
+``--fc-as-bmm``: score a copy of each file (INT8 and PTQ) with its activation x activation FULLY_CONNECTED rewritten
+as BATCH_MATMUL (``kdprune.export.tflite.activation_fc_to_batch_matmul``, what the exporter does since c7e9a88), on
+the reference kernels, with its TFLite Micro parity: files exported before that fix, scored as the device runs them.
 """
 
 import json
@@ -18,13 +22,38 @@ from kdprune.train import hyp_from_cfg  # noqa: E402
 from kdprune.yolo import load_ultralytics_checkpoint, val_settings  # noqa: E402
 from kdprune.yolo.rawhead import head_spec  # noqa: E402
 
-for run in map(Path, sys.argv[1:]):
+FC_AS_BMM = "--fc-as-bmm" in sys.argv
+
+
+def fc_as_bmm(run: Path, data, head, loader, cfg) -> None:
+    import shutil
+    import tempfile
+
+    from kdprune.export.tflite import activation_fc_to_batch_matmul
+    from kdprune.export.tflm import tflm_parity
+
+    for name in ("model_int8.tflite", "model_ptq_int8.tflite"):
+        tmp = Path(tempfile.mkdtemp()) / name
+        shutil.copy(run / "export" / name, tmp)
+        n = activation_fc_to_batch_matmul(tmp)
+        r = TFLiteRunner(tmp, 1, kernels="reference")
+        m = evaluate_runner(r, loader, data, strides=head.strides, nc=head.nc, reg_max=head.reg_max,
+                            names=data["names"], **val_settings(cfg.val))
+        images = next(iter(loader))["img"][:1].float().numpy() / 255.0
+        print(run.name, name, f"{n} FC rewritten", "reference mAP50-95", round(m["mAP50-95"], 4), "TFLM parity",
+              tflm_parity(tmp, images, reference=r), flush=True)
+
+
+for run in (Path(a) for a in sys.argv[1:] if not a.startswith("--")):
     cfg = OmegaConf.load(run / "config.yaml")
     data = resolve_data(cfg.data.yaml, cfg.cache_dir, dict(cfg.data.embedded), False)
     hyp = hyp_from_cfg(cfg, data)
     imgsz = int(cfg.data.imgsz)
     head = head_spec(load_ultralytics_checkpoint(run / "weights" / "best.pt")[0])
     loader = square_val_loader(data, hyp, imgsz)
+    if FC_AS_BMM:
+        fc_as_bmm(run, data, head, loader, cfg)
+        continue
     rows = {r["stage"]: r for r in json.loads((run / "summary.json").read_text())["stages"]}
     out = {}
     for k in ("reference", "optimized"):
