@@ -200,7 +200,8 @@ def activation_fc_to_batch_matmul(path: str | Path) -> int:
 
     model, codes = _read(path)
     ops = schema.BuiltinOperator
-    bmm, n = None, 0
+    bmm = next((i for i, c in enumerate(codes) if c == ops.BATCH_MATMUL), None)  # int8 already where present
+    n = 0
     for g in model.subgraphs:
         for op in g.operators:
             if codes[op.opcodeIndex] != ops.FULLY_CONNECTED:
