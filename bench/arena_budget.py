@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ROOT, git_rev, machine  # noqa: E402
+from bench.common import ROOT, git_rev, machine, run_env  # noqa: E402
 
 
 def run(arm: str, seed: int, imgsz: int, arena: int, out: Path) -> dict:
@@ -32,7 +32,8 @@ def run(arm: str, seed: int, imgsz: int, arena: int, out: Path) -> dict:
                 "prune.keep_stem=false", "export.formats=[tflite_int8]", "export.latency_runs=20", "val.plot_every=0",
                 f"hydra.run.dir={run_dir}", *([f"prune.target.arena_bytes={arena}"] if arm == "arena" else [])]
         t0 = time.time()
-        p = subprocess.run([sys.executable, "-m", "kdprune", *args], cwd=ROOT, capture_output=True, text=True)
+        p = subprocess.run([sys.executable, "-m", "kdprune", *args], cwd=ROOT, env=run_env(), capture_output=True,
+                           text=True)
         if p.returncode != 0 and not (p.returncode == 2 and summary.is_file()):
             raise SystemExit(f"{arm} seed {seed} failed ({p.returncode}):\n{p.stderr[-3000:]}")
         print(f"  {arm} seed {seed}: {time.time() - t0:.0f} s", flush=True)

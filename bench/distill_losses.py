@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import kdprune  # noqa: E402,F401  (sets YOLO_OFFLINE before ultralytics is imported)
-from bench.common import ROOT, default_data_yaml, default_hyp, git_rev, machine  # noqa: E402
+from bench.common import ROOT, default_data_yaml, default_hyp, git_rev, machine, run_env  # noqa: E402
 
 CONFIGS = {
     "none": ["distill=none"],
@@ -82,7 +82,7 @@ def run_kdprune(name: str, seed: int, a) -> dict:
     out = a.workdir / f"{name}-s{seed}"
     cmd = [sys.executable, "-m", "kdprune", *_common(a), *CONFIGS[name], f"seed={seed}", f"hydra.run.dir={out}"]
     t0 = time.time()
-    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(cmd, cwd=ROOT, env=run_env(), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     s = json.loads((out / "summary.json").read_text())
     return {"mAP50-95": s["mAP50-95"], "mAP50": s["mAP50"], "wall_s": round(time.time() - t0, 1),
             "per_class": {k: v["AP50-95"] for k, v in s["per_class"].items()},

@@ -40,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, git_rev, machine  # noqa: E402
+from bench.common import ROOT, git_rev, machine, run_env  # noqa: E402
 
 OUT = ROOT / "bench" / "runs" / "finetune"
 BUDGET = 2_000_000
@@ -51,7 +51,7 @@ def kdprune(run_dir: Path, *args: str) -> dict:
     if not summary.is_file():
         t0 = time.time()
         p = subprocess.run([sys.executable, "-m", "kdprune", *args, f"hydra.run.dir={run_dir}", "val.plot_every=0"],
-                           cwd=ROOT, capture_output=True, text=True)
+                           cwd=ROOT, env=run_env(), capture_output=True, text=True)
         if p.returncode != 0 and not (p.returncode == 2 and summary.is_file()):  # 2 + summary: a failed verdict
             raise SystemExit(f"{run_dir.name} failed ({p.returncode}):\n{p.stderr[-3000:]}")
         if p.returncode:
@@ -138,7 +138,8 @@ def main() -> None:
     results: dict[str, list[dict]] = {}
     for seed in args.seeds:
         for arm in args.arms:
-            r = score(kdprune(OUT / f"{arm}-{args.imgsz}-s{seed}", *base, *arms[arm], f"seed={seed}"))
+            teacher_seed = [f"teacher.seed={seed}"] if arm.startswith("both") else []  # a fine-tuned teacher per seed
+            r = score(kdprune(OUT / f"{arm}-{args.imgsz}-s{seed}", *base, *arms[arm], f"seed={seed}", *teacher_seed))
             results.setdefault(arm, []).append(r)
             (ROOT / "bench" / f"{args.json}.json").write_text(json.dumps(
                 {"machine": machine(), "commit": git_rev(), "imgsz": args.imgsz, "seeds": args.seeds,

@@ -43,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, git_rev, machine  # noqa: E402
+from bench.common import ROOT, git_rev, machine, run_env  # noqa: E402
 
 # The fine-tuning case (--finetune DENSE_BEST_PT): 10 epochs from a trained dense model; pruning can start at once.
 FINETUNE_EPOCHS = 10
@@ -92,7 +92,8 @@ def run_arm(arm: str, seed: int, imgsz: int, kd: bool, out: Path, data: str = "s
                 f"seed={seed}", *([] if kd else ["distill=none"]), *(FINETUNE_ARMS if finetune else ARMS)[arm],
                 *extra, *extra_overrides, f"hydra.run.dir={run_dir}", "val.plot_every=0"]
         t0 = time.time()
-        p = subprocess.run([sys.executable, "-m", "kdprune", *args], cwd=ROOT, capture_output=True, text=True)
+        p = subprocess.run([sys.executable, "-m", "kdprune", *args], cwd=ROOT, env=run_env(), capture_output=True,
+                           text=True)
         if p.returncode != 0:
             raise SystemExit(f"{arm} seed {seed} failed ({p.returncode}):\n{p.stderr[-3000:]}")
         print(f"  {arm} seed {seed}: {time.time() - t0:.0f} s", flush=True)

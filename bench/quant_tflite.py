@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ROOT, git_rev, machine  # noqa: E402
+from bench.common import ROOT, git_rev, machine, run_env  # noqa: E402
 
 
 def run(kind: str, seed: int, gran: str, imgsz: int, kd: bool, out: Path, qat_set: list[str], tag: str) -> dict:
@@ -39,7 +39,8 @@ def run(kind: str, seed: int, gran: str, imgsz: int, kd: bool, out: Path, qat_se
                 "export.formats=[tflite_int8]", "export.latency_runs=20", "val.plot_every=0",
                 f"hydra.run.dir={run_dir}", *extra]
         t0 = time.time()
-        p = subprocess.run([sys.executable, "-m", "kdprune", *args], cwd=ROOT, capture_output=True, text=True)
+        p = subprocess.run([sys.executable, "-m", "kdprune", *args], cwd=ROOT, env=run_env(), capture_output=True,
+                           text=True)
         if p.returncode != 0 and not (p.returncode == 2 and summary.is_file()):  # 2 + summary: a failed check
             raise SystemExit(f"{kind} {gran} seed {seed} failed ({p.returncode}):\n{p.stderr[-3000:]}")
         print(f"  {kind} {gran} seed {seed}: {time.time() - t0:.0f} s", flush=True)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, git_rev, machine  # noqa: E402
+from bench.common import ROOT, git_rev, machine, run_env  # noqa: E402
 
 VARIANTS = ("uniform", "sensitivity")
 
@@ -49,7 +48,7 @@ def train(overrides: list[str], run_dir: Path) -> dict:
     cmd = [sys.executable, "-m", "kdprune", *overrides, f"hydra.run.dir={run_dir}"]
     print("$ " + " ".join(cmd[1:]), flush=True)
     t = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "YOLO_OFFLINE": "1"}, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=ROOT, env=run_env(YOLO_OFFLINE="1"), capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"run failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-4000:]}")
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, git_rev, machine  # noqa: E402
+from bench.common import ROOT, git_rev, machine, run_env  # noqa: E402
 
 
 def cases(tmp: Path) -> dict[str, list[str]]:
@@ -50,7 +50,8 @@ def main() -> None:
             for i in range(args.repeats):
                 t0 = time.perf_counter()
                 p = subprocess.run([sys.executable, "-m", "kdprune", "+experiment=yolo11n_mcu", *extra,
-                                    f"hydra.run.dir={tmp}/run{i}"], cwd=ROOT, capture_output=True, text=True)
+                                    f"hydra.run.dir={tmp}/run{i}"], cwd=ROOT, env=run_env(), capture_output=True,
+                                   text=True)
                 times.append(time.perf_counter() - t0)
                 line = p.stderr.strip().splitlines()[-1] if p.stderr.strip() else ""
                 if p.returncode != 2 or not line.startswith("kdprune: error:"):
