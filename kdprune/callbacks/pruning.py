@@ -97,7 +97,7 @@ class GradualPruning(L.Callback):
         shape = cfg.shape
         if cfg.get("schedule") is not None:  # the key's former name, read until the next minor release
             warnings.warn(f"kdprune: prune.schedule is renamed prune.shape; using prune.shape={cfg.schedule} (write "
-                          "that instead)", FutureWarning, stacklevel=2)
+                          "that instead)", FutureWarning)  # one location: shown once per run
             shape = cfg.schedule
         schedule = PruneSchedule(epoch_index(cfg.start_epoch, max_epochs), epoch_index(cfg.end_epoch, max_epochs),
                                  int(cfg.steps), str(shape))
