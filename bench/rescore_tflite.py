@@ -15,7 +15,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from kdprune.data import resolve_data  # noqa: E402
+from kdprune.data import prepare_batch, resolve_data  # noqa: E402
 from kdprune.export.scoring import evaluate_runner, square_val_loader  # noqa: E402
 from kdprune.export.tflite_runner import TFLiteRunner  # noqa: E402
 from kdprune.train import hyp_from_cfg  # noqa: E402
@@ -39,7 +39,7 @@ def fc_as_bmm(run: Path, data, head, loader, cfg) -> None:
         r = TFLiteRunner(tmp, 1, kernels="reference")
         m = evaluate_runner(r, loader, data, strides=head.strides, nc=head.nc, reg_max=head.reg_max,
                             names=data["names"], **val_settings(cfg.val))
-        images = next(iter(loader))["img"][:1].float().numpy() / 255.0
+        images = prepare_batch(next(iter(loader)))["img"][:1].numpy()
         print(run.name, name, f"{n} FC rewritten", "reference mAP50-95", round(m["mAP50-95"], 4), "TFLM parity",
               tflm_parity(tmp, images, reference=r), flush=True)
 
