@@ -15,13 +15,16 @@ default run (KD, gradual pruning to 2,000,000 INT8 bytes, QAT, exports) scored o
 - ``student`` (b): ``model.weights=<pretrained yolo11n>``, the teacher from scratch (the cached one);
 - ``both`` (c): ``model.weights=<pretrained yolo11n> teacher.init=<pretrained yolo11s>`` (the teacher fine-tuned);
 - ``handcut``: what the first user tried: yolo11n with its width multiple cut until the INT8 estimate fits the budget,
-  every tensor of matching shape transferred from the pretrained yolo11n (ultralytics' ``model.load``, which copies
-  only equal shapes), fine-tuned the same epochs with QAT and the same exports, no pruning, no KD;
+  every tensor of matching shape transferred from the pretrained yolo11n (``model.cfg=<cut yaml>
+  model.pretrained=<yolo11n>``, ultralytics' ``model.load``, which copies only equal shapes), trained the same epochs
+  with QAT and the same exports, no pruning, no KD, with the fine-tuning recipe (``recipe=finetune``);
 - ``both_scratch_recipe``: ``both`` trained with the from-scratch values (``recipe=scratch``: lr0 0.003, 3 warm-up
   epochs, for the student and the teacher's fine-tune), the control that decides the ``finetune`` recipe;
-- ``handcut_scratch_recipe``: ``handcut`` trained with the from-scratch values (``recipe=scratch``): at width 0.20
-  only ~7 % of the pretrained yolo11n's parameters have a shape that transfers, so the cut model is close to a
-  from-scratch one and the fine-tuning recipe (lower lr) may shortchange it; the better of the two is the anchor;
+- ``handcut_scratch_recipe``: ``handcut`` trained with the from-scratch values (``recipe=scratch``, what
+  ``recipe=auto`` picks for it): at width 0.20 only ~7 % of the pretrained yolo11n's parameters have a shape that
+  transfers, so the cut model is close to a from-scratch one; the better of the two is the anchor. (The runs recorded
+  before ``model.pretrained`` existed, seeds 0 and 1, saved the cut model as a .pt for ``model.weights``: the same
+  transferred tensors, the others drawn once instead of per seed.)
 - ``both_t5``: ``both`` with the teacher fine-tuned for 5 epochs instead of 10 (``teacher.init_epochs=5``).
 
 The pretraining runs go to bench/runs/finetune/pretrain-*; arms to bench/runs/finetune/<arm>-<imgsz>-s<seed> (a finished
@@ -68,33 +71,29 @@ def pretrain(model: str, imgsz: int, epochs: int, images: int) -> Path:
     return run_dir / "weights" / "best.pt"
 
 
-def handcut_checkpoint(pretrained: Path, imgsz: int) -> tuple[Path, float]:
-    """yolo11n at the widest width multiple (steps of 0.005) whose INT8 estimate (per-tensor, as the neutron target
-    exports) fits the budget, with the pretrained tensors of equal shape transferred; saved for ``model.weights``."""
+def handcut_yaml() -> tuple[Path, float]:
+    """yolo11n's YAML at the widest width multiple (steps of 0.005) whose INT8 estimate (per-tensor, as the neutron
+    target exports) fits the budget; the arms start it from the pretrained yolo11n with ``model.pretrained`` (the
+    tensors of equal shape transfer, as ultralytics' ``pretrained=`` does)."""
+    import yaml
     from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
     from bench.common import default_cfg, default_data_yaml
     from kdprune.data import resolve_data
     from kdprune.pruning import int8_bytes
-    from kdprune.yolo import hyp_namespace, load_ultralytics_checkpoint, save_ultralytics_checkpoint
 
     cfg = default_cfg()
-    data = resolve_data(str(default_data_yaml()), cfg.cache_dir, None, False)
-    src, _ = load_ultralytics_checkpoint(pretrained)
+    nc = len(resolve_data(str(default_data_yaml()), cfg.cache_dir, None, False)["names"])
     base = yaml_model_load("yolo11n.yaml")
-    d, w, mc = base["scales"]["n"]
-    width = w
+    d, width, mc = base["scales"]["n"]
     while True:
-        y = {k: v for k, v in base.items() if k not in ("scales", "scale")}
+        y = {k: v for k, v in base.items() if k not in ("scales", "scale", "yaml_file")}
         y.update(depth_multiple=d, width_multiple=round(width, 3), max_channels=mc)
-        model = DetectionModel(y, nc=len(data["names"]), verbose=False)
-        if int8_bytes(model, per_channel=False) <= BUDGET:
+        if int8_bytes(DetectionModel(y, nc=nc, verbose=False), per_channel=False) <= BUDGET:
             break
         width -= 0.005
-    model.load(src, verbose=False)  # ultralytics' transfer: tensors of equal shape only
-    model.names, model.args = dict(data["names"]), hyp_namespace(imgsz=imgsz)
-    path = OUT / f"handcut-yolo11n-w{width:.3f}.pt"
-    save_ultralytics_checkpoint(path, model, epoch=0, train_args={"model": f"yolo11n.yaml width {width:.3f}"})
+    path = OUT / f"handcut-yolo11n-w{width:.3f}.yaml"
+    path.write_text(yaml.safe_dump(y, sort_keys=False))
     return path, width
 
 
@@ -127,12 +126,11 @@ def main() -> None:
 
     n = stand_in("yolo11n", args.yolo11n_pt)
     s = stand_in("yolo11s", args.yolo11s_pt) if any(a.startswith("both") for a in args.arms) else None
-    cut, width = handcut_checkpoint(n, args.imgsz) if any(a.startswith("handcut") for a in args.arms) else (None, None)
+    cut, width = handcut_yaml() if any(a.startswith("handcut") for a in args.arms) else (None, None)
+    handcut = [f"model.cfg={cut}", f"model.pretrained={n}", "prune=none", "distill=none", "teacher=none"]
     base = ["+experiment=yolo11n_mcu", f"data.imgsz={args.imgsz}", *args.set]
     arms = {"scratch": [], "student": [f"model.weights={n}"], "both": [f"model.weights={n}", f"teacher.init={s}"],
-            "handcut": [f"model.weights={cut}", "prune=none", "distill=none", "teacher=none"],
-            "handcut_scratch_recipe": [f"model.weights={cut}", "prune=none", "distill=none", "teacher=none",
-                                       "recipe=scratch"],
+            "handcut": [*handcut, "recipe=finetune"], "handcut_scratch_recipe": [*handcut, "recipe=scratch"],
             "both_scratch_recipe": [f"model.weights={n}", f"teacher.init={s}", "recipe=scratch"],
             "both_t5": [f"model.weights={n}", f"teacher.init={s}", "teacher.init_epochs=5"]}
     results: dict[str, list[dict]] = {}

@@ -99,7 +99,8 @@ def teacher_key(cfg: DictConfig, data: dict) -> str:
         "batch": int(cfg.data.batch),
         "seed": int(cfg.teacher.seed),
         "augment": OmegaConf.to_container(cfg.data.augment, resolve=True),
-        "optim": training_optim(cfg, from_checkpoint=bool(init))[0],  # the values the teacher trains with
+        # the values the teacher trains with (an init file is the teacher's architecture: it transfers whole)
+        "optim": training_optim(cfg, transferred=float(bool(init)))[0],
         "loss": {k: float(cfg.loss[k]) for k in ("box", "cls", "dfl")},
         **({"init": _file_digest(init)} if init else {}),  # absent from-scratch: existing cache keys stay valid
     }

@@ -37,15 +37,26 @@ from kdprune.quant import check_qat_model, per_channel
 from kdprune.recipe import check_recipe, training_optim
 from kdprune.report import deployed, stage_table, write_report
 from kdprune.teacher_stage import check_teacher, obtain_teacher
-from kdprune.yolo import build_model, evaluate_checkpoint, hyp_namespace, model_stats, split_blocks, val_settings
+from kdprune.yolo import (
+    build_model,
+    check_checkpoint,
+    evaluate_checkpoint,
+    hyp_namespace,
+    model_stats,
+    split_blocks,
+    transfer,
+    val_settings,
+)
 
 log = logging.getLogger("kdprune")
 
 
-def hyp_from_cfg(cfg: DictConfig, data: dict):
-    """Ultralytics' hyperparameter namespace for this run (augmentation, loss gains, optimizer, imgsz, data), with the
-    optimizer values of the recipe this model trains with (kdprune/recipe.py)."""
-    optim, _ = training_optim(cfg, from_checkpoint=bool(cfg.model.weights))
+def hyp_from_cfg(cfg: DictConfig, data: dict, optim: dict | None = None):
+    """Ultralytics' hyperparameter namespace for this run (augmentation, loss gains, optimizer, imgsz, data), with
+    ``optim``: the optimizer values of the recipe this model trains with (kdprune/recipe.py; default: the recipe of a
+    model that is a whole checkpoint with ``model.weights``, else from scratch)."""
+    if optim is None:
+        optim, _ = training_optim(cfg, transferred=float(bool(cfg.model.weights)))
     return hyp_namespace(
         task="detect", mode="train", data=data["yaml_file"], imgsz=cfg.data.imgsz, batch=cfg.data.batch,
         epochs=cfg.trainer.max_epochs, cache=cfg.data.cache, workers=cfg.data.workers, seed=cfg.seed,
@@ -56,12 +67,17 @@ def hyp_from_cfg(cfg: DictConfig, data: dict):
     )
 
 
-def build_student(cfg: DictConfig) -> tuple[dict, object, torch.nn.Module]:
-    """``(data, hyp, model)``: the run's dataset (resolved and checked), ultralytics' hyperparameters and the student,
-    built as every task (training, the sensitivity scan) builds them."""
+def build_student(cfg: DictConfig) -> tuple[dict, object, torch.nn.Module, dict]:
+    """``(data, hyp, model, recipe)``: the run's dataset (resolved and checked), ultralytics' hyperparameters, the
+    student and the recipe it trains with (``training_optim``'s sources), built as every task (training, the
+    sensitivity scan) builds them."""
     data = resolve_data(cfg.data.yaml, cfg.cache_dir, OmegaConf.to_container(cfg.data.embedded), cfg.data.check_labels)
-    hyp = hyp_from_cfg(cfg, data)
-    return data, hyp, build_model(cfg.model.cfg, cfg.model.weights, data["names"], hyp)
+    model = build_model(cfg.model.cfg, cfg.model.weights, data["names"], None)
+    # model.weights: the checkpoint's own architecture (all but a new class count's rows start trained)
+    share = transfer(model, cfg.model.pretrained) if cfg.model.get("pretrained") else float(bool(cfg.model.weights))
+    optim, recipe = training_optim(cfg, transferred=share)
+    model.args = hyp = hyp_from_cfg(cfg, data, optim)
+    return data, hyp, model, recipe
 
 
 def build_datamodule(cfg: DictConfig, data: dict, hyp, model: torch.nn.Module) -> YOLODataModule:
@@ -82,6 +98,11 @@ def _check_cfg(cfg: DictConfig) -> None:
                             "run's dir: hydra.run.dir=<that dir> ckpt_path=last (or ckpt_path=<path to a .ckpt>)")
     elif cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():
         raise UserError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint (use <run_dir>/checkpoints/last.ckpt).")
+    if pretrained := cfg.model.get("pretrained"):
+        if cfg.model.weights:
+            raise UserError("model.weights and model.pretrained: give one (weights: a checkpoint trained as is; "
+                            "pretrained: model.cfg built and started from the checkpoint's tensors of equal shape).")
+        check_checkpoint(pretrained, "model.pretrained")
     if cfg.reference and not Path(cfg.reference).expanduser().is_file():
         raise UserError(f"reference={cfg.reference}: no such file (a dense run's weights/best.pt on the same data).")
 
@@ -122,7 +143,7 @@ def run(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    data, hyp, model = build_student(cfg)
+    data, hyp, model, recipe = build_student(cfg)
     pruning = None
     if cfg.prune.name != "none":
         split_blocks(model)  # C2f/C3k2's chunk as two convs, so torch-pruning's graph follows it
@@ -178,7 +199,7 @@ def run(cfg: DictConfig) -> dict:
         **{k: final.get(k) for k in ("mAP50", "mAP50-95", "precision", "recall")},
         "per_class": final.get("per_class", {}),
         "optimizer": module.resolved_optim,
-        "recipe": training_optim(cfg, from_checkpoint=bool(cfg.model.weights))[1],
+        "recipe": recipe,
         "loss": loss_info,
         "images_skipped": dm.skipped_images(),
         "wall_time_s": round(time.time() - t0, 1),

@@ -8,11 +8,13 @@ import json
 
 import pytest
 import torch
+import yaml
 from omegaconf import OmegaConf
+from ultralytics.nn.tasks import yaml_model_load
 
 import kdprune.train as kt
 from kdprune.data import resolve_data
-from kdprune.recipe import training_optim
+from kdprune.recipe import FINETUNE_SHARE, training_optim
 from kdprune.teacher_stage import teacher_key
 from kdprune.train import run
 from kdprune.yolo import build_model, hyp_namespace, save_ultralytics_checkpoint
@@ -108,24 +110,61 @@ def test_a_student_from_an_80_class_checkpoint_goes_through_pruning_kd_qat_and_e
 
 
 def test_recipe_sources(tmp_path):
-    scratch, src = training_optim(compose(TINY), from_checkpoint=False, given=set())
+    scratch, src = training_optim(compose(TINY), transferred=0.0, given=set())
     assert scratch["lr0"] == 0.003 and src["recipe"] == "scratch"
     assert src["values"]["lr0"]["from"] == "optim (from scratch)"
-    ft, src = training_optim(compose(TINY), from_checkpoint=True, given=set())
+    ft, src = training_optim(compose(TINY), transferred=1.0, given=set())
     assert (ft["lr0"], ft["warmup_epochs"]) == (0.001, 1.0) and src["recipe"] == "finetune"
     assert src["values"]["warmup_epochs"]["from"].startswith("recipe finetune")
     # set on the command line (even to the from-scratch value): it wins
-    cli, src = training_optim(compose([*TINY, "optim.lr0=0.003"]), from_checkpoint=True, given={"optim.lr0"})
+    cli, src = training_optim(compose([*TINY, "optim.lr0=0.003"]), transferred=1.0, given={"optim.lr0"})
     assert cli["lr0"] == 0.003 and cli["warmup_epochs"] == 1.0 and src["values"]["lr0"]["from"] == "command line"
     # set by an experiment (differs from config.yaml's value): it wins too
-    exp, src = training_optim(compose([*TINY, "optim.lr0=0.002"]), from_checkpoint=True, given=set())
+    exp, src = training_optim(compose([*TINY, "optim.lr0=0.002"]), transferred=1.0, given=set())
     assert exp["lr0"] == 0.002 and src["values"]["lr0"]["from"] == "config"
-    forced, _ = training_optim(compose([*TINY, "recipe=finetune"]), from_checkpoint=False, given=set())
+    forced, _ = training_optim(compose([*TINY, "recipe=finetune"]), transferred=0.0, given=set())
     assert forced["lr0"] == 0.001
-    off, _ = training_optim(compose([*TINY, "recipe=scratch"]), from_checkpoint=True, given=set())
+    off, _ = training_optim(compose([*TINY, "recipe=scratch"]), transferred=1.0, given=set())
     assert off["lr0"] == 0.003
-    mine, _ = training_optim(compose([*TINY, "finetune.lr0=0.0005"]), from_checkpoint=True, given=set())
+    mine, _ = training_optim(compose([*TINY, "finetune.lr0=0.0005"]), transferred=1.0, given=set())
     assert mine["lr0"] == 0.0005
+    # auto fine-tunes by the share of the model that starts trained (FINETUNE_SHARE), not by a checkpoint being given
+    few, src = training_optim(compose(TINY), transferred=0.07, given=set())
+    assert few["lr0"] == 0.003 and src["recipe"] == "scratch" and src["transferred"] == 0.07
+    most, src = training_optim(compose(TINY), transferred=FINETUNE_SHARE, given=set())
+    assert most["lr0"] == 0.001 and src["recipe"] == "finetune"
+
+
+def test_model_pretrained_transfers_tensors_of_equal_shape_and_the_share_picks_the_recipe(tmp_path):
+    """``model.pretrained``: model.cfg built and started from a checkpoint's tensors of equal name and shape
+    (ultralytics' ``pretrained=``), the share that moved reported and deciding recipe=auto."""
+    src = _pretrained(tmp_path / "yolo11n80.pt", "yolo11n.yaml", 0)
+    sd = torch.load(src, map_location="cpu", weights_only=False)["ema"].float().state_dict()
+    # the checkpoint's own architecture: all but the 80 class rows move, so it is fine-tuned
+    _, hyp, model, recipe = kt.build_student(compose([*TINY, f"model.pretrained={src}"]))
+    assert recipe["recipe"] == "finetune" and 0.9 < recipe["transferred"] < 1.0 and hyp.lr0 == 0.001
+    assert torch.equal(model.state_dict()["model.0.conv.weight"], sd["model.0.conv.weight"])
+    assert int(model.model[-1].nc) == 8 and model.args is hyp
+    # yolo11n (width 0.25) cut to 0.20 by hand (the first user's attempt): few shapes match, so from scratch
+    y = {k: v for k, v in yaml_model_load("yolo11n.yaml").items() if k not in ("scales", "scale", "yaml_file")}
+    y.update(depth_multiple=0.5, width_multiple=0.20, max_channels=1024)
+    (tmp_path / "narrow.yaml").write_text(yaml.safe_dump(y))
+    cfg = compose([*TINY, f"model.cfg={tmp_path / 'narrow.yaml'}", f"model.pretrained={src}"])
+    _, hyp, model, recipe = kt.build_student(cfg)
+    assert recipe["recipe"] == "scratch" and 0.0 < recipe["transferred"] < FINETUNE_SHARE and hyp.lr0 == 0.003
+    moved = [k for k, v in model.state_dict().items() if k in sd and v.shape == sd[k].shape and v.is_floating_point()
+             and v.numel() > 1 and torch.equal(v, sd[k])]
+    narrower = [k for k, v in model.state_dict().items() if k in sd and v.shape != sd[k].shape]
+    assert moved and narrower  # the layers of equal width moved, the narrower ones start fresh
+
+
+def test_model_weights_and_pretrained_together_is_a_user_error(tmp_path):
+    src = _pretrained(tmp_path / "yolo11n80.pt", "yolo11n.yaml", 0)
+    p = kdprune(f"model.weights={src}", f"model.pretrained={src}", run_dir=tmp_path / "run", timeout=120)
+    assert_user_error(p, "model.weights and model.pretrained", run_dir=tmp_path / "run")
+    p = kdprune("model.pretrained=yolo11n.pt", run_dir=tmp_path / "run", timeout=120)
+    assert_user_error(p, "model.pretrained=yolo11n.pt", "never downloads", "model.pretrained=null",
+                      run_dir=tmp_path / "run")
 
 
 def test_the_teacher_cache_key_follows_the_init_files_content(tmp_path):

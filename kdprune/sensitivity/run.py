@@ -43,7 +43,7 @@ def _scanner(cfg: DictConfig, s: dict) -> tuple[Scanner, dict, int, int]:
     from kdprune.train import build_datamodule, build_student  # data, hyp and model exactly as training builds them
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the same BN batches on every run
-    data, hyp, model = build_student(cfg)
+    data, hyp, model, _ = build_student(cfg)
     if not cfg.model.weights:
         rank_zero_warn("kdprune: sensitivity of untrained weights (no model.weights) is noise: every layer looks "
                        "equally harmless. Give model.weights=<trained .pt> for ratios worth using.")

@@ -12,6 +12,7 @@ from kdprune.yolo.models import (
     load_teacher,
     model_stats,
     teacher_mismatch,
+    transfer,
 )
 from kdprune.yolo.optim import LRSchedule, build_optimizer, nominal_accumulate, optimizer_iterations
 from kdprune.yolo.prunable import SplitC2f, merge_split_blocks, split_blocks
@@ -54,4 +55,5 @@ __all__ = [
     "split_blocks",
     "teacher_mismatch",
     "trace_forward",
+    "transfer",
 ]

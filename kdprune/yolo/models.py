@@ -31,6 +31,7 @@ def _build_from_yaml(cfg: str, nc: int) -> DetectionModel:
 
 # what to do instead of a missing checkpoint, per config key
 _WITHOUT = {"model.weights": "build from scratch with model.cfg={stem}.yaml model.weights=null",
+            "model.pretrained": "build model.cfg from scratch with model.pretrained=null",
             "teacher.weights": "let kdprune train the teacher with teacher.weights=null",
             "teacher.init": "train the teacher from scratch with teacher.init=null"}
 
@@ -107,7 +108,7 @@ def build_model(cfg: str | None, weights: str | None, names: dict[int, str], hyp
             model = loaded
         else:
             model = _build_from_yaml(loaded.yaml, nc)
-            model.load(loaded, verbose=False)
+            transfer(model, loaded)
     elif cfg:
         model = _build_from_yaml(cfg, nc)
     else:
@@ -119,6 +120,19 @@ def build_model(cfg: str | None, weights: str | None, names: dict[int, str], hyp
         if ".dfl" in name:  # ultralytics always freezes the DFL integral
             p.requires_grad_(False)
     return model.float().train()
+
+
+def transfer(model: DetectionModel, source: str | Path | torch.nn.Module) -> float:
+    """Load every tensor of ``source`` (a checkpoint path, named by ``model.pretrained``, or a model) whose name and
+    shape match into ``model``, as ultralytics' trainer does with ``pretrained=``; return the share of ``model``'s
+    parameter elements that came from it (1.0: all of them, 0.0: none: another architecture)."""
+    if not isinstance(source, torch.nn.Module):
+        source, _ = _load_weights(source, "model.pretrained")
+    model.load(source, verbose=False)  # ultralytics' transfer (it also re-widens the class branch to the source's)
+    src = source.state_dict()
+    own = dict(model.named_parameters())
+    moved = sum(p.numel() for k, p in own.items() if k in src and src[k].shape == p.shape)
+    return moved / max(sum(p.numel() for p in own.values()), 1)
 
 
 def model_stats(model: torch.nn.Module, imgsz: int) -> dict:
