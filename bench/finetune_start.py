@@ -25,6 +25,9 @@ default run (KD, gradual pruning to 2,000,000 INT8 bytes, QAT, exports) scored o
   transfers, so the cut model is close to a from-scratch one; the better of the two is the anchor. (The runs recorded
   before ``model.pretrained`` existed, seeds 0 and 1, saved the cut model as a .pt for ``model.weights``: the same
   transferred tensors, the others drawn once instead of per seed.)
+- ``handcut_kd``: ``handcut`` with what kdprune adds besides pruning: the teacher fine-tuned from the pretrained
+  yolo11s (the ``both`` arm's, cached) distils into it (``recipe=auto``, from scratch for it). Against ``both`` it
+  asks whether pruning a pretrained yolo11n earns its place over cutting its width by hand, KD on both sides;
 - ``both_t5``: ``both`` with the teacher fine-tuned for 5 epochs instead of 10 (``teacher.init_epochs=5``).
 
 The pretraining runs go to bench/runs/finetune/pretrain-*; arms to bench/runs/finetune/<arm>-<imgsz>-s<seed> (a finished
@@ -111,7 +114,7 @@ def main() -> None:
     ap.add_argument("--imgsz", type=int, default=256)
     ap.add_argument("--arms", nargs="+", default=["scratch", "student", "both", "handcut"],
                     choices=["scratch", "student", "both", "handcut", "both_scratch_recipe", "both_t5",
-                             "handcut_scratch_recipe"])
+                             "handcut_scratch_recipe", "handcut_kd"])
     ap.add_argument("--pretrain-epochs", type=int, default=25)
     ap.add_argument("--pretrain-images", type=int, default=800, help="glyphs training images for the stand-ins")
     ap.add_argument("--yolo11n-pt", help="an existing stand-in for yolo11n.pt instead of pretraining one")
@@ -125,18 +128,20 @@ def main() -> None:
         return Path(given) if given else pretrain(model, args.imgsz, args.pretrain_epochs, args.pretrain_images)
 
     n = stand_in("yolo11n", args.yolo11n_pt)
-    s = stand_in("yolo11s", args.yolo11s_pt) if any(a.startswith("both") for a in args.arms) else None
+    s = stand_in("yolo11s", args.yolo11s_pt) if any("both" in a or "kd" in a for a in args.arms) else None
     cut, width = handcut_yaml() if any(a.startswith("handcut") for a in args.arms) else (None, None)
     handcut = [f"model.cfg={cut}", f"model.pretrained={n}", "prune=none", "distill=none", "teacher=none"]
     base = ["+experiment=yolo11n_mcu", f"data.imgsz={args.imgsz}", *args.set]
     arms = {"scratch": [], "student": [f"model.weights={n}"], "both": [f"model.weights={n}", f"teacher.init={s}"],
             "handcut": [*handcut, "recipe=finetune"], "handcut_scratch_recipe": [*handcut, "recipe=scratch"],
+            "handcut_kd": [f"model.cfg={cut}", f"model.pretrained={n}", "prune=none", f"teacher.init={s}"],
             "both_scratch_recipe": [f"model.weights={n}", f"teacher.init={s}", "recipe=scratch"],
             "both_t5": [f"model.weights={n}", f"teacher.init={s}", "teacher.init_epochs=5"]}
     results: dict[str, list[dict]] = {}
     for seed in args.seeds:
         for arm in args.arms:
-            teacher_seed = [f"teacher.seed={seed}"] if arm.startswith("both") else []  # a fine-tuned teacher per seed
+            # a fine-tuned teacher per seed (handcut_kd: the both arm's)
+            teacher_seed = [f"teacher.seed={seed}"] if arm.startswith("both") or arm == "handcut_kd" else []
             r = score(kdprune(OUT / f"{arm}-{args.imgsz}-s{seed}", *base, *arms[arm], f"seed={seed}", *teacher_seed))
             results.setdefault(arm, []).append(r)
             (ROOT / "bench" / f"{args.json}.json").write_text(json.dumps(
