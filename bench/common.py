@@ -39,6 +39,31 @@ def default_hyp() -> dict:
                 **optim, **OmegaConf.to_container(cfg.data.augment), **{k: cfg.loss[k] for k in ("box", "cls", "dfl")})
 
 
+def narrow_yolo11n_yaml(budget: int) -> tuple[Path, float]:
+    """``(path, width)``: yolo11n's YAML at the widest width multiple (steps of 0.005) whose INT8 estimate (per-tensor,
+    as the neutron target exports) fits ``budget`` bytes, written under bench/runs/: the narrow model a user gets by
+    cutting the width by hand (``model.cfg=<path>``, optionally ``model.pretrained=yolo11n.pt``)."""
+    import yaml
+    from ultralytics.nn.tasks import DetectionModel, yaml_model_load
+
+    from kdprune.data import resolve_data
+    from kdprune.pruning import int8_bytes
+
+    nc = len(resolve_data(str(default_data_yaml()), default_cfg().cache_dir, None, False)["names"])
+    base = yaml_model_load("yolo11n.yaml")
+    d, width, mc = base["scales"]["n"]
+    while True:
+        y = {k: v for k, v in base.items() if k not in ("scales", "scale", "yaml_file")}
+        y.update(depth_multiple=d, width_multiple=round(width, 3), max_channels=mc)
+        if int8_bytes(DetectionModel(y, nc=nc, verbose=False), per_channel=False) <= budget:
+            break
+        width -= 0.005
+    path = ROOT / "bench" / "runs" / f"yolo11n-w{width:.3f}-{budget}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(y, sort_keys=False))
+    return path, round(width, 3)
+
+
 def default_data_yaml() -> Path:
     """The embedded dataset with the default config's parameters (generated once into the cache)."""
     from omegaconf import OmegaConf

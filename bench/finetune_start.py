@@ -46,7 +46,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, git_rev, machine, run_env  # noqa: E402
+from bench.common import ROOT, git_rev, machine, narrow_yolo11n_yaml, run_env  # noqa: E402
 
 OUT = ROOT / "bench" / "runs" / "finetune"
 BUDGET = 2_000_000
@@ -72,32 +72,6 @@ def pretrain(model: str, imgsz: int, epochs: int, images: int) -> Path:
     kdprune(run_dir, f"model={model}", "data=glyphs", f"data.embedded.n_train={images}", f"data.imgsz={imgsz}",
             f"trainer.max_epochs={epochs}", "prune=none", "distill=none", "quant=none", "export=none", "seed=0")
     return run_dir / "weights" / "best.pt"
-
-
-def handcut_yaml() -> tuple[Path, float]:
-    """yolo11n's YAML at the widest width multiple (steps of 0.005) whose INT8 estimate (per-tensor, as the neutron
-    target exports) fits the budget; the arms start it from the pretrained yolo11n with ``model.pretrained`` (the
-    tensors of equal shape transfer, as ultralytics' ``pretrained=`` does)."""
-    import yaml
-    from ultralytics.nn.tasks import DetectionModel, yaml_model_load
-
-    from bench.common import default_cfg, default_data_yaml
-    from kdprune.data import resolve_data
-    from kdprune.pruning import int8_bytes
-
-    cfg = default_cfg()
-    nc = len(resolve_data(str(default_data_yaml()), cfg.cache_dir, None, False)["names"])
-    base = yaml_model_load("yolo11n.yaml")
-    d, width, mc = base["scales"]["n"]
-    while True:
-        y = {k: v for k, v in base.items() if k not in ("scales", "scale", "yaml_file")}
-        y.update(depth_multiple=d, width_multiple=round(width, 3), max_channels=mc)
-        if int8_bytes(DetectionModel(y, nc=nc, verbose=False), per_channel=False) <= BUDGET:
-            break
-        width -= 0.005
-    path = OUT / f"handcut-yolo11n-w{width:.3f}.yaml"
-    path.write_text(yaml.safe_dump(y, sort_keys=False))
-    return path, width
 
 
 def score(s: dict) -> dict:
@@ -129,7 +103,7 @@ def main() -> None:
 
     n = stand_in("yolo11n", args.yolo11n_pt)
     s = stand_in("yolo11s", args.yolo11s_pt) if any("both" in a or "kd" in a for a in args.arms) else None
-    cut, width = handcut_yaml() if any(a.startswith("handcut") for a in args.arms) else (None, None)
+    cut, width = narrow_yolo11n_yaml(BUDGET) if any(a.startswith("handcut") for a in args.arms) else (None, None)
     handcut = [f"model.cfg={cut}", f"model.pretrained={n}", "prune=none", "distill=none", "teacher=none"]
     base = ["+experiment=yolo11n_mcu", f"data.imgsz={args.imgsz}", *args.set]
     arms = {"scratch": [], "student": [f"model.weights={n}"], "both": [f"model.weights={n}", f"teacher.init={s}"],

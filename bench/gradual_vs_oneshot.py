@@ -17,9 +17,12 @@ Arms (all: +experiment=yolo11n_mcu distill=none quant=none export=none, or --kd 
 - ``accumulate_only`` / ``fade_only``: ``new`` with one of its two ingredients (the other as ``today``);
 - ``late``: gradual around the one-shot epoch, 4 equal steps at epochs 7, 8, 9, 10, cut at once (the conf/prune/
   gradual.yaml default since issue 13).
-- ``mcu`` / ``mcu_dense``: the whole default run (QAT and the INT8 exports on; ``--kd`` for the KD default) and the same
-  run with ``prune=none``; their score is the **TFLite INT8 file's** mAP50-95, so the pair reads what compression
-  costs in the deployed file (issue 13's target: within 0.5 point).
+- ``narrow``: no pruning: yolo11n with its width multiple cut until the INT8 estimate fits the budget (0.200),
+  trained from scratch the same epochs: does pruning a wider model beat training the narrow one at equal bytes?
+- ``mcu`` / ``mcu_dense`` / ``mcu_narrow``: the whole default run (QAT and the INT8 exports on; ``--kd`` for the KD
+  default), the same run with ``prune=none``, and with the narrow model instead of pruning; their score is the
+  **TFLite INT8 file's** mAP50-95, so ``mcu`` against ``mcu_dense`` reads what compression costs in the deployed file
+  (issue 13's target: within 0.5 point).
 ``--data glyphs`` runs the arms on the second generated dataset (conf/data/glyphs.yaml); ``--finetune BEST_PT`` runs
 the fine-tuning case (FINETUNE_ARMS: 10 epochs from a trained dense model).
 Final mAP50-95 is the re-validated best.pt (chosen after the last pruning step). Each step's cliff (val mAP50-95 of the
@@ -43,7 +46,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, git_rev, machine, run_env  # noqa: E402
+from bench.common import ROOT, git_rev, machine, narrow_yolo11n_yaml, run_env  # noqa: E402
 
 # The fine-tuning case (--finetune DENSE_BEST_PT): 10 epochs from a trained dense model; pruning can start at once.
 FINETUNE_EPOCHS = 10
@@ -76,8 +79,12 @@ ARMS = {
 }
 # the whole pipeline (QAT, exports): scored on the TFLite INT8 file rather than on best.pt
 # (the dense reference is not meant to fit the budget: its file is scored, not failed for its size)
-FULL_ARMS = {"mcu": [], "mcu_dense": ["prune=none", "export.max_bytes=null"]}
+FULL_ARMS = {"mcu": [], "mcu_dense": ["prune=none", "export.max_bytes=null"], "mcu_narrow": ["prune=none"]}
 ARMS.update(FULL_ARMS)
+# no pruning at all: yolo11n with its width multiple cut until it fits the budget, trained from scratch (the model
+# cfg is filled in by run_arm); does pruning a wider model beat training the narrow one at equal bytes?
+ARMS["narrow"] = ["prune=none"]
+NARROW_ARMS = ("narrow", "mcu_narrow")
 
 
 def run_arm(arm: str, seed: int, imgsz: int, kd: bool, out: Path, data: str = "shapes",
@@ -87,6 +94,8 @@ def run_arm(arm: str, seed: int, imgsz: int, kd: bool, out: Path, data: str = "s
     summary = run_dir / "summary.json"
     if not summary.is_file():
         extra = [f"model.weights={finetune}", f"trainer.max_epochs={FINETUNE_EPOCHS}"] if finetune else []
+        if arm in NARROW_ARMS:
+            extra.append(f"model.cfg={narrow_yolo11n_yaml(2_000_000)[0]}")
         off = [] if arm in FULL_ARMS else ["quant=none", "export=none"]
         args = ["+experiment=yolo11n_mcu", *off, f"data={data}", f"data.imgsz={imgsz}",
                 f"seed={seed}", *([] if kd else ["distill=none"]), *(FINETUNE_ARMS if finetune else ARMS)[arm],
