@@ -43,7 +43,7 @@ def _teacher_cfg(cfg: DictConfig, run_dir: Path) -> DictConfig:
     the default loss, one device (under DDP the teacher is trained before the workers start, see ``obtain_teacher``)."""
     t = cfg.copy()
     with open_dict(t):
-        t.model = {"name": cfg.teacher.name, "cfg": cfg.teacher.cfg, "weights": _init(cfg)}
+        t.model = {"name": cfg.teacher.name, "cfg": cfg.teacher.cfg, "weights": _init(cfg), "pretrained": None}
         for group in PLAIN_RUN_OFF:
             t[group] = OmegaConf.load(CONF_DIR / group / "none.yaml")
         t.loss = {**OmegaConf.load(CONF_DIR / "loss" / "default.yaml"),

@@ -152,3 +152,16 @@ def test_every_group_with_a_none_option_is_decided_for_the_teacher_run():
     with_none = {p.parent.name for p in CONF_DIR.glob("*/none.yaml")}
     assert with_none == set(PLAIN_RUN_OFF) | set(PLAIN_RUN_KEEPS)
     assert not set(PLAIN_RUN_OFF) & set(PLAIN_RUN_KEEPS)
+
+
+def test_the_teacher_run_takes_nothing_of_the_students_model(tmp_path):
+    """The teacher stage's config is a plain run of the teacher: the student's model.cfg / model.pretrained /
+    model.weights must not reach it (a yolo11s built and then started from the student's yolo11n tensors)."""
+    from kdprune.teacher_stage import _teacher_cfg
+
+    cfg = compose(["distill=kd", "teacher=yolo11s", "model.cfg=my-narrow.yaml", "model.pretrained=yolo11n.pt",
+                   "teacher.init=yolo11s.pt"])
+    t = _teacher_cfg(cfg, tmp_path / "teacher")
+    assert t.model.pretrained is None and t.model.weights.endswith("yolo11s.pt") and t.model.cfg == cfg.teacher.cfg
+    assert _teacher_cfg(compose(["distill=kd", "teacher=yolo11s", "model.pretrained=yolo11n.pt"]),
+                        tmp_path / "teacher").model.weights is None
