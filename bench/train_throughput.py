@@ -9,7 +9,7 @@ Both sides train with ``--threads`` torch threads (default: every core), read ba
 Left alone they would not match: ultralytics' CPU training sets ``min(8, cores - 1)`` threads (one on a 2-core
 machine), and importing ultralytics sets ``OMP_NUM_THREADS=1`` for every child process of the script.
 
-    .venv/bin/python bench/train_throughput.py [--epochs 3] [--imgsz 320] [--batch 16] [--threads N]
+    .venv/bin/python bench/train_throughput.py [--epochs 3] [--imgsz 320] [--batch 16] [--threads N] [--bf16]
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 THREADS: set[int] = set()  # torch threads seen during training, in a worker
 
 
-def _kdprune(epochs: int, imgsz: int, batch: int, workers: int, threads: int) -> list[float]:
+def _kdprune(epochs: int, imgsz: int, batch: int, workers: int, threads: int,
+             precision: str = "32-true") -> list[float]:
     import lightning as L
     import torch
 
@@ -49,7 +50,8 @@ def _kdprune(epochs: int, imgsz: int, batch: int, workers: int, threads: int) ->
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
-        cfg = compose([f"trainer.max_epochs={epochs}", f"data.imgsz={imgsz}", f"data.batch={batch}",
+        cfg = compose([f"trainer.max_epochs={epochs}", f"trainer.precision={precision}", f"data.imgsz={imgsz}",
+                       f"data.batch={batch}",
                        f"data.workers={workers}", "data.augment.close_mosaic=0", "val.plot_every=0", "logger=none",
                        "~callbacks.progress_bar", "+trainer.enable_progress_bar=false"], run_dir=Path(d) / "run")
         torch.set_num_threads(threads)
@@ -105,11 +107,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)  # internal: SIDE WORKERS
+    ap.add_argument("--bf16", action="store_true", help="also kdprune with trainer.precision=bf16-mixed (workers 0)")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     if a.worker:
         side, workers = a.worker[0], int(a.worker[1])
-        fn = _kdprune if side == "kdprune" else _ultralytics
+        fn = {"kdprune": _kdprune, "ultralytics": _ultralytics,
+              "kdprune_bf16": lambda *x: _kdprune(*x, precision="bf16-mixed")}[side]
         rates = fn(a.epochs, a.imgsz, a.batch, workers, a.threads)
         print("RATES " + json.dumps({"rates": rates, "threads": sorted(THREADS)}), flush=True)
         return
@@ -118,7 +122,7 @@ def main() -> None:
 
     default_data_yaml()  # generate once, outside the timed runs
     # ultralytics' trainer forces workers=0 on CPU; kdprune is measured with 0 (same) and 2 workers.
-    sides = [("ultralytics", 0), ("kdprune", 0), ("kdprune", 2)]
+    sides = [("ultralytics", 0), ("kdprune", 0), ("kdprune", 2), *([("kdprune_bf16", 0)] if a.bf16 else [])]
     result = {"imgsz": a.imgsz, "batch": a.batch, "epochs": a.epochs, "threads": a.threads, "machine": machine(),
               "commit": git_rev()}
     for side, workers in sides:
@@ -135,7 +139,7 @@ def main() -> None:
         result[f"{side}_workers{workers}"] = {"per_epoch": [round(r, 2) for r in rates],
                                               "images_per_s": round(statistics.median(rates[1:] or rates), 2)}
     base = result["ultralytics_workers0"]["images_per_s"]
-    for k in ("kdprune_workers0", "kdprune_workers2"):
+    for k in [k for k in result if k.startswith("kdprune")]:
         result[k]["ratio_vs_ultralytics"] = round(result[k]["images_per_s"] / base, 3)
     print(json.dumps(result, indent=2))
     if a.out:
