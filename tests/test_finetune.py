@@ -24,6 +24,8 @@ from tests.test_errors import assert_user_error, kdprune
 pytestmark = pytest.mark.slow  # trains, converts or exports (make test-fast leaves it out)
 
 COCO_LIKE = {i: f"coco{i}" for i in range(80)}
+# a fine-tuning recipe that differs from the from-scratch values (the default's are equal), so a test sees which applied
+FT = [*TINY, "finetune.lr0=0.001", "finetune.warmup_epochs=1.0"]
 
 
 def _pretrained(path, yaml: str, seed: int):
@@ -48,7 +50,7 @@ def ft_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("ft")
     student = _pretrained(d / "yolo11n80.pt", "yolo11n.yaml", 0)
     init = _pretrained(d / "yolov8n80.pt", "yolov8n.yaml", 1)
-    overrides = [*TINY, f"model.weights={student}", "teacher=yolo11s", f"teacher.init={init}", "teacher.init_epochs=1",
+    overrides = [*FT, f"model.weights={student}", "teacher=yolo11s", f"teacher.init={init}", "teacher.init_epochs=1",
                  "teacher.seed=2", "distill=kd", "trainer.max_epochs=3", "prune=gradual", "prune.fade_epochs=0",
                  "prune.start_epoch=0", "prune.end_epoch=0", "prune.steps=1", "prune.target.ratio=0.3",
                  "quant=int8_qat", "quant.start_epoch=1", "quant.freeze_bn_epoch=2", "quant.freeze_observer_epoch=2",
@@ -110,28 +112,32 @@ def test_a_student_from_an_80_class_checkpoint_goes_through_pruning_kd_qat_and_e
 
 
 def test_recipe_sources(tmp_path):
-    scratch, src = training_optim(compose(TINY), transferred=0.0, given=set())
+    # by default the fine-tuning values are the from-scratch ones (measured), and say where they came from
+    default, src = training_optim(compose(TINY), transferred=1.0, given=set())
+    assert (default["lr0"], default["warmup_epochs"]) == (0.003, 3.0) and src["recipe"] == "finetune"
+    assert src["values"]["lr0"]["from"].startswith("recipe finetune")
+    scratch, src = training_optim(compose(FT), transferred=0.0, given=set())
     assert scratch["lr0"] == 0.003 and src["recipe"] == "scratch"
     assert src["values"]["lr0"]["from"] == "optim (from scratch)"
-    ft, src = training_optim(compose(TINY), transferred=1.0, given=set())
+    ft, src = training_optim(compose(FT), transferred=1.0, given=set())
     assert (ft["lr0"], ft["warmup_epochs"]) == (0.001, 1.0) and src["recipe"] == "finetune"
     assert src["values"]["warmup_epochs"]["from"].startswith("recipe finetune")
     # set on the command line (even to the from-scratch value): it wins
-    cli, src = training_optim(compose([*TINY, "optim.lr0=0.003"]), transferred=1.0, given={"optim.lr0"})
+    cli, src = training_optim(compose([*FT, "optim.lr0=0.003"]), transferred=1.0, given={"optim.lr0"})
     assert cli["lr0"] == 0.003 and cli["warmup_epochs"] == 1.0 and src["values"]["lr0"]["from"] == "command line"
     # set by an experiment (differs from config.yaml's value): it wins too
-    exp, src = training_optim(compose([*TINY, "optim.lr0=0.002"]), transferred=1.0, given=set())
+    exp, src = training_optim(compose([*FT, "optim.lr0=0.002"]), transferred=1.0, given=set())
     assert exp["lr0"] == 0.002 and src["values"]["lr0"]["from"] == "config"
-    forced, _ = training_optim(compose([*TINY, "recipe=finetune"]), transferred=0.0, given=set())
+    forced, _ = training_optim(compose([*FT, "recipe=finetune"]), transferred=0.0, given=set())
     assert forced["lr0"] == 0.001
-    off, _ = training_optim(compose([*TINY, "recipe=scratch"]), transferred=1.0, given=set())
+    off, _ = training_optim(compose([*FT, "recipe=scratch"]), transferred=1.0, given=set())
     assert off["lr0"] == 0.003
-    mine, _ = training_optim(compose([*TINY, "finetune.lr0=0.0005"]), transferred=1.0, given=set())
+    mine, _ = training_optim(compose([*FT, "finetune.lr0=0.0005"]), transferred=1.0, given=set())
     assert mine["lr0"] == 0.0005
     # auto fine-tunes by the share of the model that starts trained (FINETUNE_SHARE), not by a checkpoint being given
-    few, src = training_optim(compose(TINY), transferred=0.07, given=set())
+    few, src = training_optim(compose(FT), transferred=0.07, given=set())
     assert few["lr0"] == 0.003 and src["recipe"] == "scratch" and src["transferred"] == 0.07
-    most, src = training_optim(compose(TINY), transferred=FINETUNE_SHARE, given=set())
+    most, src = training_optim(compose(FT), transferred=FINETUNE_SHARE, given=set())
     assert most["lr0"] == 0.001 and src["recipe"] == "finetune"
 
 
@@ -141,7 +147,7 @@ def test_model_pretrained_transfers_tensors_of_equal_shape_and_the_share_picks_t
     src = _pretrained(tmp_path / "yolo11n80.pt", "yolo11n.yaml", 0)
     sd = torch.load(src, map_location="cpu", weights_only=False)["ema"].float().state_dict()
     # the checkpoint's own architecture: all but the 80 class rows move, so it is fine-tuned
-    _, hyp, model, recipe = kt.build_student(compose([*TINY, f"model.pretrained={src}"]))
+    _, hyp, model, recipe = kt.build_student(compose([*FT, f"model.pretrained={src}"]))
     assert recipe["recipe"] == "finetune" and 0.9 < recipe["transferred"] < 1.0 and hyp.lr0 == 0.001
     assert torch.equal(model.state_dict()["model.0.conv.weight"], sd["model.0.conv.weight"])
     assert int(model.model[-1].nc) == 8 and model.args is hyp
@@ -149,7 +155,7 @@ def test_model_pretrained_transfers_tensors_of_equal_shape_and_the_share_picks_t
     y = {k: v for k, v in yaml_model_load("yolo11n.yaml").items() if k not in ("scales", "scale", "yaml_file")}
     y.update(depth_multiple=0.5, width_multiple=0.20, max_channels=1024)
     (tmp_path / "narrow.yaml").write_text(yaml.safe_dump(y))
-    cfg = compose([*TINY, f"model.cfg={tmp_path / 'narrow.yaml'}", f"model.pretrained={src}"])
+    cfg = compose([*FT, f"model.cfg={tmp_path / 'narrow.yaml'}", f"model.pretrained={src}"])
     _, hyp, model, recipe = kt.build_student(cfg)
     assert recipe["recipe"] == "scratch" and 0.0 < recipe["transferred"] < FINETUNE_SHARE and hyp.lr0 == 0.003
     moved = [k for k, v in model.state_dict().items() if k in sd and v.shape == sd[k].shape and v.is_floating_point()
