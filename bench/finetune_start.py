@@ -17,7 +17,7 @@ default run (KD, gradual pruning to 2,000,000 INT8 bytes, QAT, exports) scored o
 - ``handcut``: what the first user tried: yolo11n with its width multiple cut until the INT8 estimate fits the budget,
   every tensor of matching shape transferred from the pretrained yolo11n (``model.cfg=<cut yaml>
   model.pretrained=<yolo11n>``, ultralytics' ``model.load``, which copies only equal shapes), trained the same epochs
-  with QAT and the same exports, no pruning, no KD, with the fine-tuning recipe (``recipe=finetune``);
+  with QAT and the same exports, no pruning, no KD, at the former fine-tuning lr (0.001, one warm-up epoch);
 - ``both_scratch_recipe``: ``both`` trained with the from-scratch values (``recipe=scratch``: lr0 0.003, 3 warm-up
   epochs, for the student and the teacher's fine-tune), the control that decides the ``finetune`` recipe;
 - ``handcut_scratch_recipe``: ``handcut`` trained with the from-scratch values (``recipe=scratch``, what
@@ -29,6 +29,9 @@ default run (KD, gradual pruning to 2,000,000 INT8 bytes, QAT, exports) scored o
   yolo11s (the ``both`` arm's, cached) distils into it (``recipe=auto``, from scratch for it). Against ``both`` it
   asks whether pruning a pretrained yolo11n earns its place over cutting its width by hand, KD on both sides;
 - ``both_t5``: ``both`` with the teacher fine-tuned for 5 epochs instead of 10 (``teacher.init_epochs=5``).
+
+Arms ``student`` and ``both`` run kdprune's defaults as they stand: the seeds recorded before 8faef70 (bench/RESULTS.md)
+trained with the former fine-tuning recipe (lr0 0.001, one warm-up epoch), which ``both_scratch_recipe`` replaced.
 
 The pretraining runs go to bench/runs/finetune/pretrain-*; arms to bench/runs/finetune/<arm>-<imgsz>-s<seed> (a finished
 run is read back, not re-run). Writes bench/finetune_start.json after each run and prints a markdown table.
@@ -50,6 +53,9 @@ from bench.common import ROOT, git_rev, machine, narrow_yolo11n_yaml, run_env  #
 
 OUT = ROOT / "bench" / "runs" / "finetune"
 BUDGET = 2_000_000
+# the fine-tuning recipe's values until 8faef70 (lr0 0.001, one warm-up epoch); since then they equal the from-scratch
+# ones, so the handcut arm names them to keep its meaning
+LOW_LR = ["finetune.lr0=0.001", "finetune.warmup_epochs=1.0"]
 
 
 def kdprune(run_dir: Path, *args: str) -> dict:
@@ -104,11 +110,12 @@ def main() -> None:
     n = stand_in("yolo11n", args.yolo11n_pt)
     s = stand_in("yolo11s", args.yolo11s_pt) if any("both" in a or "kd" in a for a in args.arms) else None
     cut, width = narrow_yolo11n_yaml(BUDGET) if any(a.startswith("handcut") for a in args.arms) else (None, None)
-    handcut = [f"model.cfg={cut}", f"model.pretrained={n}", "prune=none", "distill=none", "teacher=none"]
+    cut_start = [f"model.cfg={cut}", f"model.pretrained={n}", "prune=none"]
+    handcut = [*cut_start, "distill=none", "teacher=none"]
     base = ["+experiment=yolo11n_mcu", f"data.imgsz={args.imgsz}", *args.set]
     arms = {"scratch": [], "student": [f"model.weights={n}"], "both": [f"model.weights={n}", f"teacher.init={s}"],
-            "handcut": [*handcut, "recipe=finetune"], "handcut_scratch_recipe": [*handcut, "recipe=scratch"],
-            "handcut_kd": [f"model.cfg={cut}", f"model.pretrained={n}", "prune=none", f"teacher.init={s}"],
+            "handcut": [*handcut, "recipe=finetune", *LOW_LR], "handcut_scratch_recipe": [*handcut, "recipe=scratch"],
+            "handcut_kd": [*cut_start, f"teacher.init={s}"],
             "both_scratch_recipe": [f"model.weights={n}", f"teacher.init={s}", "recipe=scratch"],
             "both_t5": [f"model.weights={n}", f"teacher.init={s}", "teacher.init_epochs=5"]}
     results: dict[str, list[dict]] = {}
