@@ -108,7 +108,7 @@ def build_model(cfg: str | None, weights: str | None, names: dict[int, str], hyp
             model = loaded
         else:
             model = _build_from_yaml(loaded.yaml, nc)
-            transfer(model, loaded)
+            model.load(loaded, verbose=False)  # ultralytics' transfer (the share is not needed here)
     elif cfg:
         model = _build_from_yaml(cfg, nc)
     else:
