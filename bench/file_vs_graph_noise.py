@@ -3,16 +3,18 @@
 
     .venv/bin/python bench/file_vs_graph_noise.py RUN_DIR [--n-val 960] [--subset 120] [--seed 1]
 
-From a finished run's best.pt, the PTQ graph is rebuilt as the run's stages build it (calibrated on the same
-``quant.ptq_images`` training images), and scored two ways: in PyTorch (``backend.convert``: the quantize/dequantize
-graph in float arithmetic, as the fake-quant row is) and as its full-integer TFLite file (written by the exporter,
-scored on LiteRT's reference kernels = TensorFlow Lite Micro). The PTQ graph stands in for the QAT one: the same
-converter, scheme and kernels carry both to the file, and a run keeps no QAT graph on disk.
+With ``weights/qat_graph.pt`` in the run (the run had ``+callbacks.qat_graph._target_=bench.qat_graph.SaveQATGraph``)
+the pair is the one issue 14 names: the QAT fake-quant graph and the run's own ``export/model_int8.tflite``, both
+first re-scored on the run's val split against its summary.json rows (they must agree: the same graph, the same file).
+Without it, the PTQ graph stands in: rebuilt from best.pt as the run's stages build it (calibrated on the same
+``quant.ptq_images`` training images), scored in PyTorch (``backend.convert``: quantize/dequantize in float, as the
+fake-quant row is) and as the full-integer TFLite file the exporter writes from it (the same converter, scheme and
+kernels carry both graphs to a file). Files are scored on LiteRT's reference kernels (= TensorFlow Lite Micro).
 
 Both are scored on a **larger val split of the same generator** (``data.embedded`` with ``n_val`` images and another
 ``seed``), over all of it and over disjoint subsets the size of the run's val split. The all-image difference is the
 file's real offset from its graph; the spread of the per-subset differences is the noise one val set of that size
-carries. Writes bench/file_vs_graph_noise.json.
+carries. Writes bench/file_vs_graph_noise_{qat,ptq}.json.
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ROOT, git_rev, machine  # noqa: E402
+from bench.qat_graph import load_qat_graph  # noqa: E402
 from kdprune.data import prepare_batch, resolve_data, square_val_loader  # noqa: E402
 from kdprune.export.decode import decode  # noqa: E402
 from kdprune.export.runtime import TorchRunner  # noqa: E402
+from kdprune.export.scoring import evaluate_runner  # noqa: E402
 from kdprune.export.stages import _Outputs, calibration_images  # noqa: E402
 from kdprune.export.tflite import TFLiteRunner, graph_to_tflite_int8  # noqa: E402
 from kdprune.quant import backend  # noqa: E402
@@ -64,14 +68,27 @@ def main() -> None:
     hyp, imgsz = hyp_from_cfg(cfg, data), int(cfg.data.imgsz)
     best = load_ultralytics_checkpoint(args.run / "weights" / "best.pt")[0]
     head, names = head_spec(best), RawHeadModel(best, one2one=False).output_names()
-    calib = torch.from_numpy(calibration_images(data, hyp, imgsz, int(cfg.quant.ptq_images)))
-    observed = backend.calibrate_ptq(RawHeadModel(best, one2one=False), list(calib.split(16)), int(max(head.strides)),
-                                     per_channel=quant_per_channel(cfg.quant.granularity))
-    tmp = Path(tempfile.mkdtemp()) / "ptq_int8.tflite"
-    graph_to_tflite_int8(backend.convert_for_tflite(observed), tmp, imgsz, names)
-    runners = {"graph": TorchRunner(_Outputs(backend.convert(observed), names)),
-               "file": TFLiteRunner(tmp, 1, output_names=names, kernels="reference")}
+    saved = args.run / "weights" / "qat_graph.pt"
+    if saved.is_file():
+        graph, tfl, pair = load_qat_graph(saved), args.run / "export" / "model_int8.tflite", "QAT"
+    else:
+        calib = torch.from_numpy(calibration_images(data, hyp, imgsz, int(cfg.quant.ptq_images)))
+        graph = backend.calibrate_ptq(RawHeadModel(best, one2one=False), list(calib.split(16)),
+                                      int(max(head.strides)), per_channel=quant_per_channel(cfg.quant.granularity))
+        tfl, pair = Path(tempfile.mkdtemp()) / "ptq_int8.tflite", "PTQ"
+        graph_to_tflite_int8(backend.convert_for_tflite(graph), tfl, imgsz, names)
+        graph = backend.convert(graph)
+    runners = {"graph": TorchRunner(_Outputs(graph, names)),
+               "file": TFLiteRunner(tfl, 1, output_names=names, kernels="reference")}
     val = val_settings(cfg.val)
+    own = {}  # the run's own val split: the QAT pair must score what the run's summary says
+    if pair == "QAT":
+        rows = {r["stage"]: r["mAP50-95"] for r in json.loads((args.run / "summary.json").read_text())["stages"]}
+        for k, stage in (("graph", "QAT fake-quant"), ("file", "TFLite INT8")):
+            m = evaluate_runner(runners[k], square_val_loader(data, hyp, imgsz), data, strides=head.strides,
+                                nc=head.nc, reg_max=head.reg_max, names=data["names"], **val)["mAP50-95"]
+            own[k] = {"rescored": round(m, 4), "summary": rows[stage]}
+        print("the run's val split:", own, flush=True)
     loader = square_val_loader(big, hyp, imgsz)
     n_sub = len(loader) // subset
     evs = {k: [evaluator(big["names"], big, val) for _ in range(n_sub + 1)] for k in runners}  # [-1]: all images
@@ -86,13 +103,14 @@ def main() -> None:
             print(f"  {i + 1}/{len(loader)} images", flush=True)
     m = {k: [ev.compute()["mAP50-95"] for ev in e] for k, e in evs.items()}
     diffs = [f - g for f, g in zip(m["file"][:-1], m["graph"][:-1])]
-    out = {"machine": machine(), "commit": git_rev(), "run": str(args.run), "n_val": len(loader), "seed": args.seed,
+    out = {"machine": machine(), "commit": git_rev(), "run": str(args.run), "pair": pair, "own_val": own,
+           "n_val": len(loader), "seed": args.seed,
            "subset": subset, "graph_all": round(m["graph"][-1], 4), "file_all": round(m["file"][-1], 4),
            "diff_all": round(m["file"][-1] - m["graph"][-1], 4),
            "diff_subsets": [round(d, 4) for d in diffs], "diff_subsets_sd": round(statistics.stdev(diffs), 4),
            "diff_subsets_max_abs": round(max(map(abs, diffs)), 4),
            **{f"{k}_subsets": [round(x, 4) for x in m[k][:-1]] for k in runners}}
-    (ROOT / "bench" / "file_vs_graph_noise.json").write_text(json.dumps(out, indent=2))
+    (ROOT / "bench" / f"file_vs_graph_noise_{pair.lower()}.json").write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
 
 
