@@ -128,7 +128,7 @@ def test_sweep_options_compose():
     assert {"distill.cls", "prune.importance", "prune.shape", "prune.start_epoch", "prune.end_epoch"} <= set(
         opt.hydra.sweeper.params)
     # every sampled start/end pair is a valid schedule before yolo11n_mcu's QAT (epoch 21 of 25), with room for its
-    # steps (one per epoch), and the default schedule is one of them
+    # steps (one per epoch) and the default fade before the first, and the default schedule is one of them
     def bounds(key):
         lo, hi = (int(x) for x in opt.hydra.sweeper.params[key].removeprefix("range(").rstrip(")").split(","))
         return lo, hi - 1  # range's end is exclusive
@@ -136,6 +136,7 @@ def test_sweep_options_compose():
     (s0, s1), (e0, e1) = bounds("prune.start_epoch"), bounds("prune.end_epoch")
     assert e0 - s1 >= opt.prune.steps - 1 and e1 < opt.trainer.max_epochs + opt.quant.start_epoch
     assert s0 <= opt.prune.start_epoch <= s1 and e0 <= opt.prune.end_epoch <= e1
+    assert s0 >= opt.prune.fade_epochs + (opt.prune.importance_epochs > 0)
     launcher = OmegaConf.to_container(slurm.hydra.launcher, resolve=True)
     assert launcher["_target_"].endswith("SlurmLauncher")
     assert (launcher["gpus_per_node"], launcher["tasks_per_node"], launcher["nodes"]) == (4, 4, 2)

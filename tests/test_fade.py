@@ -154,7 +154,7 @@ def test_accumulated_taylor_scores_average_the_steps_and_decide_the_cut():
 @pytest.mark.parametrize("extra,needle", [
     (["prune.fade_epochs=2", "prune.start_epoch=2", "prune.importance_epochs=1"],
      "no room to score channels for an epoch and fade them"),
-    (["prune.fade_epochs=4", "prune.start_epoch=3"], "no room to fade them"),
+    (["prune.fade_epochs=4", "prune.start_epoch=3", "prune.importance_epochs=0"], "no room to fade them"),
     (["prune.fade_epochs=2", "prune.start_epoch=3", "prune.end_epoch=5", "prune.steps=3"], "longer than the pruning"),
     (["prune.fade_epochs=-1"], "must be >= 0"),
     (["prune.importance_epochs=-0.5"], "must be >= 0"),
@@ -186,3 +186,27 @@ def test_bn_targets_cover_every_bn_the_group_removes():
     assert set(targets) == shrunk
     for n, idxs in targets.items():
         assert len(idxs) == model.get_submodule(n).num_features - cut.get_submodule(n).num_features, n
+
+
+@pytest.mark.parametrize("updates", [0, 3])
+def test_a_step_before_any_accumulated_score_scores_fresh_batches(updates, monkeypatch):
+    """With accumulated Taylor on (the default) a step that comes before any training step (epoch 0 of a fine-tune)
+    has no accumulated scores: it scores taylor_batches fresh batches, as importance_epochs=0 does, rather than
+    falling back to weight magnitude. Once the average has seen steps, no extra batches run."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from kdprune.callbacks import GradualPruning
+    from kdprune.yolo import split_blocks
+
+    cfg = compose([*TINY, "trainer.max_epochs=4", "prune=gradual", "prune.start_epoch=0", "prune.end_epoch=0",
+                   "prune.steps=1", "prune.fade_epochs=0", "prune.importance_epochs=1", "prune.target.ratio=0.2"])
+    m = DetectionModel("yolo11n.yaml", nc=3, verbose=False)
+    split_blocks(m)
+    gp = GradualPruning.from_config(cfg.prune, m, imgsz=64, max_epochs=4)
+    assert gp.taylor is not None
+    gp.taylor.updates = updates
+    calls = []
+    monkeypatch.setattr(gp, "_gradients", lambda trainer, pl_module: calls.append(1))
+    trainer = SimpleNamespace(is_global_zero=True, callbacks=[], strategy=SimpleNamespace(broadcast=lambda x, src: x))
+    plan = gp._decide(trainer, SimpleNamespace(model=m), 1)
+    assert plan and calls == ([1] if updates == 0 else [])

@@ -238,8 +238,8 @@ class GradualPruning(L.Callback):
             for cb in trainer.callbacks:
                 if isinstance(cb, UltralyticsCheckpoint):
                     cb.save_pre_prune(trainer, pl_module)
-        if self.taylor is None and needs_gradients(self.pruner.importance_name):
-            self._gradients(trainer, pl_module)
+        if (self.taylor is None or not self.taylor.updates) and needs_gradients(self.pruner.importance_name):
+            self._gradients(trainer, pl_module)  # no accumulated scores yet (a step at epoch 0): fresh batches
         plan, ratio = None, self.ratio
         if trainer.is_global_zero:
             if k == self.schedule.steps and self.budget is not None:  # meet the budget on the trained weights
