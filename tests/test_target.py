@@ -134,7 +134,7 @@ def _arena_cfg(*extra):
     from tests.conftest import TINY
 
     cfg = compose([*TINY, "trainer.max_epochs=5", "prune=gradual", "prune.start_epoch=0", "prune.end_epoch=2",
-                   "prune.steps=2", "prune.keep_stem=false", *extra])
+                   "prune.fade_epochs=0", "prune.steps=2", "prune.keep_stem=false", *extra])
     m = DetectionModel("yolo11n.yaml", nc=3, verbose=False)
     split_blocks(m)
     return m, lambda: GradualPruning.from_config(cfg.prune, m, imgsz=128, max_epochs=5)
