@@ -77,6 +77,10 @@ ARMS = {
     # minus 1.5), so the comparison is between cutting gently and cutting once, not between cutting early and late
     "late": ["prune.start_epoch=7", "prune.end_epoch=10", "prune.shape=linear", "prune.importance_epochs=0",
              "prune.fade_epochs=0"],
+    # the default since issue 13's 256-px KD runs (late linear steps, accumulated scores, a one-epoch fade) at the
+    # reduced scale, where "new" (the same on the cubic steps) had cost 0.008
+    "late_fade": ["prune.start_epoch=7", "prune.end_epoch=10", "prune.shape=linear", "prune.importance_epochs=1.0",
+                  "prune.fade_epochs=1"],
 }
 # the whole pipeline (QAT, exports): scored on the TFLite INT8 file rather than on best.pt
 # (the dense reference is not meant to fit the budget: its file is scored, not failed for its size)
@@ -84,7 +88,10 @@ FULL_ARMS = {"mcu": ["prune.importance_epochs=0", "prune.fade_epochs=0"],  # cut
              "mcu_dense": ["prune=none", "export.max_bytes=null"], "mcu_narrow": ["prune=none"],
              # accumulated Taylor, each step's channels faded over the epoch before: the default since issue 13's
              # 256-px KD runs
-             "mcu_fade": ["prune.importance_epochs=1.0", "prune.fade_epochs=1"]}
+             "mcu_fade": ["prune.importance_epochs=1.0", "prune.fade_epochs=1"],
+             # one cut at epoch 10 in the whole run (the issue's one-shot arm, scored on the file like the others)
+             "mcu_oneshot": ["prune.shape=oneshot", "prune.start_epoch=10", "prune.importance_epochs=0",
+                             "prune.fade_epochs=0"]}
 ARMS.update(FULL_ARMS)
 # no pruning at all: yolo11n with its width multiple cut until it fits the budget, trained from scratch (the model
 # cfg is filled in by run_arm); does pruning a wider model beat training the narrow one at equal bytes?
