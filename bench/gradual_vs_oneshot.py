@@ -16,14 +16,16 @@ Arms (all: +experiment=yolo11n_mcu distill=none quant=none export=none, or --kd 
 - ``oneshot_fade``: one-shot at epoch 10 with the accumulated scores and the fade;
 - ``accumulate_only`` / ``fade_only``: ``new`` with one of its two ingredients (the other as ``today``);
 - ``late``: gradual around the one-shot epoch, 4 equal steps at epochs 7, 8, 9, 10, cut at once (the conf/prune/
-  gradual.yaml default since issue 13).
+  gradual.yaml schedule since issue 13); ``late_fade``: the same steps with the accumulated scores and the fade (the
+  default since issue 13's 256-px runs).
 - ``narrow``: no pruning: yolo11n with its width multiple cut until the INT8 estimate fits the budget (0.200),
   trained from scratch the same epochs: does pruning a wider model beat training the narrow one at equal bytes?
 - ``mcu`` / ``mcu_dense`` / ``mcu_narrow``: the whole default run (QAT and the INT8 exports on; ``--kd`` for the KD
   default), the same run with ``prune=none``, and with the narrow model instead of pruning; their score is the
   **TFLite INT8 file's** mAP50-95, so ``mcu`` against ``mcu_dense`` reads what compression costs in the deployed file
   (issue 13's target: within 0.5 point). ``mcu`` cuts at once (the default until issue 13's 256-px runs);
-  ``mcu_fade`` is it with the fade and the accumulated scores (the default since).
+  ``mcu_fade`` is it with the fade and the accumulated scores (the default since); ``mcu_oneshot`` one cut at
+  epoch 10 in the whole run.
 ``--data glyphs`` runs the arms on the second generated dataset (conf/data/glyphs.yaml); ``--finetune BEST_PT`` runs
 the fine-tuning case (FINETUNE_ARMS: 10 epochs from a trained dense model).
 Final mAP50-95 is the re-validated best.pt (chosen after the last pruning step). Each step's cliff (val mAP50-95 of the
