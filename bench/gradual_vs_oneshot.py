@@ -126,7 +126,7 @@ def run_arm(arm: str, seed: int, imgsz: int, kd: bool, out: Path, data: str = "s
     if arm in FULL_ARMS and tflite is None:
         raise SystemExit(f"{run_dir}: no TFLite INT8 row in summary.json")
     extra_fields = {"best_pt_mAP50-95": s["mAP50-95"], "tflite_bytes": tflite["bytes"]} if tflite else {}
-    return {"mAP50-95": tflite["mAP50-95"] if arm in FULL_ARMS else s["mAP50-95"], **extra_fields,
+    return {"seed": seed, "mAP50-95": tflite["mAP50-95"] if arm in FULL_ARMS else s["mAP50-95"], **extra_fields,
             "mAP50": s["mAP50"], "params": s["params"], "int8_bytes_est": s["int8_bytes_est"],
             "wall_time_s": s["wall_time_s"], "cliffs": [st.get("cliff") for st in steps],
             "step_epochs": [st["epoch"] for st in steps]}
