@@ -30,9 +30,10 @@ Arms (all: +experiment=yolo11n_mcu distill=none quant=none export=none, or --kd 
 the fine-tuning case (FINETUNE_ARMS: 10 epochs from a trained dense model).
 Final mAP50-95 is the re-validated best.pt (chosen after the last pruning step). Each step's cliff (val mAP50-95 of the
 EMA just before and just after the removal) comes from summary.json. Runs are resumable: a finished run dir is read
-back, not re-run. ``--jobs N`` runs N arms at once (a GPU machine with many cores); ``--set`` appends Hydra overrides
-to every arm (e.g. ``trainer=gpu``). Writes bench/gradual_vs_oneshot.json (or ``--json NAME``) after every finished
-run, so an interrupted sweep leaves what it measured, and prints a markdown table at the end.
+back, not re-run, and an interrupted one resumes from its ``checkpoints/last.ckpt``. ``--jobs N`` runs N arms at once (a
+GPU machine with many cores); ``--set`` appends Hydra overrides to every arm (e.g. ``trainer=gpu``). Writes
+bench/gradual_vs_oneshot.json (or ``--json NAME``) after every finished run, so an interrupted sweep leaves what it
+measured, and prints a markdown table at the end.
 """
 
 from __future__ import annotations
@@ -114,6 +115,9 @@ def run_arm(arm: str, seed: int, imgsz: int, kd: bool, out: Path, data: str = "s
         args = ["+experiment=yolo11n_mcu", *off, f"data={data}", f"data.imgsz={imgsz}",
                 f"seed={seed}", *([] if kd else ["distill=none"]), *(FINETUNE_ARMS if finetune else ARMS)[arm],
                 *extra, *extra_overrides, f"hydra.run.dir={run_dir}", "val.plot_every=0"]
+        if (run_dir / "checkpoints" / "last.ckpt").is_file():  # an interrupted run: resume it (= uninterrupted,
+            args.append("ckpt_path=last")                       # bench/RESULTS.md, issue 16) rather than restart
+            print(f"  {arm} seed {seed}: resuming {run_dir}", flush=True)
         t0 = time.time()
         p = subprocess.run([sys.executable, "-m", "kdprune", *args], cwd=ROOT, env=run_env(), capture_output=True,
                            text=True)
