@@ -17,7 +17,12 @@ Why hand-written parts remain (none of these libraries does them):
   attention's activation x activation products as FULLY_CONNECTED, and LiteRT's reference FULLY_CONNECTED rounds its
   int8 result once where TensorFlow Lite Micro rounds twice: the device's outputs then differ from the scored ones
   (1-2 LSB at the product, 5-6 at the outputs). They are rewritten as the same product in BATCH_MATMUL (adj_y),
-  which both runtimes compute alike (what the converter emits for two or more heads).
+  which both runtimes compute alike (what the converter emits for two or more heads);
+- ``untie_logistic_tables``: int8 LOGISTIC (SiLU's sigmoid) is a 256-entry table. LiteRT builds it in float32 and
+  rounds half away from zero; TensorFlow Lite Micro computes it in fixed point, correctly rounded. Where an entry's
+  exact value lies within ~1e-5 of a rounding tie the two differ by 1 step, and that step spreads to 10+ LSB at the
+  outputs (seen on one yolo11n file in 4; bench/RESULTS.md). The input scale of such a table is moved by 1e-4
+  relative, which puts every entry clear of a tie and changes the values it represents by 0.01 %.
 
 litert-torch and LiteRT are imported lazily: the rest of kdprune never pays for them (install: the 'tflite' extra).
 """
@@ -100,6 +105,9 @@ def graph_to_tflite_int8(converted: nn.Module, path: str | Path, imgsz: int, out
             log.info(f"kdprune: TFLite: {n} uniform conv biases re-quantized per channel (litert-torch 0.10 bug)")
         if n := activation_fc_to_batch_matmul(tmp):
             log.info(f"kdprune: TFLite: {n} activation x activation FULLY_CONNECTED written as BATCH_MATMUL")
+        for name, old, new in untie_logistic_tables(tmp):
+            log.info(f"kdprune: TFLite: LOGISTIC input {name} scale {old:.9g} -> {new:.9g}, off a rounding tie that "
+                     "LiteRT and TensorFlow Lite Micro round differently")
         problems = check_fully_int8(tmp) or check_scales(converted, tmp)
         if problems:
             raise UserError(f"{path.name}: {len(problems)} problems, first: {problems[0]}")
@@ -131,12 +139,13 @@ def check_scales(converted: nn.Module, path: str | Path) -> list[str]:
     """Problems where the file's quantization differs from the graph's (``[]`` = the same): every activation
     (scale, zero point) of the graph is an int8 tensor of the file and the file has no other (no requantize, no
     re-calibration); the conv/FC weight-scale vectors are the graph's, as a multiset, with zero points 0.
-    Compared as float32, exactly."""
+    Compared as float32, exactly; a LOGISTIC input moved off a rounding tie (``untie_logistic_tables``) counts as
+    the graph's scale it was moved from, and only that."""
     from kdprune.quant import backend
 
     ref, got = backend.qparams(converted), tensor_qparams(path)
     problems = []
-    pt_acts, tfl_acts = set(ref["activations"]), set(got["activations"])
+    pt_acts, tfl_acts = set(ref["activations"]), set(untie_back(ref["activations"], got["activations"])[0])
     if missing := pt_acts - tfl_acts:
         problems.append(f"{len(missing)} of {len(pt_acts)} activation scales of the graph are not in the file, "
                         f"e.g. {sorted(missing)[0]}")
@@ -227,6 +236,85 @@ def activation_fc_to_batch_matmul(path: str | Path) -> int:
     if n:
         _write(path, model)
     return n
+
+
+# LSB of the table's output: ties 1.1e-5 away made LiteRT and TFLite Micro differ, 2.7e-5 did not (bench/RESULTS.md)
+_TIE_MARGIN = 2e-4
+_NUDGE = 1e-4  # relative step of the input scale
+# ops whose output scale only enters their own requantization (so it is free), and consumers that read any input scale
+_FREE_PRODUCERS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "ADD", "SUB", "MUL")
+_FREE_CONSUMERS = ("LOGISTIC", "ADD", "SUB", "MUL")
+
+
+def logistic_near_tie(in_scale: float, in_zp: int, out_scale: float = 1 / 256, out_zp: int = -128) -> bool:
+    """Whether an int8 LOGISTIC table with these parameters has an unsaturated entry within ``_TIE_MARGIN`` output
+    steps of a rounding tie, where LiteRT's float32 table and TFLite Micro's fixed point may round apart."""
+    x = float(np.float32(in_scale)) * (np.arange(-128, 128) - in_zp)
+    y = 1.0 / (1.0 + np.exp(-x)) / float(np.float32(out_scale)) + out_zp
+    live = (y > -128) & (y < 127)
+    return bool((np.abs(y - np.floor(y) - 0.5)[live] < _TIE_MARGIN).any())
+
+
+def untie_back(graph_acts, file_acts) -> tuple[list, list]:
+    """The file's activation (scale, zero point) pairs with each one ``untie_logistic_tables`` moved mapped back to
+    the graph's pair it came from: one that is not the graph's, has the same zero point as a graph pair whose
+    LOGISTIC table is on a tie, and is that scale moved by ``k * _NUDGE`` exactly as the export moves it. Returns
+    (mapped pairs, [(graph pair, file pair)] of the moved ones)."""
+    graph = set(graph_acts)
+    tied = [(s, z) for s, z in graph if logistic_near_tie(s, z)]
+    mapped, moved = [], []
+    for s, z in file_acts:
+        src = None if (s, z) in graph else next(
+            ((s0, z0) for s0, z0 in tied for k in (1, -1, 2, -2, 3, -3, 4, -4)
+             if z0 == z and float(np.float32(s0 * (1 + k * _NUDGE))) == s), None)
+        mapped.append(src or (s, z))
+        if src:
+            moved.append((src, (s, z)))
+    return mapped, moved
+
+
+def untie_logistic_tables(path: str | Path) -> list[tuple[str, float, float]]:
+    """Move the input scale of every int8 LOGISTIC table that has an entry on a rounding tie (see the module
+    docstring) by the smallest multiple of ``_NUDGE`` that clears it. Only where that scale is free: the tensor is
+    no graph input or output, its producer requantizes to it and its consumers read it (SiLU: conv -> LOGISTIC, MUL);
+    elsewhere the table is left for the TFLite Micro parity check to judge. Returns (tensor, old scale, new scale)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model, codes = _read(path)
+    name = {v: k for k, v in vars(schema.BuiltinOperator).items() if isinstance(v, int) and not k.startswith("_")}
+    moved = []
+    for g in model.subgraphs:
+        producer = {t: name[codes[op.opcodeIndex]] for op in g.operators for t in op.outputs}
+        consumers: dict[int, set[str]] = {}
+        for op in g.operators:
+            for t in op.inputs:
+                consumers.setdefault(t, set()).add(name[codes[op.opcodeIndex]])
+        for op in g.operators:
+            if name[codes[op.opcodeIndex]] != "LOGISTIC":
+                continue
+            t, out = g.tensors[op.inputs[0]], g.tensors[op.outputs[0]]
+            if t.type != schema.TensorType.INT8 or t.quantization is None or len(t.quantization.scale) != 1:
+                continue
+            s, zp = float(t.quantization.scale[0]), int(t.quantization.zeroPoint[0])
+            so, zo = float(out.quantization.scale[0]), int(out.quantization.zeroPoint[0])
+            if not logistic_near_tie(s, zp, so, zo):
+                continue
+            tname = t.name.decode() if isinstance(t.name, bytes) else str(t.name)
+            free = (op.inputs[0] not in list(g.inputs) + list(g.outputs)
+                    and producer.get(op.inputs[0]) in _FREE_PRODUCERS
+                    and consumers[op.inputs[0]] <= set(_FREE_CONSUMERS))
+            # +1, -1, +2, -2, ... steps: the nearest scale without a tie
+            new = next((float(np.float32(s * (1 + k * _NUDGE))) for k in (1, -1, 2, -2, 3, -3, 4, -4)
+                        if not logistic_near_tie(s * (1 + k * _NUDGE), zp, so, zo)), None) if free else None
+            if new is None:
+                log.warning(f"kdprune: TFLite: LOGISTIC input {tname} has a table entry on a rounding tie and its "
+                            "scale cannot move; TensorFlow Lite Micro may differ from LiteRT there")
+                continue
+            t.quantization.scale = np.array([new], np.float32)
+            moved.append((tname, s, new))
+    if moved:
+        _write(path, model)
+    return moved
 
 
 def _read(path: str | Path):
