@@ -21,8 +21,8 @@ Why hand-written parts remain (none of these libraries does them):
 - ``untie_logistic_tables``: int8 LOGISTIC (SiLU's sigmoid) is a 256-entry table. LiteRT builds it in float32 and
   rounds half away from zero; TensorFlow Lite Micro computes it in fixed point, correctly rounded. Where an entry's
   exact value lies within ~1e-5 of a rounding tie the two differ by 1 step, and that step spreads to 10+ LSB at the
-  outputs (seen on one yolo11n file in 4; bench/RESULTS.md). The input scale of such a table is moved by 1e-4
-  relative, which puts every entry clear of a tie and changes the values it represents by 0.01 %.
+  outputs (seen once in the bench's files: glyphs, seed 1; bench/RESULTS.md). The input scale of such a table is
+  moved by 1e-4 relative, which puts every entry clear of a tie and changes the values it represents by 0.01 %.
 
 litert-torch and LiteRT are imported lazily: the rest of kdprune never pays for them (install: the 'tflite' extra).
 """
@@ -241,6 +241,7 @@ def activation_fc_to_batch_matmul(path: str | Path) -> int:
 # LSB of the table's output: ties 1.1e-5 away made LiteRT and TFLite Micro differ, 2.7e-5 did not (bench/RESULTS.md)
 _TIE_MARGIN = 2e-4
 _NUDGE = 1e-4  # relative step of the input scale
+_STEPS = (1, -1, 2, -2, 3, -3, 4, -4)  # multiples of _NUDGE tried, nearest first
 # ops whose output scale only enters their own requantization (so it is free), and consumers that read any input scale
 _FREE_PRODUCERS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "ADD", "SUB", "MUL")
 _FREE_CONSUMERS = ("LOGISTIC", "ADD", "SUB", "MUL")
@@ -265,7 +266,7 @@ def untie_back(graph_acts, file_acts) -> tuple[list, list]:
     mapped, moved = [], []
     for s, z in file_acts:
         src = None if (s, z) in graph else next(
-            ((s0, z0) for s0, z0 in tied for k in (1, -1, 2, -2, 3, -3, 4, -4)
+            ((s0, z0) for s0, z0 in tied for k in _STEPS
              if z0 == z and float(np.float32(s0 * (1 + k * _NUDGE))) == s), None)
         mapped.append(src or (s, z))
         if src:
@@ -303,8 +304,7 @@ def untie_logistic_tables(path: str | Path) -> list[tuple[str, float, float]]:
             free = (op.inputs[0] not in list(g.inputs) + list(g.outputs)
                     and producer.get(op.inputs[0]) in _FREE_PRODUCERS
                     and consumers[op.inputs[0]] <= set(_FREE_CONSUMERS))
-            # +1, -1, +2, -2, ... steps: the nearest scale without a tie
-            new = next((float(np.float32(s * (1 + k * _NUDGE))) for k in (1, -1, 2, -2, 3, -3, 4, -4)
+            new = next((float(np.float32(s * (1 + k * _NUDGE))) for k in _STEPS
                         if not logistic_near_tie(s * (1 + k * _NUDGE), zp, so, zo)), None) if free else None
             if new is None:
                 log.warning(f"kdprune: TFLite: LOGISTIC input {tname} has a table entry on a rounding tie and its "
