@@ -29,7 +29,7 @@ FC_AS_BMM = "--fc-as-bmm" in sys.argv
 UNTIE = "--untie" in sys.argv
 
 
-def fc_as_bmm(run: Path, data, head, loader, cfg) -> None:
+def refixed(run: Path, data, head, loader, cfg) -> None:
     import shutil
     import tempfile
 
@@ -58,7 +58,7 @@ for run in (Path(a) for a in sys.argv[1:] if not a.startswith("--")):
     head = head_spec(load_ultralytics_checkpoint(run / "weights" / "best.pt")[0])
     loader = square_val_loader(data, hyp, imgsz)
     if FC_AS_BMM or UNTIE:
-        fc_as_bmm(run, data, head, loader, cfg)
+        refixed(run, data, head, loader, cfg)
         continue
     rows = {r["stage"]: r for r in json.loads((run / "summary.json").read_text())["stages"]}
     out = {}

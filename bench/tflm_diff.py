@@ -24,18 +24,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from kdprune.export.tflite import _read, logistic_near_tie  # noqa: E402
+from kdprune.export.tflite import _pack, _read, logistic_near_tie  # noqa: E402
+from kdprune.export.tflite_check import _enum_names  # noqa: E402
 from kdprune.export.tflm import _micro, tensor_arena_bytes  # noqa: E402
 
 BATCH = 32  # operators whose outputs one TFLM copy exposes
-
-
-def _pack(model) -> bytes:
-    import flatbuffers
-
-    builder = flatbuffers.Builder(1 << 20)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
 
 
 def _name(t) -> str:
@@ -65,7 +58,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    op_names = _enum_names(schema.BuiltinOperator)
     model, codes = _read(args.file)
     graph = model.subgraphs[0]
     tensors, ops, outputs = graph.tensors, graph.operators, [int(t) for t in graph.outputs]

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from kdprune.errors import UserError
-from kdprune.export.tflite_check import check_fully_int8, conv_weight_scales, tensor_qparams, tflite_ops
+from kdprune.export.tflite_check import _enum_names, check_fully_int8, conv_weight_scales, tensor_qparams, tflite_ops
 from kdprune.export.tflite_runner import TFLiteRunner
 
 __all__ = ["TFLiteRunner", "check_fully_int8", "check_scales", "conv_weight_scales", "graph_to_tflite_int8",
@@ -282,7 +282,7 @@ def untie_logistic_tables(path: str | Path) -> list[tuple[str, float, float]]:
     from ai_edge_litert import schema_py_generated as schema
 
     model, codes = _read(path)
-    name = {v: k for k, v in vars(schema.BuiltinOperator).items() if isinstance(v, int) and not k.startswith("_")}
+    name = _enum_names(schema.BuiltinOperator)
     moved = []
     for g in model.subgraphs:
         producer = {t: name[codes[op.opcodeIndex]] for op in g.operators for t in op.outputs}
@@ -325,9 +325,14 @@ def _read(path: str | Path):
     return model, [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
 
 
-def _write(path: str | Path, model) -> None:
+def _pack(model) -> bytes:
+    """The schema's object tree as TFLite flatbuffer bytes."""
     import flatbuffers
 
     builder = flatbuffers.Builder(1024)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    Path(path).write_bytes(builder.Output())
+    return bytes(builder.Output())
+
+
+def _write(path: str | Path, model) -> None:
+    Path(path).write_bytes(_pack(model))
