@@ -3,14 +3,16 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Every package at the version the recorded numbers come from (pip constraints): see the file's header.
+LOCK := requirements.lock
 ARGS ?=
 
-.PHONY: run test test-fast lint install clean bench
+.PHONY: run test test-fast lint install clean bench canary lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install -q -e ".[test,tflite,npu]"
+	$(BIN)/python -m pip install -q -c $(LOCK) pip setuptools wheel
+	$(BIN)/python -m pip install -q -c $(LOCK) -e ".[test,tflite,npu]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -31,6 +33,19 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py
+
+# The accuracy canary at the default scale (hours on 2 cores): absolute mAP50-95 against bench/canary.json's band.
+# Run it before changing requirements.lock, the data pipeline, the training step or a default.
+canary: $(STAMP)
+	$(BIN)/python -m bench.canary
+
+# Re-resolve pyproject.toml's dependencies from the registry (no constraints) in a scratch venv and write the lock.
+lock:
+	rm -rf .venv-lock && $(PY) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q --upgrade pip setuptools wheel
+	.venv-lock/bin/python -m pip install -q ".[test,tflite,npu]"
+	{ sed -n '/^#/p' $(LOCK); .venv-lock/bin/python -m pip freeze --all | grep -v '^kdprune'; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK) && rm -rf .venv-lock
 
 clean:
 	rm -rf $(VENV) outputs/* .pytest_cache

@@ -86,6 +86,29 @@ def machine() -> str:
     return f"{os.cpu_count()} cores {cpu}, {gpu}, torch {torch.__version__}, {platform.python_version()}"
 
 
+def run_kdprune(args: list[str], run_dir: Path, label: str) -> dict:
+    """``python -m kdprune ARGS hydra.run.dir=RUN_DIR`` in a subprocess and its summary.json. A finished run dir is
+    read back, not re-run; an interrupted one resumes from its ``checkpoints/last.ckpt`` (= uninterrupted,
+    bench/RESULTS.md, issue 16). A failed run stops the bench with its stderr."""
+    import json
+    import sys
+    import time
+
+    summary = run_dir / "summary.json"
+    if not summary.is_file():
+        args = [*args, f"hydra.run.dir={run_dir}"]
+        if (run_dir / "checkpoints" / "last.ckpt").is_file():
+            args.append("ckpt_path=last")
+            print(f"  {label}: resuming {run_dir}", flush=True)
+        t0 = time.time()
+        p = subprocess.run([sys.executable, "-m", "kdprune", *args], cwd=ROOT, env=run_env(), capture_output=True,
+                           text=True)
+        if p.returncode != 0:
+            raise SystemExit(f"{label} failed ({p.returncode}):\n{p.stderr[-3000:]}")
+        print(f"  {label}: {time.time() - t0:.0f} s", flush=True)
+    return json.loads(summary.read_text())
+
+
 def git_rev() -> str:
     try:
         return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()

@@ -41,16 +41,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, git_rev, machine, narrow_yolo11n_yaml, run_env  # noqa: E402
+from bench.common import ROOT, git_rev, machine, narrow_yolo11n_yaml, run_kdprune  # noqa: E402
 
 # The fine-tuning case (--finetune DENSE_BEST_PT): 10 epochs from a trained dense model; pruning can start at once.
 FINETUNE_EPOCHS = 10
@@ -106,25 +104,14 @@ def run_arm(arm: str, seed: int, imgsz: int, kd: bool, out: Path, data: str = "s
             finetune: str | None = None, extra_overrides: tuple[str, ...] = ()) -> dict:
     tag = ("" if data == "shapes" else f"{data}-") + ("ft-" if finetune else "")
     run_dir = out / f"{tag}{arm}-kd{int(kd)}-{imgsz}-s{seed}"
-    summary = run_dir / "summary.json"
-    if not summary.is_file():
-        extra = [f"model.weights={finetune}", f"trainer.max_epochs={FINETUNE_EPOCHS}"] if finetune else []
-        if arm in NARROW_ARMS:
-            extra.append(f"model.cfg={narrow_yolo11n_yaml(2_000_000)[0]}")
-        off = [] if arm in FULL_ARMS else ["quant=none", "export=none"]
-        args = ["+experiment=yolo11n_mcu", *off, f"data={data}", f"data.imgsz={imgsz}",
-                f"seed={seed}", *([] if kd else ["distill=none"]), *(FINETUNE_ARMS if finetune else ARMS)[arm],
-                *extra, *extra_overrides, f"hydra.run.dir={run_dir}", "val.plot_every=0"]
-        if (run_dir / "checkpoints" / "last.ckpt").is_file():  # an interrupted run: resume it (= uninterrupted,
-            args.append("ckpt_path=last")                       # bench/RESULTS.md, issue 16) rather than restart
-            print(f"  {arm} seed {seed}: resuming {run_dir}", flush=True)
-        t0 = time.time()
-        p = subprocess.run([sys.executable, "-m", "kdprune", *args], cwd=ROOT, env=run_env(), capture_output=True,
-                           text=True)
-        if p.returncode != 0:
-            raise SystemExit(f"{arm} seed {seed} failed ({p.returncode}):\n{p.stderr[-3000:]}")
-        print(f"  {arm} seed {seed}: {time.time() - t0:.0f} s", flush=True)
-    s = json.loads(summary.read_text())
+    extra = [f"model.weights={finetune}", f"trainer.max_epochs={FINETUNE_EPOCHS}"] if finetune else []
+    if arm in NARROW_ARMS and not (run_dir / "summary.json").is_file():
+        extra.append(f"model.cfg={narrow_yolo11n_yaml(2_000_000)[0]}")
+    off = [] if arm in FULL_ARMS else ["quant=none", "export=none"]
+    args = ["+experiment=yolo11n_mcu", *off, f"data={data}", f"data.imgsz={imgsz}",
+            f"seed={seed}", *([] if kd else ["distill=none"]), *(FINETUNE_ARMS if finetune else ARMS)[arm],
+            *extra, *extra_overrides, "val.plot_every=0"]
+    s = run_kdprune(args, run_dir, f"{arm} seed {seed}")
     steps = (s.get("pruning") or {}).get("steps", [])
     tflite = next((st for st in s.get("stages", []) if st["stage"] == "TFLite INT8"), None)
     if arm in FULL_ARMS and tflite is None:

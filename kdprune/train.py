@@ -28,6 +28,7 @@ from kdprune.callbacks import (
 )
 from kdprune.data import YOLODataModule, resolve_data
 from kdprune.data.checks import check_imgsz
+from kdprune.environment import environment, warn_if_unlocked
 from kdprune.errors import UserError
 from kdprune.export.stages import ExportFailed, RunRecord, check_exports, run_stages
 from kdprune.losses.objectives import build_criterion, build_distiller, check_objectives
@@ -35,7 +36,7 @@ from kdprune.module import DetectionModule
 from kdprune.pruning import epoch_index, int8_bytes
 from kdprune.quant import check_qat_model, per_channel
 from kdprune.recipe import check_recipe, training_optim
-from kdprune.report import deployed, stage_table, write_report
+from kdprune.report import deployed, margin_line, stage_table, teacher_margin, write_report
 from kdprune.teacher_stage import check_teacher, obtain_teacher
 from kdprune.yolo import (
     build_model,
@@ -141,6 +142,8 @@ def run(cfg: DictConfig) -> dict:
     t0 = time.time()
     qat = _check_options(cfg)  # what needs only the config: one line in seconds, before any data or model is built
     run_dir = Path(cfg.run_dir)
+    env = environment()
+    warn_if_unlocked(env)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     data, hyp, model, recipe = build_student(cfg)
@@ -206,6 +209,7 @@ def run(cfg: DictConfig) -> dict:
         "weights": {"best": str(ckpt_cb.best), "last": str(ckpt_cb.last)},
         "device": str(module.device),
         "val": module.val_args,
+        "environment": env,
     }
     if teacher is not None:
         summary["teacher"] = teacher.info
@@ -229,6 +233,9 @@ def run(cfg: DictConfig) -> dict:
                        qat_note=str(qat_detector.state()["fake_quant"]) if qat_detector is not None else "")
     rows, failed = run_stages(cfg, data, hyp, run_dir, record, model_stats=model_stats)
     summary["stages"] = rows
+    if teacher is not None and (margin := teacher_margin(rows)) is not None:
+        summary["teacher"]["margin"] = margin
+        (log.warning if margin["delta"] <= 0 else rank_zero_info)(f"kdprune: {margin_line(margin)}")
     summary["wall_time_s"] = round(time.time() - t0, 1)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     write_report(run_dir / "report.md", rows, summary)

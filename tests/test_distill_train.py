@@ -61,6 +61,11 @@ def test_kd_run_trains_the_teacher_once_and_reports_each_term(kd_run):
         assert t in tags, t
     assert len(acc.Scalars("teacher/mAP50-95")) == 1
     assert all(e.value > 0 for e in acc.Scalars("train/kd_cwd_epoch"))
+    # the teacher's margin over the student, from the report's own rows (one evaluator, one loader)
+    by = {r["stage"]: r["mAP50-95"] for r in s["stages"]}
+    m = s["teacher"]["margin"]
+    assert m["vs"] == "pruned fp32" and m["delta"] == round(by["teacher"] - by["pruned fp32"], 4)
+    assert f"teacher mAP50-95 {by['teacher']:.4f} vs pruned fp32" in (run_dir / "report.md").read_text()
 
 
 def test_teacher_is_not_saved_or_trained_and_adapters_match_the_pruned_student(kd_run):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from importlib import metadata
 
 import pytest
 import torch
@@ -37,6 +38,9 @@ def test_run_dir_holds_every_output(fitted):
     assert on_disk["epochs"] == 2
     assert on_disk["optimizer"]["optimizer"] == "AdamW" and on_disk["optimizer"]["lr0"] == 0.003
     assert "imgsz: 64" in (run_dir / "config.yaml").read_text()
+    env = on_disk["environment"]  # what the numbers ran with, from the installed packages themselves
+    assert env["packages"]["opencv-python"] == metadata.version("opencv-python")
+    assert env["packages"]["ultralytics"] == "8.4.190" and env["lock"]["differs"] == {}
 
 
 def test_tensorboard_has_losses_lr_metrics_and_images(fitted):

@@ -27,6 +27,28 @@ def stage_table(rows: list[dict]) -> str:
     return "\n".join([head, sep, *body])
 
 
+def teacher_margin(rows: list[dict]) -> dict | None:
+    """Teacher minus student in mAP50-95, both rows scored by the one evaluator: against the dense reference row
+    (``reference=``: the dense student of the same recipe) when there is one, else against the student this run
+    trained (its fp32 best.pt). None without a scored teacher row. A teacher that is not stronger than the student
+    has little to teach: the run says so in its log and report."""
+    by = {r["stage"]: r for r in rows if r.get("mAP50-95") is not None}
+    other = next((by[s] for s in ("dense reference", "student fp32", "pruned fp32") if s in by), None)
+    if "teacher" not in by or other is None:
+        return None
+    t, o = by["teacher"]["mAP50-95"], other["mAP50-95"]
+    return {"vs": other["stage"], "teacher": round(t, 4), "other": round(o, 4), "delta": round(t - o, 4)}
+
+
+def margin_line(m: dict) -> str:
+    """The report's and the log's sentence on the teacher's margin."""
+    line = f"teacher mAP50-95 {m['teacher']:.4f} vs {m['vs']} {m['other']:.4f}: {m['delta']:+.4f}"
+    if m["delta"] <= 0:
+        line += (" -- the teacher is not stronger than the student, so distillation has little to teach; train it "
+                 "longer (teacher.epochs), start it from a checkpoint (teacher.init) or give teacher.weights")
+    return line
+
+
 def write_report(path: str | Path, rows: list[dict], summary: dict) -> Path:
     """``report.md``: the stage table, notes per row (where each number comes from), failures."""
     path = Path(path)
@@ -41,6 +63,8 @@ def write_report(path: str | Path, rows: list[dict], summary: dict) -> Path:
              "rows are scored on LiteRT's reference kernels, bit-exact with TensorFlow Lite Micro (the MCU runtime; "
              "checked per file), and the arena is the RAM TFLite Micro needs for the file.", "",
              stage_table(rows), "", "## Notes", ""]
+    if m := (summary.get("teacher") or {}).get("margin"):
+        lines.append(f"- **teacher margin**: {margin_line(m)}")
     for r in rows:
         if r.get("note") or r.get("artifact"):
             lines.append(f"- **{r['stage']}**: {r.get('note') or ''}"
