@@ -128,7 +128,7 @@ def _train_into_cache(cfg: DictConfig, data: dict, run_dir: Path, train_fn: Call
         tmp.mkdir()
         shutil.copy2(summary["weights"]["best"], tmp / "best.pt")
         meta = {k: summary.get(k) for k in ("model", "imgsz", "epochs", "mAP50", "mAP50-95", "params", "gflops",
-                                            "wall_time_s")}
+                                            "wall_time_s", "environment")}  # what it was trained with
         meta["init"], meta["recipe"] = _init(cfg), summary.get("recipe")
         (tmp / "meta.json").write_text(json.dumps({"key": key, **meta}, indent=2))
         os.replace(tmp, final)  # atomic: an interrupted training leaves nothing in the cache

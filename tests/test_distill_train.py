@@ -4,6 +4,8 @@ the config, and bad input."""
 from __future__ import annotations
 
 import hashlib
+import json
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +68,8 @@ def test_kd_run_trains_the_teacher_once_and_reports_each_term(kd_run):
     m = s["teacher"]["margin"]
     assert m["vs"] == "pruned fp32" and m["delta"] == round(by["teacher"] - by["pruned fp32"], 4)
     assert f"teacher mAP50-95 {by['teacher']:.4f} vs pruned fp32" in (run_dir / "report.md").read_text()
+    meta = json.loads((Path(s["teacher"]["weights"]).parent / "meta.json").read_text())  # the cached teacher's
+    assert meta["environment"]["packages"]["torch"] == metadata.version("torch")        # environment, for its users
 
 
 def test_teacher_is_not_saved_or_trained_and_adapters_match_the_pruned_student(kd_run):

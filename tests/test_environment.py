@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from importlib import metadata
 
+import pytest
+
 from kdprune.environment import (
     KEY_PACKAGES,
     LOCK_FILE,
@@ -63,3 +65,17 @@ def test_teacher_margin_is_against_the_dense_reference_when_there_is_one(tmp_pat
     assert weak["delta"] == -0.064 and "not stronger than the student" in margin_line(weak)
     report = write_report(tmp_path / "report.md", rows, {"teacher": {"margin": weak}})
     assert "**teacher margin**: teacher mAP50-95 0.5790 vs student fp32 0.6430: -0.0640" in report.read_text()
+
+
+def test_canary_judges_a_value_against_the_recorded_seed_band():
+    from bench.canary import FLOOR, band, judge
+
+    rec = {"shapes/plain": {"values": {"0": 0.32, "1": 0.30, "2": 0.31}, "commit": "abc"}}
+    mean, b = band([0.32, 0.30, 0.31])
+    assert mean == pytest.approx(0.31) and b == pytest.approx(max(3 * 0.01, FLOOR))
+    assert judge(rec, "shapes/plain", 0.335)[0] == "ok"
+    assert judge(rec, "shapes/plain", 0.275)[0] == "OUTSIDE"  # 0.035 below a 0.03 band
+    assert judge(rec, "glyphs/plain", 0.5)[0] == "new"
+    two = {"k": {"values": {"0": 0.3, "1": 0.31}, "commit": "abc"}}
+    assert judge(two, "k", 0.9)[0] == "no band"  # < 3 seeds: no band, never a verdict
+    assert band([0.3, 0.3, 0.3])[1] == FLOOR
