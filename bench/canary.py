@@ -53,10 +53,11 @@ def run_seed(data: str, seed: int, arms: tuple[str, ...], out: Path) -> dict[str
     return got
 
 
-def band(values: list[float]) -> tuple[float, float | None]:
-    """``(mean, band)``: band = max(3 sd, FLOOR) over >= 3 values; None with fewer (no band established yet)."""
+def band(values: list[float], floor: float = FLOOR) -> tuple[float, float | None]:
+    """``(mean, band)``: band = max(3 sd, floor) over >= 3 values; None with fewer (no band established yet). Also the
+    CI-sized canary's band (tests/test_canary.py), with its own floor."""
     mean = statistics.fmean(values)
-    return mean, (max(3 * statistics.stdev(values), FLOOR) if len(values) >= 3 else None)
+    return mean, (max(3 * statistics.stdev(values), floor) if len(values) >= 3 else None)
 
 
 def judge(recorded: dict, key: str, value: float) -> tuple[str, str]:

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import datetime
 import json
-import statistics
 import sys
 from pathlib import Path
 
 import pytest
 
+from bench.canary import band
 from tests.conftest import compose
 
 pytestmark = pytest.mark.slow  # trains (make test-fast leaves it out)
@@ -40,9 +40,9 @@ def canary_map(seed: int, run_dir: Path) -> float:
 
 def recorded_band() -> tuple[float, float, dict]:
     rec = json.loads(RECORD.read_text())
-    values = list(rec["values"].values())
-    assert len(values) >= 3, "the canary's band needs >= 3 recorded seeds"
-    return statistics.fmean(values), max(3 * statistics.stdev(values), FLOOR), rec
+    mean, width = band(list(rec["values"].values()), floor=FLOOR)
+    assert width is not None, "the canary's band needs >= 3 recorded seeds"
+    return mean, width, rec
 
 
 def test_plain_recipe_reaches_its_recorded_absolute_map(tmp_path):
