@@ -8,5 +8,7 @@ from pathlib import Path as _Path
 # imported, and every ultralytics import goes through a kdprune package, so this is the place.
 _os.environ.setdefault("YOLO_OFFLINE", "1")
 
+from kdprune import part as _part  # noqa: E402,F401  (registers the config's kdprune.left resolver)
+
 __version__ = "0.1.0"
 CONF_DIR = _Path(__file__).resolve().parent.parent / "conf"  # the Hydra config tree (conf/config.yaml and groups)

@@ -28,11 +28,13 @@ from kdprune.callbacks import (
 )
 from kdprune.data import YOLODataModule, resolve_data
 from kdprune.data.checks import check_imgsz
+from kdprune.data.stats import SMALL_WARN, small_objects, small_objects_line
 from kdprune.environment import environment, warn_if_unlocked
 from kdprune.errors import UserError
 from kdprune.export.stages import ExportFailed, RunRecord, check_exports, run_stages
 from kdprune.losses.objectives import build_criterion, build_distiller, check_objectives
 from kdprune.module import DetectionModule
+from kdprune.part import check_device, verdict_line
 from kdprune.pruning import epoch_index, int8_bytes
 from kdprune.quant import check_qat_model, per_channel
 from kdprune.recipe import check_recipe, training_optim
@@ -42,6 +44,7 @@ from kdprune.yolo import (
     build_model,
     check_checkpoint,
     evaluate_checkpoint,
+    fused_activation,
     hyp_namespace,
     model_stats,
     split_blocks,
@@ -76,6 +79,8 @@ def build_student(cfg: DictConfig) -> tuple[dict, object, torch.nn.Module, dict]
     model = build_model(cfg.model.cfg, cfg.model.weights, data["names"], None)
     # model.weights: the checkpoint's own architecture (all but a new class count's rows start trained)
     share = transfer(model, cfg.model.pretrained) if cfg.model.get("pretrained") else float(bool(cfg.model.weights))
+    if layers := int(cfg.model.get("fused_act_layers") or 0):  # after the weights load: they keep every tensor
+        fused_activation(model, layers, str(cfg.model.get("fused_act") or "relu"))
     optim, recipe = training_optim(cfg, transferred=share)
     model.args = hyp = hyp_from_cfg(cfg, data, optim)
     return data, hyp, model, recipe
@@ -93,6 +98,7 @@ def _check_cfg(cfg: DictConfig) -> None:
     if cfg.trainer.max_epochs is None or int(cfg.trainer.max_epochs) < 1:
         raise UserError(f"trainer.max_epochs={cfg.trainer.max_epochs}: must be >= 1.")
     check_imgsz(cfg.data.imgsz)
+    check_device(cfg)
     if cfg.ckpt_path == "last":
         if not any(p.is_file() for p in (last_checkpoint(cfg.run_dir), last_checkpoint(Path(cfg.run_dir) / "teacher"))):
             raise UserError(f"ckpt_path=last: {cfg.run_dir} holds no checkpoints/last.ckpt; resume in the interrupted "
@@ -211,6 +217,8 @@ def run(cfg: DictConfig) -> dict:
         "val": module.val_args,
         "environment": env,
     }
+    summary["small_objects"] = small = small_objects(dm.train_set.labels, int(cfg.data.imgsz))
+    (log.warning if small["share"] > SMALL_WARN else rank_zero_info)(f"kdprune: {small_objects_line(small)}")
     if teacher is not None:
         summary["teacher"] = teacher.info
         summary["distill"] = {**{k: v for k, v in OmegaConf.to_container(cfg.distill, resolve=True).items()},
@@ -233,6 +241,8 @@ def run(cfg: DictConfig) -> dict:
                        qat_note=str(qat_detector.state()["fake_quant"]) if qat_detector is not None else "")
     rows, failed = run_stages(cfg, data, hyp, run_dir, record, model_stats=model_stats)
     summary["stages"] = rows
+    if (part := next((r["part"] for r in rows if r.get("part")), None)) is not None:
+        summary["part"] = part  # the device file on the part (device=): flash and SRAM against its budgets
     if teacher is not None and (margin := teacher_margin(rows)) is not None:
         summary["teacher"]["margin"] = margin
         (log.warning if margin["delta"] <= 0 else rank_zero_info)(f"kdprune: {margin_line(margin)}")
@@ -247,6 +257,8 @@ def run(cfg: DictConfig) -> dict:
         f"kdprune: mAP50-95 {summary['mAP50-95']:.4f}  mAP50 {summary['mAP50']:.4f}  params {summary['params']:,}  "
         f"GFLOPs {summary['gflops']}  ({summary['wall_time_s']:.0f}s) -> {run_dir}"
     )
+    if part is not None:
+        rank_zero_info(f"kdprune: the device file {verdict_line(part)}")
     if failed:
         raise ExportFailed(f"export verification failed: {'; '.join(failed)} (the rest is in {run_dir}/report.md)")
     return summary

@@ -91,6 +91,14 @@ def test_unknown_config_key(tmp_path):
     assert "no_such_key" in p.stderr and "Traceback" not in p.stderr
 
 
+def test_unknown_device_and_a_reserve_larger_than_the_part(tmp_path):
+    p = kdprune("device=mcx_nosuch", run_dir=tmp_path / "run")
+    assert p.returncode == 2 and "mcx_nosuch" in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert "mcxn947" in p.stderr  # the valid choices are listed
+    p = kdprune("device=mcxn947", "target=neutron", "device.reserve.sram=524288", run_dir=tmp_path / "run")
+    assert_user_error(p, "device.reserve.sram=524,288 leaves nothing", run_dir=tmp_path / "run")
+
+
 def test_undecodable_image_is_skipped_and_counted(tmp_path, user_data):
     """As ultralytics does: a corrupt image is skipped with a warning, and summary.json counts it."""
     root, yaml = user_data

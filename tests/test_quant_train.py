@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from kdprune.data.resolve import resolve_data
 from kdprune.errors import UserError
 from kdprune.export import OnnxRunner, TorchRunner
 from kdprune.export.stages import ExportFailed
@@ -68,7 +70,14 @@ def test_every_stage_is_reported(qat_run):
     assert "## Pruning steps" in report and "(conf 0.001, IoU 0.7, max_det 300)" in report
 
 
-def test_every_tflite_file_runs_in_tflite_micro_as_scored(qat_run, cache_dir):
+def val_images() -> list[Path]:
+    """The val images of the qat_run's own dataset (the session cache also holds other tests' datasets)."""
+    cfg = compose(QAT)
+    data = resolve_data(cfg.data.yaml, cfg.cache_dir, OmegaConf.to_container(cfg.data.embedded), False)
+    return sorted(Path(data["val"]).glob("*"))
+
+
+def test_every_tflite_file_runs_in_tflite_micro_as_scored(qat_run):
     """Both files run in TensorFlow Lite Micro with the arena reported (the smallest one it accepts), and compute
     exactly what the LiteRT reference kernels the rows were scored with compute, on the val images."""
     import cv2
@@ -77,7 +86,7 @@ def test_every_tflite_file_runs_in_tflite_micro_as_scored(qat_run, cache_dir):
     from kdprune.export.tflm import TFLMRunner, _micro
 
     rows = {r["stage"]: r for r in json.loads((qat_run / "summary.json").read_text())["stages"]}
-    files = sorted(cache_dir.glob("datasets/*/images/val/*"))
+    files = val_images()
     imgs = [cv2.resize(cv2.imread(str(f))[:, :, ::-1], (64, 64)).transpose(2, 0, 1)[None] / np.float32(255)
             for f in files]
     for stage, name in (("TFLite INT8", "model_int8.tflite"), ("TFLite PTQ", "model_ptq_int8.tflite")):
@@ -125,7 +134,7 @@ def test_the_device_file_is_compiled_for_each_npu_target(qat_run):
     assert "## Target: ethos_u" in report and "- no findings: every rule holds" in report
 
 
-def test_tflite_file_is_the_qat_graph_on_real_images(qat_run, cache_dir):
+def test_tflite_file_is_the_qat_graph_on_real_images(qat_run):
     """The device file against the QDQ ONNX of the same QAT graph (its outputs are int8 grid points: requantized
     with the file's output params they are exact) on the val images: >= 99 % of the int8 outputs within 1 LSB."""
     import cv2
@@ -139,7 +148,7 @@ def test_tflite_file_is_the_qat_graph_on_real_images(qat_run, cache_dir):
                                                          "model_ptq_int8.onnx", "model_ptq_int8.tflite", "npu"]
     lite, qdq = TFLiteRunner(tfl), OnnxRunner(export / "model_int8_qdq.onnx")
     assert lite.output_names == qdq.output_names
-    files = sorted(cache_dir.glob("datasets/*/images/val/*"))
+    files = val_images()
     assert len(files) == 8
     d = []
     for f in files:

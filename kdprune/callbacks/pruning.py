@@ -109,7 +109,7 @@ class GradualPruning(L.Callback):
         if (msg := _check_fade(schedule, int(cfg.fade_epochs), float(cfg.importance_epochs),
                                needs_gradients(cfg.importance))) is not None:
             raise UserError(msg)
-        target = {k: v for k, v in OmegaConf.to_container(cfg.target).items() if v is not None}
+        target = {k: v for k, v in OmegaConf.to_container(cfg.target, resolve=True).items() if v is not None}
         unknown = set(target) - {"ratio", *BUDGETS}
         main = [k for k in target if k != "arena_bytes"]
         if unknown or len(main) > 1:
@@ -184,10 +184,12 @@ class GradualPruning(L.Callback):
             except ValueError as e:
                 minimum = e.args[0]
                 which = "the high-resolution layers (stride <= 8)" if kind == "arena_bytes" else "every prunable layer"
+                ram = "lower data.imgsz, use ReLU in the first layers (model.fused_act_layers=3), "
                 raise UserError(f"prune.target.{kind}={value:,}: unreachable; with {which} at round_to={round_to} "
-                                f"channels the model still costs {minimum:,}. Raise the budget, lower "
-                                + ("data.imgsz, " if kind == "arena_bytes" else "prune.round_to, ")
-                                + "set prune.keep_stem=false, or pick a smaller model.") from None
+                                f"channels the model still costs {minimum:,}. Raise the budget, "
+                                + (ram if kind == "arena_bytes" else "lower prune.round_to, ")
+                                + ("" if not pruner.keep_stem else "set prune.keep_stem=false, ")
+                                + "or pick a smaller model.") from None
         return ratio
 
     # ---- the phase -------------------------------------------------------------------------------------------------

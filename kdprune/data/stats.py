@@ -1,4 +1,6 @@
-"""Class statistics of a dataset, and a fingerprint that says whether two runs saw the same data."""
+"""Class statistics of a dataset, a fingerprint that says whether two runs saw the same data, and what the input size
+does to the objects: the share that falls below a few pixels once an image is letterboxed to ``imgsz`` (the cost of
+a lower resolution that no mAP on another dataset shows; nothing in ultralytics reports it)."""
 
 from __future__ import annotations
 
@@ -35,3 +37,37 @@ def data_fingerprint(data: dict) -> str:
             if os.path.isfile(lb):
                 h.update(Path(lb).read_bytes())
     return h.hexdigest()[:12]
+
+
+SMALL_PX = 8         # the finest detection level's stride: an object under it spans less than one P3 cell
+SMALL_WARN = 0.10    # a share of objects above this under SMALL_PX is worth a warning
+
+
+def small_objects(labels: list[dict], imgsz: int, min_px: int = SMALL_PX) -> dict:
+    """Share of labelled objects whose shorter side is under ``min_px`` pixels at ``imgsz`` (letterboxed: the image's
+    longer side becomes ``imgsz``), with the same share at twice the size for comparison."""
+    sides = []
+    for lb in labels:
+        boxes = np.asarray(lb.get("bboxes", ()), dtype=np.float64).reshape(-1, 4)
+        if not len(boxes):
+            continue
+        h, w = lb["shape"]
+        scale = 1.0 / max(h, w)  # times imgsz: pixels at the input
+        sides.append(np.minimum(boxes[:, 2] * w, boxes[:, 3] * h) * scale)
+    s = np.concatenate(sides) if sides else np.zeros(0)
+    n = int(s.size)
+
+    def share(size: int) -> float:
+        return round(float(np.mean(s * size < min_px)), 4) if n else 0.0
+
+    return {"imgsz": int(imgsz), "min_px": int(min_px), "objects": n, "share": share(imgsz),
+            "share_at_2x": share(2 * imgsz), "median_px": round(float(np.median(s) * imgsz), 1) if n else None}
+
+
+def small_objects_line(s: dict) -> str:
+    line = (f"{100 * s['share']:.1f} % of the {s['objects']:,} training objects are under {s['min_px']} px on their "
+            f"shorter side at imgsz {s['imgsz']} ({100 * s['share_at_2x']:.1f} % at {2 * s['imgsz']}; median "
+            f"{s['median_px']} px)")
+    if s["share"] > SMALL_WARN:
+        line += " -- a lower data.imgsz loses these first; weigh RAM against them (device=, prune.target.arena_bytes)"
+    return line

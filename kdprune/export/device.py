@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from kdprune.errors import UserError
+from kdprune.part import verdict, verdict_line
 from kdprune.yolo.rawhead import HeadSpec
 
 log = logging.getLogger("kdprune")
@@ -58,6 +59,13 @@ def tflite_eval(sr, name: str, path: Path, head: HeadSpec, stats: dict, names: l
             row["npu"].append(r)
             log.info(f"kdprune: {name} on {target} (Vela): {r['npu_ops']} NPU / {r['cpu_ops']} CPU operators, SRAM "
                      f"{r['sram_bytes']:,} B, flash {r['flash_bytes']:,} B, est. {r['inference_ms']} ms")
+    if device and (v := verdict(sr.cfg.get("device"), row["bytes"], row["arena_bytes"],
+                                next((n["sram_bytes"] for n in row.get("npu", [])), None))) is not None:
+        row["part"] = v  # the part's flash and SRAM against the file and its TFLM arena
+        (log.info if v["fits"] else log.warning)(f"kdprune: {name} {verdict_line(v)}")
+        if not v["fits"]:
+            problems.append(f"{path.name} {verdict_line(v)} (prune to the part: prune.target.arena_bytes="
+                            "${device.model_sram}; or lower data.imgsz, or device.reserve.*)")
     target = sr.cfg.get("target")
     if device and target is not None:  # the target's operator rules, on the file (and Vela's CPU operators)
         from kdprune.export.target import target_findings, vela_findings

@@ -4,9 +4,10 @@ TFLM plans every activation tensor of the file into one arena, each live from th
 last one that reads it (its greedy planner packs them close to the peak of that liveness). The estimate replays the
 model's forward once at ``imgsz`` (batch 1) under a dispatch mode that records every aten op's tensor inputs and
 outputs, and takes the peak over ops of the bytes alive (1 byte per element: int8). It follows the file's graph
-where it differs from PyTorch's: BatchNorm is folded into its conv (no tensor of its own), SiLU runs as LOGISTIC then
-MUL (one more tensor alive during it), views share their input's memory. Nothing in torch or torch-pruning measures
-liveness of a graph by op, hence this module. ``kdprune.pruning.budget.arena_bytes`` adds TFLM's own structures.
+where it differs from PyTorch's: BatchNorm and a ReLU/ReLU6 are folded into their conv (no tensor of their own),
+SiLU runs as LOGISTIC then MUL (one more tensor alive during it), views share their input's memory. Nothing in torch
+or torch-pruning measures liveness of a graph by op, hence this module. ``kdprune.pruning.budget.arena_bytes`` adds
+TFLM's own structures.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from torch.utils._pytree import tree_leaves
 from kdprune.yolo.structure import trace_forward
 
 aten = torch.ops.aten
+# folded into the conv before them in the file: BatchNorm, and the activations CONV_2D fuses (model.fused_act_layers)
 _FOLDED = {aten._native_batch_norm_legit_no_training.default, aten.batch_norm.default,
-           aten.native_batch_norm.default, aten._native_batch_norm_legit.default}
+           aten.native_batch_norm.default, aten._native_batch_norm_legit.default,
+           aten.relu.default, aten.relu_.default, aten.hardtanh.default, aten.hardtanh_.default}
 # SiLU is LOGISTIC + MUL in TFLite: two new tensors (the sigmoid's alive while MUL runs), even where PyTorch runs it
 # in place (ultralytics' loaded checkpoints do)
 _TWO_OPS = {aten.silu.default, aten.silu_.default}

@@ -76,6 +76,7 @@ class YoloPruner:
         self.accumulated = None  # a TaylorEMA that scores instead of one batch's gradients (use_accumulated)
         self.global_ranking, self.round_to, self.trace_imgsz = global_ranking, round_to, trace_imgsz
         self.per_channel = per_channel  # the INT8 file's weight granularity, for the int8_bytes estimate
+        self.keep_stem = keep_stem
         names = {m: n for n, m in model.named_modules()}
         self.frozen = {names[m] for m in frozen_modules(model, keep_stem=keep_stem, attention=attention)}
         self.couple = {}  # conv name -> key of its split block: both halves keep one width

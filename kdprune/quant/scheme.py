@@ -9,7 +9,9 @@ in the graph copies it (https://ai.google.dev/edge/litert/models/quantization_sp
 - Concat inputs and output share one scale; MaxPool, Resize and reshapes keep their input's scale;
 - Logistic (sigmoid) and Softmax outputs sit on the fixed scale 1/256, zero point -128;
 - SiLU does not exist in TFLite: it runs as Logistic then Mul, so the graph is rewritten to ``x * sigmoid(x)`` before
-  annotation and that intermediate is quantized on the fixed scale, as the device will.
+  annotation and that intermediate is quantized on the fixed scale, as the device will;
+- ReLU / ReLU6 after a conv (``model.fused_act_layers``) are fused into it by the converter: one observer, at the
+  activation's output (the conv's own output is never an int8 tensor).
 
 - an op that reads a fixed-scale tensor (sigmoid/softmax, or a reshape/transpose of one) reads it on that scale:
   no requantize after a sigmoid or softmax (TFLite's TRANSPOSE/RESHAPE must keep their input's scale, and the
@@ -54,6 +56,9 @@ CONV = {aten.conv2d.default}
 BN = {aten.batch_norm.default}
 # ops whose output gets a fresh per-tensor scale
 FRESH = {aten.add.Tensor, aten.mul.Tensor, aten.matmul.default, aten.sub.Tensor, aten.bmm.default}
+# activations the converter fuses into the conv before them (CONV_2D's fused_activation_function): one tensor, the
+# activation's output, so the conv's (BN's) output has no observer of its own
+FUSED_ACT = {aten.relu.default, aten.relu_.default, aten.hardtanh.default, aten.hardtanh_.default}
 # TFLite's fixed-scale outputs
 FIXED = {aten.sigmoid.default, aten.softmax.int, aten._softmax.default}
 # ops whose output keeps the input's scale (TFLite: same scale in and out)
@@ -103,6 +108,12 @@ def _tensor_args(node: Node) -> list[Node]:
             if isinstance(x, Node) and isinstance(x.meta.get("val"), torch.Tensor) and x not in out:
                 out.append(x)
     return out
+
+
+def _fused_act_after(node: Node) -> bool:
+    """Whether ``node`` (a conv, or the BN folded into one) has one user, an activation TFLite fuses into the conv."""
+    users = list(node.users)
+    return len(users) == 1 and users[0].target in FUSED_ACT
 
 
 def _annotate(node: Node, inputs: dict, output) -> None:
@@ -253,13 +264,19 @@ class TFLiteInt8Quantizer(Quantizer):
                 x, w = node.args[0], node.args[1]
                 users = list(node.users)
                 folded = len(users) == 1 and users[0].target in BN
-                _annotate(node, {x: act, w: weight}, None if folded else act)
+                _annotate(node, {x: act, w: weight}, None if folded or _fused_act_after(node) else act)
             elif t in BN:
                 src = node.args[0]
                 if isinstance(src, Node) and src.target in CONV:
-                    _annotate(node, {}, act)  # conv + BN: the fold's output
+                    _annotate(node, {}, None if _fused_act_after(node) else act)  # conv + BN: the fold's output
                 else:
                     _annotate(node, {src: act}, act)
+            elif t in FUSED_ACT:
+                x = node.args[0]
+                if isinstance(x, Node) and (x.target in CONV or (x.target in BN and x.args[0].target in CONV)):
+                    _annotate(node, {}, act)  # conv (+ BN) + ReLU: one int8 tensor, the activation's output
+                else:
+                    _annotate(node, {x: act}, SharedQuantizationSpec((x, node)))
             elif t in FRESH:
                 _annotate(node, {a: act for a in _tensor_args(node)}, act)
             elif t in FIXED:

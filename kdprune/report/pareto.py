@@ -1,4 +1,5 @@
-"""``pareto.png``: INT8 mAP50-95 against INT8 bytes for every job of a sweep, the Pareto front marked."""
+"""``pareto.png``: INT8 mAP50-95 against INT8 bytes (flash) and TFLite Micro's arena (RAM) for every job of a sweep,
+the Pareto front marked."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ def labels(rows: list[dict]) -> dict[str, str]:
 
 
 def plot_pareto(rows: list[dict], path: str | Path) -> Path:
+    """mAP against flash (the file's bytes), and against RAM (TFLite Micro's arena) where the jobs measured one."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -31,40 +33,49 @@ def plot_pareto(rows: list[dict], path: str | Path) -> Path:
 
     path = Path(path)
     pts = [r for r in rows if r["status"] in (OK, OVER) and r.get("int8_bytes") and r.get("int8_mAP50-95") is not None]
+    arena = [r for r in pts if r.get("arena_bytes")]
+    fig, axes = plt.subplots(1, 2 if arena else 1, figsize=(14 if arena else 8, 5.5), dpi=110, squeeze=False)
+    _panel(axes[0][0], rows, pts, "int8_bytes", "INT8 model size, MB (TFLite file; the INT8 estimate where no TFLite "
+           "was exported)", sorted({r["budget_bytes"] for r in rows if r.get("budget_bytes")}))
+    if arena:
+        _panel(axes[0][1], rows, arena, "arena_bytes", "RAM, MB (TFLite Micro's tensor arena for the file)", [])
+    n_failed = sum(r["status"] not in (OK, OVER) for r in rows)
+    fig.suptitle(f"{len(rows)} jobs: {len(pts)} measured" + (f", {n_failed} failed or incomplete" if n_failed else ""))
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _panel(ax, rows: list[dict], pts: list[dict], key: str, xlabel: str, budgets: list[int]) -> None:
+    """One scatter of INT8 mAP50-95 against ``key`` (bytes), feasible and over-budget jobs, the best one starred; the
+    Pareto front on the flash panel."""
     text = labels(rows)
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
     for status, style in ((OK, dict(marker="o", color="#3b7dd8", label="within budget")),
                           (OVER, dict(marker="x", color="#d62728", label="over budget"))):
         sel = [r for r in pts if r["status"] == status]
         if sel:
-            ax.scatter([r["int8_bytes"] / 1e6 for r in sel], [r["int8_mAP50-95"] for r in sel], s=36, zorder=3,
-                       **style)
-    front = [r for r in pts if r.get("pareto")]
+            ax.scatter([r[key] / 1e6 for r in sel], [r["int8_mAP50-95"] for r in sel], s=36, zorder=3, **style)
+    front = [r for r in pts if r.get("pareto")] if key == "int8_bytes" else []
     if front:
-        ax.step([r["int8_bytes"] / 1e6 for r in front], [r["int8_mAP50-95"] for r in front], where="post",
+        ax.step([r[key] / 1e6 for r in front], [r["int8_mAP50-95"] for r in front], where="post",
                 color="#ff7f0e", lw=1.5, zorder=2, label="Pareto front")
-        ax.scatter([r["int8_bytes"] / 1e6 for r in front], [r["int8_mAP50-95"] for r in front], s=110,
+        ax.scatter([r[key] / 1e6 for r in front], [r["int8_mAP50-95"] for r in front], s=110,
                    facecolors="none", edgecolors="#ff7f0e", lw=1.5, zorder=4)
-    if (top := best(rows)) is not None:
-        ax.scatter([top["int8_bytes"] / 1e6], [top["int8_mAP50-95"]], marker="*", s=260, color="#2ca02c", zorder=5,
+    if (top := best(rows)) is not None and top.get(key):
+        ax.scatter([top[key] / 1e6], [top["int8_mAP50-95"]], marker="*", s=260, color="#2ca02c", zorder=5,
                    label=f"best within budget (job {top['job']})")
-    for b in sorted({r["budget_bytes"] for r in rows if r.get("budget_bytes")}):
+    for b in budgets:
         ax.axvline(b / 1e6, color="#888", ls="--", lw=0.8, zorder=1)
         ax.text(b / 1e6, 1.0, f" budget {b / 1e6:g} MB", transform=ax.get_xaxis_transform(), fontsize=7,
                 color="#555", va="top", rotation=90)
     for r in pts:
-        ax.annotate(text[r["job"]], (r["int8_bytes"] / 1e6, r["int8_mAP50-95"]), textcoords="offset points",
+        ax.annotate(text[r["job"]], (r[key] / 1e6, r["int8_mAP50-95"]), textcoords="offset points",
                     xytext=(5, 4), fontsize=7)
-    n_failed = sum(r["status"] not in (OK, OVER) for r in rows)
-    ax.set_xlabel("INT8 model size, MB (TFLite file; the INT8 estimate where no TFLite was exported)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("INT8 mAP50-95 (val)")
-    ax.set_title(f"{len(rows)} jobs: {len(pts)} measured" + (f", {n_failed} failed or incomplete" if n_failed else ""))
     ax.grid(alpha=0.3)
     if pts:
         ax.legend(fontsize=8, loc="lower right")
     else:
         ax.text(0.5, 0.5, "no job has finished yet", ha="center", transform=ax.transAxes)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path

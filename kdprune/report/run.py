@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kdprune.data.stats import small_objects_line
+from kdprune.part import verdict_line
+
 COLUMNS = [("stage", "stage"), ("params", "params"), ("gflops", "GFLOPs"), ("bytes", "file bytes (flash)"),
            ("arena_bytes", "TFLM arena (RAM)"), ("mAP50", "mAP50"), ("mAP50-95", "mAP50-95"),
            ("latency_ms", "CPU ms (b1)"), ("status", "status")]
@@ -63,6 +66,10 @@ def write_report(path: str | Path, rows: list[dict], summary: dict) -> Path:
              "rows are scored on LiteRT's reference kernels, bit-exact with TensorFlow Lite Micro (the MCU runtime; "
              "checked per file), and the arena is the RAM TFLite Micro needs for the file.", "",
              stage_table(rows), "", "## Notes", ""]
+    if part := summary.get("part"):
+        lines.append(f"- **on the device**: the device file {verdict_line(part)}")
+    if small := summary.get("small_objects"):
+        lines.append(f"- **small objects**: {small_objects_line(small)}")
     if m := (summary.get("teacher") or {}).get("margin"):
         lines.append(f"- **teacher margin**: {margin_line(m)}")
     for r in rows:

@@ -18,7 +18,7 @@ import yaml
 # The artifact a user deploys, in order of preference: its mAP is "the INT8 mAP" of a job.
 DEPLOY_ORDER = ("TFLite INT8", "ONNX INT8", "QAT fake-quant", "PTQ baseline")
 FAILED, INCOMPLETE, OK, OVER = "failed", "incomplete", "ok", "over budget"
-HEAD = ["job", "status", "score", "pareto", "int8_mAP50-95", "int8_mAP50", "int8_bytes", "budget_bytes",
+HEAD = ["job", "status", "score", "pareto", "int8_mAP50-95", "int8_mAP50", "int8_bytes", "budget_bytes", "arena_bytes",
         "int8_source", "params", "gflops", "int8_bytes_est", "fp32_mAP50-95", "fp32_mAP50"]
 TAIL = ["wall_time_s", "overrides", "error"]
 
@@ -57,7 +57,8 @@ def deployed(summary: dict) -> dict:
     return {"int8_source": src or ("fp32 (no INT8 stage)" if summary.get("mAP50-95") is not None else None),
             "int8_mAP50-95": row.get("mAP50-95", summary.get("mAP50-95")),
             "int8_mAP50": row.get("mAP50", summary.get("mAP50")),
-            "int8_bytes": tfl.get("bytes") or summary.get("int8_bytes_est")}
+            "int8_bytes": tfl.get("bytes") or summary.get("int8_bytes_est"),
+            "arena_bytes": tfl.get("arena_bytes")}  # RAM: TFLite Micro's tensor arena for the file
 
 
 def budget_of(config: dict | None) -> int | None:
@@ -94,7 +95,7 @@ def job_row(run_dir: Path, base: Path) -> dict:
         row["budget_bytes"] = budget_of(_read(run_dir / "config.yaml", yaml.safe_load))
         bad = [r for r in summary.get("stages") or [] if r.get("status") == "failed"]
         over = row["budget_bytes"] and row.get("int8_bytes") and row["int8_bytes"] >= row["budget_bytes"]
-        if over or any("over the budget" in (r.get("note") or "") for r in bad):
+        if over or any(x in (r.get("note") or "") for r in bad for x in ("over the budget", "does NOT fit")):
             row["status"] = OVER
         elif bad:
             row["status"] = FAILED

@@ -8,6 +8,7 @@ from kdprune.yolo.metrics import DetectionEvaluator, evaluate_checkpoint, evalua
 from kdprune.yolo.models import (
     build_model,
     check_checkpoint,
+    fused_activation,
     hyp_namespace,
     load_teacher,
     model_stats,
@@ -33,6 +34,7 @@ __all__ = [
     "build_model",
     "build_optimizer",
     "check_checkpoint",
+    "fused_activation",
     "check_prunable",
     "evaluate_checkpoint",
     "evaluate_model",

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 from ultralytics.cfg import get_cfg
+from ultralytics.nn.modules.conv import Conv
 from ultralytics.nn.tasks import DetectionModel, guess_model_task, load_checkpoint
 from ultralytics.utils import DEFAULT_CFG_DICT
 from ultralytics.utils.torch_utils import get_flops, get_num_params
@@ -120,6 +121,30 @@ def build_model(cfg: str | None, weights: str | None, names: dict[int, str], hyp
         if ".dfl" in name:  # ultralytics always freezes the DFL integral
             p.requires_grad_(False)
     return model.float().train()
+
+
+# Activations TFLite fuses into the CONV_2D that feeds them (no tensor, no operator of their own); SiLU has no TFLite
+# operator and runs as LOGISTIC then MUL, two more tensors alive at the layer's resolution (kdprune.pruning.arena).
+FUSED_ACTS = {"relu": torch.nn.ReLU, "relu6": torch.nn.ReLU6}
+
+
+def fused_activation(model: DetectionModel, layers: int, act: str = "relu") -> int:
+    """Every conv activation of the first ``layers`` layers (``model.model[:layers]``: the high-resolution ones,
+    where activations peak) becomes ``act``, one the TFLite converter fuses into the conv. Returns how many changed
+    (a checkpoint that already has them changes none). The weights stay: the run trains the new activation in."""
+    if act not in FUSED_ACTS:
+        raise UserError(f"model.fused_act={act}: choose one of {', '.join(FUSED_ACTS)}.")
+    n_layers = len(model.model)
+    if not 0 <= layers < n_layers:
+        raise UserError(f"model.fused_act_layers={layers}: between 0 and {n_layers - 1} (the model's layers before "
+                        "its head).")
+    changed = 0
+    for layer in list(model.model)[:layers]:
+        for m in layer.modules():
+            if isinstance(m, Conv) and not isinstance(m.act, (FUSED_ACTS[act], torch.nn.Identity)):
+                m.act = FUSED_ACTS[act]()
+                changed += 1
+    return changed
 
 
 def transfer(model: DetectionModel, source: str | Path | torch.nn.Module) -> float:

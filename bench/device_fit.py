@@ -1,0 +1,111 @@
+"""Fitting the MCX N947 (flash *and* SRAM): every RAM lever against the unconstrained default, on the device file.
+
+Every arm is the whole ``+experiment=yolo11n_mcu`` run (KD, gradual pruning to the flash budget, QAT, exports), scored
+on its TFLite INT8 file with the MCU's kernels, with TensorFlow Lite Micro's measured arena:
+
+- ``mcxn947``: the default (192 px, ReLU in layers 0-2, 2,000,000 B of flash and 384 KiB of arena from device=mcxn947);
+- ``unconstrained``: the former default (256 px, SiLU everywhere, the flash budget alone: device=generic);
+- ``channels_192`` / ``channels_160``: resolution + high-resolution channels (SiLU; the arena budget prunes the
+  stride <= 8 layers further, ``prune.keep_stem=false``);
+- ``resolution_128``: resolution alone (SiLU, the flash budget's pruning only: 128 px fits as it is);
+- ``fused_256``, ``channels_256``: the other levers alone at 256 px: the pruner's pre-check says whether any pruning
+  reaches the arena (a one-line exit 2 naming the smallest reachable arena, before training) and that is recorded.
+
+    .venv/bin/python -m bench.device_fit --arms mcxn947 unconstrained --seeds 0 1 2 [--data shapes glyphs]
+        [--teacher path/to/best.pt]
+
+``--teacher`` gives every arm the same teacher (a yolo11s of the teacher stage's recipe), so arms differ only in their
+levers; without it each resolution trains and caches its own. Runs live in bench/runs/device_fit/ and resume
+(bench.common.run_kdprune); results merge into bench/device_fit.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+
+from bench.common import ROOT, git_rev, machine, run_kdprune
+
+OUT = ROOT / "bench" / "device_fit.json"
+RUNS = ROOT / "bench" / "runs" / "device_fit"
+UNCONSTRAINED = ["device=generic", "data.imgsz=256", "model.fused_act_layers=0", "prune.target.arena_bytes=null"]
+ARMS = {
+    "mcxn947": [],
+    "unconstrained": UNCONSTRAINED,
+    "channels_192": ["data.imgsz=192", "model.fused_act_layers=0", "prune.keep_stem=false"],
+    "channels_160": ["data.imgsz=160", "model.fused_act_layers=0", "prune.keep_stem=false"],
+    "resolution_128": ["data.imgsz=128", "model.fused_act_layers=0"],
+    "fused_256": ["data.imgsz=256", "model.fused_act_layers=3", "prune.keep_stem=false"],
+    "channels_256": ["data.imgsz=256", "model.fused_act_layers=0", "prune.keep_stem=false"],
+}
+
+
+def precheck(args: list[str]) -> str | None:
+    """The run's one-line user error if no pruning reaches its budgets (the run would stop there, before the teacher
+    and training), else None: the same check, in this process, on the student the run would build."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from kdprune.callbacks import GradualPruning
+    from kdprune.errors import UserError
+    from kdprune.train import build_student
+    from kdprune.yolo import split_blocks
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[a for a in args if not a.startswith(("hydra.", "teacher.weights"))])
+    with open_dict(cfg):
+        cfg.run_dir = "unused"
+    _, _, model, _ = build_student(cfg)
+    split_blocks(model)
+    try:
+        GradualPruning.from_config(cfg.prune, model, imgsz=cfg.data.imgsz, max_epochs=cfg.trainer.max_epochs)
+    except UserError as e:
+        return str(e)
+    return None
+
+
+def run_arm(arm: str, data: str, seed: int, teacher: str | None) -> dict:
+    args = ["+experiment=yolo11n_mcu", f"data={data}", f"seed={seed}", "val.plot_every=0", *ARMS[arm]]
+    if teacher:
+        args.append(f"teacher.weights={teacher}")
+    if (why := precheck(args)) is not None:
+        return {"unreachable": why}
+    s = run_kdprune(args, RUNS / f"{arm}-{data}-s{seed}", f"{arm} {data} seed {seed}")
+    row = next(r for r in s["stages"] if r["stage"] == "TFLite INT8")
+    part = row.get("part") or {}
+    return {"mAP50-95": row["mAP50-95"], "mAP50": row["mAP50"], "bytes": row["bytes"], "arena": row["arena_bytes"],
+            "fits_mcxn947": None if not part else part["fits"], "best_pt": s["mAP50-95"], "imgsz": s["imgsz"],
+            "vela_sram": next((n["sram_bytes"] for n in row.get("npu") or []), None),
+            "u55_ms": next((n["inference_ms"] for n in row.get("npu") or []), None),
+            "small_objects": (s.get("small_objects") or {}).get("share"), "wall_s": s["wall_time_s"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arms", nargs="+", default=["mcxn947", "unconstrained"], choices=list(ARMS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--data", nargs="+", default=["shapes"])
+    ap.add_argument("--teacher", default=None, help="one teacher checkpoint for every arm")
+    a = ap.parse_args(argv)
+    res = json.loads(OUT.read_text()) if OUT.is_file() else {"runs": {}}
+    res.update(machine=machine(), commit=git_rev(), teacher=a.teacher)
+    for data in a.data:
+        for seed in a.seeds:
+            for arm in a.arms:
+                key = f"{arm}/{data}/s{seed}"
+                res["runs"][key] = r = run_arm(arm, data, seed, a.teacher)
+                OUT.write_text(json.dumps(res, indent=1) + "\n")
+                print(key, json.dumps(r), flush=True)
+    for data in a.data:
+        for arm in a.arms:
+            vals = [r["mAP50-95"] for k, r in res["runs"].items() if k.startswith(f"{arm}/{data}/") and "mAP50-95" in r]
+            if vals:
+                sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+                print(f"{data} {arm}: {statistics.fmean(vals):.4f} ± {sd:.4f} over {len(vals)} seed(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

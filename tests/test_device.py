@@ -1,0 +1,58 @@
+"""Device profiles (conf/device/): a part's flash and SRAM, the application's reserve, the model's budgets that
+follow, the checks before a run, and the verdict on the device file."""
+
+from __future__ import annotations
+
+import pytest
+
+from kdprune.errors import UserError
+from kdprune.part import check_device, verdict, verdict_line
+from tests.conftest import compose
+
+
+def test_the_mcxn947_budgets_follow_from_the_part_and_its_reserve():
+    d = compose(["device=mcxn947"]).device
+    assert (d.flash_bytes, d.sram_bytes) == (2 * 1024 * 1024, 512 * 1024)
+    assert (d.model_flash, d.model_sram) == (2_000_000, 384 * 1024)  # the user's 2 MB budget; 128 KiB kept
+    d = compose(["device=mcxn947", "device.reserve.sram=65536", "device.reserve.flash=197152"]).device
+    assert (d.model_flash, d.model_sram) == (1_900_000, 448 * 1024)
+    rt = compose(["device=imxrt700"]).device
+    assert rt.model_flash is None and rt.model_sram == 7_864_320 - 1_048_576  # no internal flash: the board's
+
+
+def test_the_default_experiment_deploys_to_the_mcxn947():
+    cfg = compose(experiment="yolo11n_mcu")
+    assert cfg.device.name == "mcxn947" and cfg.target.name == cfg.device.target
+    assert cfg.prune.target.int8_bytes == cfg.device.model_flash == 2_000_000
+    assert cfg.prune.target.arena_bytes <= cfg.device.model_sram  # the RAM budget is the part's, not a free choice
+    cfg = compose(["device.reserve.sram=262144"], experiment="yolo11n_mcu")
+    assert cfg.prune.target.arena_bytes <= 262_144  # the reserve moves the pruning target
+
+
+def test_generic_has_no_limits_and_no_verdict():
+    d = compose().device
+    assert d.name == "generic" and d.model_flash is None and d.model_sram is None
+    assert verdict(d, 10**9, 10**9) is None
+
+
+@pytest.mark.parametrize("over, needle", [
+    (["device=mcxn947", "device.reserve.sram=600000"], "device.reserve.sram=600,000 leaves nothing"),
+    (["device=mcxn947", "device.reserve.flash=-1"], "device.reserve.flash=-1: must be >= 0"),
+    (["device=mcxn947", "target=ethos_u"], "target=neutron"),
+])
+def test_a_device_the_run_cannot_use_is_one_line(over, needle):
+    with pytest.raises(UserError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        check_device(compose(over))
+
+
+def test_the_verdict_judges_flash_and_arena_against_the_part():
+    d = compose(["device=mcxn947"]).device
+    ok = verdict(d, 1_983_000, 390_000, vela_sram=210_000)
+    assert ok["fits"] and ok["flash"]["left"] == 2_097_152 - 1_983_000 and ok["sram"]["budget"] == 393_216
+    line = verdict_line(ok)
+    assert line.startswith("fits NXP MCX N947: flash 1,983,000 of 2,000,000 B (114,152 B of the part left")
+    assert "SRAM 390,000 of 393,216 B" in line and "Vela's NPU SRAM plan 210,000 B" in line
+    over = verdict(d, 1_983_000, 916_832)  # today's 256-px default before this profile
+    assert not over["fits"] and over["flash"]["fits"] and not over["sram"]["fits"]
+    assert verdict_line(over).startswith("does NOT fit") and "(OVER)" in verdict_line(over)
+    assert not verdict(d, 2_000_001, 1000)["fits"]  # one byte over the flash budget
