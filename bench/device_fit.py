@@ -13,6 +13,7 @@ on its TFLite INT8 file with the MCU's kernels, with TensorFlow Lite Micro's mea
 
     .venv/bin/python -m bench.device_fit --arms mcxn947 unconstrained --seeds 0 1 2 [--data shapes glyphs]
         [--teacher path/to/best.pt]
+    .venv/bin/python -m bench.device_fit --table     # the estimated arena per input size and lever (no training)
 
 ``--teacher`` gives every arm the same teacher (a yolo11s of the teacher stage's recipe), so arms differ only in their
 levers; without it each resolution trains and caches its own. Runs live in bench/runs/device_fit/ and resume
@@ -82,14 +83,41 @@ def run_arm(arm: str, data: str, seed: int, teacher: str | None) -> dict:
             "small_objects": (s.get("small_objects") or {}).get("share"), "wall_s": s["wall_time_s"]}
 
 
+def table(sizes=(128, 160, 192, 224, 256), layers=(0, 3)) -> list[dict]:
+    """No training: per input size and fused-activation layers, the estimated arena of the dense student, and what
+    the default's pruning (flash budget + the part's arena budget, keep_stem=false) needs or cannot reach."""
+    from kdprune.pruning.budget import arena_bytes
+    from kdprune.yolo import build_model, fused_activation, hyp_namespace, split_blocks
+
+    rows = []
+    for px in sizes:
+        for n in layers:
+            args = ["+experiment=yolo11n_mcu", f"data.imgsz={px}", f"model.fused_act_layers={n}",
+                    "prune.keep_stem=false"]
+            model = build_model("yolo11n.yaml", None, {i: str(i) for i in range(8)}, hyp_namespace(imgsz=px))
+            if n:
+                fused_activation(model, n)
+            split_blocks(model)
+            why = precheck(args)
+            rows.append({"imgsz": px, "fused_act_layers": n, "dense_arena_est": arena_bytes(model.eval(), px),
+                         "fits_by_pruning": why is None, "why": why})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arms", nargs="+", default=["mcxn947", "unconstrained"], choices=list(ARMS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--data", nargs="+", default=["shapes"])
     ap.add_argument("--teacher", default=None, help="one teacher checkpoint for every arm")
+    ap.add_argument("--table", action="store_true", help="only the arena table (no training, ~2 min)")
     a = ap.parse_args(argv)
     res = json.loads(OUT.read_text()) if OUT.is_file() else {"runs": {}}
+    if a.table:
+        res["table"] = table()
+        OUT.write_text(json.dumps(res, indent=1) + "\n")
+        return 0
     res.update(machine=machine(), commit=git_rev(), teacher=a.teacher)
     for data in a.data:
         for seed in a.seeds:

@@ -72,4 +72,10 @@ def verdict_line(v: dict) -> str:
                          + ("" if k["fits"] else " (OVER)") + f" ({k['left']:,} B of the part left for the {what})")
     if "vela_sram" in v:
         parts.append(f"Vela's NPU SRAM plan {v['vela_sram']:,} B")
-    return f"{'fits' if v['fits'] else 'does NOT fit'} {v['part']}: " + ", ".join(parts)
+    line = f"{'fits' if v['fits'] else 'does NOT fit'} {v['part']}: " + ", ".join(parts)
+    if lv := v.get("levers"):
+        act = f"{lv['fused_act']} in the first {lv['fused_act_layers']} layers" if lv["fused_act_layers"] else "SiLU"
+        line += (f"; RAM levers: imgsz {lv['imgsz']}, {act}, arena budget for the pruner "
+                 + (f"{lv['arena_target']:,} B" if lv["arena_target"] else "none")
+                 + ("" if lv["keep_stem"] else ", stem prunable"))
+    return line

@@ -56,3 +56,10 @@ def test_the_verdict_judges_flash_and_arena_against_the_part():
     assert not over["fits"] and over["flash"]["fits"] and not over["sram"]["fits"]
     assert verdict_line(over).startswith("does NOT fit") and "(OVER)" in verdict_line(over)
     assert not verdict(d, 2_000_001, 1000)["fits"]  # one byte over the flash budget
+
+
+def test_the_verdict_line_names_the_ram_levers_the_run_used():
+    v = verdict(compose(["device=mcxn947"]).device, 1_950_000, 380_000)
+    v["levers"] = {"imgsz": 192, "fused_act_layers": 3, "fused_act": "relu", "keep_stem": True, "arena_target": 393_216}
+    assert verdict_line(v).endswith("RAM levers: imgsz 192, relu in the first 3 layers, arena budget for the pruner "
+                                    "393,216 B")

@@ -38,8 +38,12 @@ def qat_run(tmp_path_factory):
     hyp = hyp_namespace()  # a dense reference model on the same classes (untrained: the row's presence is tested)
     ref = save_ultralytics_checkpoint(run_dir.parent / "dense.pt", build_model("yolo11n.yaml", None,
                                       dict(enumerate(CLASS_NAMES)), hyp), epoch=0, train_args=vars(hyp))
+    # a part with 20,000 B of SRAM left for the model (device=generic's keys set by hand), and ReLU in the first two
+    # layers (model.fused_act_layers): the fused-activation path through QAT, conversion and TFLM is the one verified
+    part = ["device.part=test part", "device.flash_bytes=8000000", "device.sram_bytes=100000",
+            "device.reserve.sram=80000", "model.fused_act_layers=2"]
     with pytest.raises(ExportFailed, match=r"TFLite INT8: model_int8.tflite is [\d,]+ bytes, over the budget"):
-        run(compose([*QAT, "export.max_bytes=1000", "export.max_arena_bytes=20000", f"reference={ref}"],
+        run(compose([*QAT, *part, "export.max_bytes=1000", "export.max_arena_bytes=20000", f"reference={ref}"],
                     run_dir=run_dir))
     return run_dir
 
@@ -67,6 +71,11 @@ def test_every_stage_is_reported(qat_run):
     assert summary["quant"]["bn_frozen"] and summary["quant"]["observers_frozen"]
     report = (qat_run / "report.md").read_text()
     assert "| TFLite INT8 |" in report and "## Failed" in report and "over the budget" in report
+    part = summary["part"]  # the device verdict: the file's bytes and TFLM's arena against the part
+    assert part["part"] == "test part" and not part["fits"] and part["flash"]["fits"] and not part["sram"]["fits"]
+    assert part["sram"] == {**part["sram"], "used": rows["TFLite INT8"]["arena_bytes"], "budget": 20_000}
+    assert "does NOT fit test part" in note and "does NOT fit test part" in report
+    assert "part" not in rows["TFLite PTQ"]  # the verdict is the device file's
     assert "## Pruning steps" in report and "(conf 0.001, IoU 0.7, max_det 300)" in report
 
 
@@ -159,6 +168,20 @@ def test_tflite_file_is_the_qat_graph_on_real_images(qat_run):
     d = np.concatenate(d)
     print(f"\n{d.size} int8 outputs: exact {np.mean(d == 0):.3f}, within 1 LSB {np.mean(d <= 1):.4f}, max {d.max()}")
     assert np.mean(d <= 1) >= 0.99
+
+
+def test_relu_layers_are_fused_into_their_convs_in_the_file(qat_run):
+    """model.fused_act_layers=2: the stem and the next conv write ReLU outputs from CONV_2D itself (no RELU, LOGISTIC
+    or MUL after them: one tensor each, what the arena saving is), every later conv keeps SiLU as LOGISTIC + MUL."""
+    from kdprune.export.target import _File
+
+    f = _File(qat_run / "export" / "model_int8.tflite")
+    convs = [op for _, name, op in f.ops if name == "CONV_2D"]
+    relu = [i for i, op in enumerate(convs) if op.builtinOptions.fusedActivationFunction == 1]  # RELU
+    assert relu == [0, 1], relu
+    assert "RELU" not in {name for _, name, _ in f.ops}
+    readers = {t: name for _, name, op in f.ops for t in op.inputs}
+    assert readers[int(convs[0].outputs[0])] == "CONV_2D" and readers[int(convs[2].outputs[0])] in ("LOGISTIC", "MUL")
 
 
 def test_onnx_fp32_equals_the_pytorch_model(qat_run):

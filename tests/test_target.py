@@ -126,6 +126,33 @@ def test_arena_estimate_follows_tflite_micro(tmp_path):
     assert est[1][1] < 0.8 * est[0][1] and est[1][0] < 0.8 * est[0][0]
 
 
+def test_fused_activations_shrink_the_arena_as_estimated(tmp_path):
+    """ReLU in the first three layers (model.fused_act_layers=3): the converter fuses it into CONV_2D (7 fewer
+    LOGISTIC/MUL pairs, no RELU op), TFLM's arena shrinks, and the estimate follows TFLM within its measured error."""
+    from collections import Counter
+
+    from kdprune.export.tflm import tensor_arena_bytes
+    from kdprune.pruning.budget import arena_bytes
+    from kdprune.yolo import build_model, fused_activation, hyp_namespace, split_blocks
+    from kdprune.yolo.rawhead import RawHeadModel
+    from tests.test_tflite import smooth_images
+
+    got = {}
+    for layers in (0, 3):
+        model = build_model("yolo11n.yaml", None, {0: "a", 1: "b", 2: "c"}, hyp_namespace(imgsz=128)).eval()
+        changed = fused_activation(model, layers) if layers else 0
+        split_blocks(model)
+        path = T.model_to_tflite_int8(RawHeadModel(model, one2one=False), tmp_path / f"{layers}.tflite",
+                                      smooth_images(2, 128, seed=0))
+        got[layers] = (changed, Counter(T.tflite_ops(path)), arena_bytes(model.eval(), 128), tensor_arena_bytes(path))
+    (_, ops0, est0, real0), (changed, ops3, est3, real3) = got[0], got[3]
+    assert changed == 7 and "RELU" not in ops3
+    assert (ops0["LOGISTIC"] - ops3["LOGISTIC"], ops0["MUL"] - ops3["MUL"]) == (7, 7)
+    assert real3 < 0.85 * real0 and est3 < 0.85 * est0  # the stride-2/4 peaks drop (measured at 160 px: -22 %)
+    for e, real in ((est0, real0), (est3, real3)):
+        assert abs(e / real - 1) < 0.06, (e, real)
+
+
 def _arena_cfg(*extra):
     from ultralytics.nn.tasks import DetectionModel
 
