@@ -5,7 +5,8 @@ last one that reads it (its greedy planner packs them close to the peak of that 
 model's forward once at ``imgsz`` (batch 1) under a dispatch mode that records every aten op's tensor inputs and
 outputs, and takes the peak over ops of the bytes alive (1 byte per element: int8). It follows the file's graph
 where it differs from PyTorch's: BatchNorm and a ReLU/ReLU6 are folded into their conv (no tensor of their own),
-SiLU runs as LOGISTIC then MUL (one more tensor alive during it), views share their input's memory. Nothing in torch
+SiLU runs as LOGISTIC then MUL (one more tensor alive during it), a strided conv reads an explicit PAD op's copy of
+its input, views share their input's memory. Nothing in torch
 or torch-pruning measures liveness of a graph by op, hence this module. ``kdprune.pruning.budget.arena_bytes`` adds
 TFLM's own structures.
 """
@@ -27,6 +28,19 @@ _FOLDED = {aten._native_batch_norm_legit_no_training.default, aten.batch_norm.de
 # SiLU is LOGISTIC + MUL in TFLite: two new tensors (the sigmoid's alive while MUL runs), even where PyTorch runs it
 # in place (ultralytics' loaded checkpoints do)
 _TWO_OPS = {aten.silu.default, aten.silu_.default}
+
+
+_CONV = {aten.convolution.default, aten.conv2d.default}
+
+
+def _explicit_pad(args) -> tuple[int, int] | None:
+    """A strided conv with zero padding: TFLite's SAME pads (0, 1) where PyTorch pads (p, p), so the converter writes
+    an explicit PAD op before the CONV_2D (one more tensor, the padded input, alive beside its source). Measured on
+    the files: every stride-2 conv of YOLO11 (7 in yolo11n) has one; stride-1 convs do not."""
+    stride, padding = args[3] if len(args) > 3 else (1, 1), args[4] if len(args) > 4 else (0, 0)
+    if max(stride) > 1 and max(padding) > 0:
+        return int(padding[0]), int(padding[1])
+    return None
 
 
 class _Recorder(TorchDispatchMode):
@@ -56,6 +70,12 @@ class _Recorder(TorchDispatchMode):
             self.fresh -= 1
             self.ops.append((ins, [(self.key(outs[0]), outs[0].numel())], outs[0].numel()))
             return out
+        if func in _CONV and ins and (pad := _explicit_pad(args)):  # PAD writes a padded copy, the conv reads it
+            x = args[0]
+            padded = x.shape[0] * x.shape[1] * (x.shape[2] + 2 * pad[0]) * (x.shape[3] + 2 * pad[1])
+            self.ops.append((ins[:1], [(self.fresh, padded)], 0))
+            ins = [self.fresh, *ins[1:]]
+            self.fresh -= 1
         new = [(self.key(t), t.numel()) for t in outs if self.key(t) not in ins]  # views: no new memory
         if ins or new:
             self.ops.append((ins, new, 0))
