@@ -63,3 +63,20 @@ def test_the_verdict_line_names_the_ram_levers_the_run_used():
     v["levers"] = {"imgsz": 192, "fused_act_layers": 3, "fused_act": "relu", "keep_stem": True, "arena_target": 393_216}
     assert verdict_line(v).endswith("RAM levers: imgsz 192, relu in the first 3 layers, arena budget for the pruner "
                                     "393,216 B")
+
+
+def test_the_device_levers_sweep_trains_every_combination_at_the_devices_budgets():
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from tests.conftest import CONF
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = hydra_compose("config", ["+experiment=yolo11n_mcu", "+hparams_search=device_levers"],
+                            return_hydra_config=True)
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+    params = {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}
+    assert params == {"data.imgsz": ["160", "192", "224"], "model.fused_act_layers": ["0", "3"]}
+    for px in params["data.imgsz"]:  # each job composes with the part's budgets as its pruning targets
+        job = compose([f"data.imgsz={px}"], experiment="yolo11n_mcu")
+        assert job.prune.target.arena_bytes == job.device.model_sram and job.data.imgsz == int(px)
