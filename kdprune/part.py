@@ -3,7 +3,7 @@ model's budgets that follow, and the verdict on the device file ("fits MCX N947:
 
 The budgets are config values (``device.model_flash``, ``device.model_sram``: the ``kdprune.left`` resolver
 subtracts the reserve from the part), so ``--cfg job`` shows them and an experiment interpolates its pruning targets
-from them. The verdict is judged on the exported file: its bytes against the flash budget and the arena TensorFlow
+from them (``kdprune.first``: the part's budget, else the experiment's own value, for ``device=generic``). The verdict is judged on the exported file: its bytes against the flash budget and the arena TensorFlow
 Lite Micro measured for it against the SRAM budget.
 """
 
@@ -19,8 +19,14 @@ def _left(total, reserve):
     return None if total is None else int(total) - int(reserve or 0)
 
 
-if not OmegaConf.has_resolver("kdprune.left"):
-    OmegaConf.register_new_resolver("kdprune.left", _left)
+def _first(*values):
+    """The first value that is not None: a part's budget, else the experiment's own (``device=generic``)."""
+    return next((v for v in values if v is not None), None)
+
+
+for _name, _fn in (("kdprune.left", _left), ("kdprune.first", _first)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _fn)
 
 
 def check_device(cfg: DictConfig) -> None:
