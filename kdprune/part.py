@@ -3,8 +3,9 @@ model's budgets that follow, and the verdict on the device file ("fits MCX N947:
 
 The budgets are config values (``device.model_flash``, ``device.model_sram``: the ``kdprune.left`` resolver
 subtracts the reserve from the part), so ``--cfg job`` shows them and an experiment interpolates its pruning targets
-from them (``kdprune.first``: the part's budget, else the experiment's own value, for ``device=generic``). The verdict is judged on the exported file: its bytes against the flash budget and the arena TensorFlow
-Lite Micro measured for it against the SRAM budget.
+from them (``kdprune.first``: the part's budget, else the experiment's own value, for ``device=generic``). The
+verdict is judged on the exported file: its bytes against the flash budget and the arena TensorFlow Lite Micro
+measured for it against the SRAM budget.
 """
 
 from __future__ import annotations

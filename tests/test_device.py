@@ -80,3 +80,21 @@ def test_the_device_levers_sweep_trains_every_combination_at_the_devices_budgets
     for px in params["data.imgsz"]:  # each job composes with the part's budgets as its pruning targets
         job = compose([f"data.imgsz={px}"], experiment="yolo11n_mcu")
         assert job.prune.target.arena_bytes == job.device.model_sram and job.data.imgsz == int(px)
+
+
+def test_the_arena_replay_counts_the_pad_before_each_strided_conv():
+    """TFLite pads a 3x3 stride-2 conv (0, 1) where PyTorch pads (1, 1), so the file has a PAD op and its padded copy is
+    alive beside its source. With ReLU in layers 0-2 and the rest pruned, the stem's 16 x 96 x 96 output and its
+    16 x 98 x 98 copy are the peak at 192 px: 301,120 B, what TFLM planned for the first 192-px default file."""
+    from kdprune.pruning import YoloPruner
+    from kdprune.pruning import arena as A
+    from kdprune.yolo import build_model, fused_activation, hyp_namespace, split_blocks
+
+    model = build_model("yolo11n.yaml", None, {i: str(i) for i in range(8)}, hyp_namespace(imgsz=192)).eval()
+    fused_activation(model, 3)
+    split_blocks(model)
+    pruner = YoloPruner(model, keep_stem=True)
+    pruner.apply(model, pruner.plan(model, 0.5))
+    assert A.peak_activation_bytes(model, 192) == 16 * 96 * 96 + 16 * 98 * 98 == 301_120
+    input_and_copy = 3 * 256 * 256 + 3 * 258 * 258  # the floor at 256 px: over 384 KiB before any structure
+    assert input_and_copy > 384 * 1024 and A.peak_activation_bytes(model, 256) >= input_and_copy
