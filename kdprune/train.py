@@ -246,7 +246,7 @@ def run(cfg: DictConfig) -> dict:
         summary["part"]["levers"] = {  # what this run traded for RAM (docs/devices.md)
             "imgsz": int(cfg.data.imgsz), "fused_act_layers": int(cfg.model.get("fused_act_layers") or 0),
             "fused_act": str(cfg.model.get("fused_act") or "relu"), "keep_stem": bool(cfg.prune.get("keep_stem", True)),
-            "arena_target": (OmegaConf.to_container(cfg.prune, resolve=True).get("target") or {}).get("arena_bytes")}
+            "arena_target": OmegaConf.select(cfg, "prune.target.arena_bytes")}
     if teacher is not None and (margin := teacher_margin(rows)) is not None:
         summary["teacher"]["margin"] = margin
         (log.warning if margin["delta"] <= 0 else rank_zero_info)(f"kdprune: {margin_line(margin)}")

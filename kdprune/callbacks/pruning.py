@@ -184,11 +184,11 @@ class GradualPruning(L.Callback):
             except ValueError as e:
                 minimum = e.args[0]
                 which = "the high-resolution layers (stride <= 8)" if kind == "arena_bytes" else "every prunable layer"
-                ram = "lower data.imgsz, use ReLU in the first layers (model.fused_act_layers=3), "
                 raise UserError(f"prune.target.{kind}={value:,}: unreachable; with {which} at round_to={round_to} "
                                 f"channels the model still costs {minimum:,}. Raise the budget, "
-                                + (ram if kind == "arena_bytes" else "lower prune.round_to, ")
-                                + ("" if not pruner.keep_stem else "set prune.keep_stem=false, ")
+                                + ("lower data.imgsz, use ReLU in the first layers (model.fused_act_layers=3), "
+                                   if kind == "arena_bytes" else "lower prune.round_to, ")
+                                + ("set prune.keep_stem=false, " if pruner.keep_stem else "")
                                 + "or pick a smaller model.") from None
         return ratio
 
