@@ -9,6 +9,8 @@ on its TFLite INT8 file with the MCU's kernels, with TensorFlow Lite Micro's mea
 - ``channels_192`` / ``channels_160``: resolution + high-resolution channels (SiLU; the arena budget prunes the
   stride <= 8 layers further, ``prune.keep_stem=false``);
 - ``resolution_128``: resolution alone (SiLU, the flash budget's pruning only: 128 px fits as it is);
+- ``padfree_224`` / ``padfree_192``: the default's levers plus the first two stride-2 convs as 4x4 kernels (the same
+  function; the converter then writes no PAD copy of the image and of the stem's output): 224 px becomes reachable;
 - ``fused_256``, ``channels_256``: the other levers alone at 256 px: the pruner's pre-check says whether any pruning
   reaches the arena (a one-line exit 2 naming the smallest reachable arena, before training) and that is recorded.
 
@@ -42,6 +44,8 @@ ARMS = {
     "resolution_128": ["data.imgsz=128", "model.fused_act_layers=0", "prune.keep_stem=true"],
     "fused_256": ["data.imgsz=256", "model.fused_act_layers=3", "prune.keep_stem=false"],
     "channels_256": ["data.imgsz=256", "model.fused_act_layers=0", "prune.keep_stem=false"],
+    "padfree_224": ["data.imgsz=224", "model.pad_free_downsample=2"],
+    "padfree_192": ["data.imgsz=192", "model.pad_free_downsample=2"],
 }
 
 
@@ -92,25 +96,28 @@ def run_arm(arm: str, data: str, seed: int, teacher: str | None) -> dict:
             "small_objects": (s.get("small_objects") or {}).get("share"), "wall_s": s["wall_time_s"]}
 
 
-def table(sizes=(128, 160, 192, 224, 256), layers=(0, 3)) -> list[dict]:
-    """No training: per input size and fused-activation layers, the estimated arena of the dense student, and what
-    the default's pruning (flash budget + the part's arena budget, keep_stem=false) needs or cannot reach."""
+def table(sizes=(128, 160, 192, 224, 256), layers=(0, 3), pads=(0, 2)) -> list[dict]:
+    """No training: per input size, fused-activation layers and pad-free downsampling convs, the estimated arena of
+    the dense student, and what the default's pruning (flash budget + the part's arena budget, keep_stem=false) needs
+    or cannot reach."""
     from kdprune.pruning.budget import arena_bytes
-    from kdprune.yolo import build_model, fused_activation, hyp_namespace, split_blocks
+    from kdprune.yolo import build_model, fused_activation, hyp_namespace, pad_free_downsample, split_blocks
 
     rows = []
     for px in sizes:
         for n in layers:
-            args = ["+experiment=yolo11n_mcu", f"data.imgsz={px}", f"model.fused_act_layers={n}",
-                    "prune.keep_stem=false"]
-            model = build_model("yolo11n.yaml", None, {i: str(i) for i in range(8)}, hyp_namespace(imgsz=px))
-            if n:
+            for pad in pads:
+                args = ["+experiment=yolo11n_mcu", f"data.imgsz={px}", f"model.fused_act_layers={n}",
+                        f"model.pad_free_downsample={pad}", "prune.keep_stem=false"]
+                model = build_model("yolo11n.yaml", None, {i: str(i) for i in range(8)}, hyp_namespace(imgsz=px))
                 fused_activation(model, n)
-            split_blocks(model)
-            why = precheck(args)
-            rows.append({"imgsz": px, "fused_act_layers": n, "dense_arena_est": arena_bytes(model.eval(), px),
-                         "fits_by_pruning": why is None, "why": why})
-            print(json.dumps(rows[-1]), flush=True)
+                pad_free_downsample(model, pad)
+                split_blocks(model)
+                why = precheck(args)
+                rows.append({"imgsz": px, "fused_act_layers": n, "pad_free_downsample": pad,
+                             "dense_arena_est": arena_bytes(model.eval(), px), "fits_by_pruning": why is None,
+                             "why": why})
+                print(json.dumps(rows[-1]), flush=True)
     return rows
 
 

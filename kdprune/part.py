@@ -84,5 +84,6 @@ def verdict_line(v: dict) -> str:
         act = f"{lv['fused_act']} in the first {lv['fused_act_layers']} layers" if lv["fused_act_layers"] else "SiLU"
         line += (f"; RAM levers: imgsz {lv['imgsz']}, {act}, arena budget for the pruner "
                  + (f"{lv['arena_target']:,} B" if lv["arena_target"] else "none")
-                 + ("" if lv["keep_stem"] else ", stem prunable"))
+                 + ("" if lv["keep_stem"] else ", stem prunable")
+                 + (f", {n} pad-free downsampling convs" if (n := lv.get("pad_free_downsample")) else ""))
     return line

@@ -47,6 +47,7 @@ from kdprune.yolo import (
     fused_activation,
     hyp_namespace,
     model_stats,
+    pad_free_downsample,
     split_blocks,
     transfer,
     val_settings,
@@ -81,6 +82,8 @@ def build_student(cfg: DictConfig) -> tuple[dict, object, torch.nn.Module, dict]
     share = transfer(model, cfg.model.pretrained) if cfg.model.get("pretrained") else float(bool(cfg.model.weights))
     if layers := int(cfg.model.get("fused_act_layers") or 0):  # after the weights load: they keep every tensor
         fused_activation(model, layers, str(cfg.model.get("fused_act") or "relu"))
+    if convs := int(cfg.model.get("pad_free_downsample") or 0):  # likewise: the 3x3 weights move into the 4x4
+        pad_free_downsample(model, convs)
     optim, recipe = training_optim(cfg, transferred=share)
     model.args = hyp = hyp_from_cfg(cfg, data, optim)
     return data, hyp, model, recipe
@@ -245,7 +248,9 @@ def run(cfg: DictConfig) -> dict:
         summary["part"] = part  # the device file on the part (device=): flash and SRAM against its budgets
         summary["part"]["levers"] = {  # what this run traded for RAM (docs/devices.md)
             "imgsz": int(cfg.data.imgsz), "fused_act_layers": int(cfg.model.get("fused_act_layers") or 0),
-            "fused_act": str(cfg.model.get("fused_act") or "relu"), "keep_stem": bool(cfg.prune.get("keep_stem", True)),
+            "fused_act": str(cfg.model.get("fused_act") or "relu"),
+            "pad_free_downsample": int(cfg.model.get("pad_free_downsample") or 0),
+            "keep_stem": bool(cfg.prune.get("keep_stem", True)),
             "arena_target": OmegaConf.select(cfg, "prune.target.arena_bytes")}
     if teacher is not None and (margin := teacher_margin(rows)) is not None:
         summary["teacher"]["margin"] = margin

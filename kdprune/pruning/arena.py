@@ -5,8 +5,8 @@ last one that reads it (its greedy planner packs them close to the peak of that 
 model's forward once at ``imgsz`` (batch 1) under a dispatch mode that records every aten op's tensor inputs and
 outputs, and takes the peak over ops of the bytes alive (1 byte per element: int8). It follows the file's graph
 where it differs from PyTorch's: BatchNorm and a ReLU/ReLU6 are folded into their conv (no tensor of their own),
-SiLU runs as LOGISTIC then MUL (one more tensor alive during it), a strided conv reads an explicit PAD op's copy of
-its input, views share their input's memory. Nothing in torch
+SiLU runs as LOGISTIC then MUL (one more tensor alive during it), a conv whose padding is not SAME's (3x3 stride 2)
+reads an explicit PAD op's copy of its input, views share their input's memory. Nothing in torch
 or torch-pruning measures liveness of a graph by op, hence this module. ``kdprune.pruning.budget.arena_bytes`` adds
 TFLM's own structures.
 """
@@ -34,12 +34,19 @@ _CONV = {aten.convolution.default, aten.conv2d.default}
 
 
 def _explicit_pad(args) -> tuple[int, int] | None:
-    """A strided conv with zero padding: TFLite's SAME pads (0, 1) where PyTorch pads (p, p), so the converter writes
-    an explicit PAD op before the CONV_2D (one more tensor, the padded input, alive beside its source). Measured on
-    the files: every stride-2 conv of YOLO11 (7 in yolo11n) has one; stride-1 convs do not."""
+    """A padded conv whose padding is not TFLite's SAME for its kernel and stride: the converter writes an explicit
+    PAD op before the CONV_2D (one more tensor, the padded input, alive beside its source). SAME pads
+    ((out - 1) * stride + kernel - in) split low-first: (0, 1) for a 3x3 stride-2 kernel on an even input, where
+    PyTorch pads (1, 1); (1, 1) for a 4x4 stride-2 kernel (model.pad_free_downsample) and for a 3x3 stride-1 one,
+    which need none. Measured on the files: every 3x3 stride-2 conv of YOLO11 (7 in yolo11n) has one, the others not."""
+    x, w = args[0], args[1]
     stride, padding = args[3] if len(args) > 3 else (1, 1), args[4] if len(args) > 4 else (0, 0)
-    if max(stride) > 1 and max(padding) > 0:
-        return int(padding[0]), int(padding[1])
+    if max(padding) == 0:
+        return None
+    for n, k, s, p in zip(x.shape[2:], w.shape[2:], stride, padding):
+        total = max((-(-n // s) - 1) * s + k - n, 0)
+        if (total // 2, total - total // 2) != (p, p):
+            return int(padding[0]), int(padding[1])
     return None
 
 

@@ -12,6 +12,7 @@ from kdprune.yolo.models import (
     hyp_namespace,
     load_teacher,
     model_stats,
+    pad_free_downsample,
     teacher_mismatch,
     transfer,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "build_optimizer",
     "check_checkpoint",
     "fused_activation",
+    "pad_free_downsample",
     "check_prunable",
     "evaluate_checkpoint",
     "evaluate_model",

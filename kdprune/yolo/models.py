@@ -147,6 +147,31 @@ def fused_activation(model: DetectionModel, layers: int, act: str = "relu") -> i
     return changed
 
 
+def pad_free_downsample(model: DetectionModel, convs: int) -> int:
+    """The first ``convs`` stride-2 3x3 convs (padding 1) become 4x4 convs (padding 1) holding the same weights in
+    their top-left 3x3 (the new row and column start at zero): the same function on every even input (each output
+    reads the same input pixels), but the padding TFLite's SAME computes for a 4x4 stride-2 kernel, (1, 1), now
+    equals PyTorch's. A 3x3 stride-2 conv's SAME padding is (0, 1), so the converter writes an explicit PAD copy of
+    its input before it (kdprune.pruning.arena): at the stem that copy is as large as the image and alive beside it.
+    Returns how many changed (a checkpoint that already has them changes none). Costs 7/9 more weights and MACs in
+    the changed convs only (the high-resolution ones are the narrowest: a few KB of flash)."""
+    strided = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and tuple(m.stride) == (2, 2)]
+    if not 0 <= convs <= len(strided):
+        raise UserError(f"model.pad_free_downsample={convs}: between 0 and {len(strided)} (the model's stride-2 "
+                        "convs).")
+    changed = 0
+    for conv in strided[:convs]:
+        if tuple(conv.kernel_size) != (3, 3) or tuple(conv.padding) != (1, 1):
+            continue
+        w = conv.weight.detach()
+        new = torch.zeros(*w.shape[:2], 4, 4, dtype=w.dtype, device=w.device)
+        new[..., :3, :3] = w
+        conv.weight = torch.nn.Parameter(new, requires_grad=conv.weight.requires_grad)
+        conv.kernel_size = (4, 4)
+        changed += 1
+    return changed
+
+
 def transfer(model: DetectionModel, source: str | Path | torch.nn.Module) -> float:
     """Load every tensor of ``source`` (a checkpoint path, named by ``model.pretrained``, or a model) whose name and
     shape match into ``model``, as ultralytics' trainer does with ``pretrained=``; return the share of ``model``'s
