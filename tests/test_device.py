@@ -98,3 +98,49 @@ def test_the_arena_replay_counts_the_pad_before_each_strided_conv():
     assert A.peak_activation_bytes(model, 192) == 16 * 96 * 96 + 16 * 98 * 98 == 301_120
     input_and_copy = 3 * 256 * 256 + 3 * 258 * 258  # the floor at 256 px: over 384 KiB before any structure
     assert input_and_copy > 384 * 1024 and A.peak_activation_bytes(model, 256) >= input_and_copy
+
+
+@pytest.mark.parametrize("kernel,stride,padding,pad", [(3, 2, 1, (1, 1)), (4, 2, 1, None), (3, 1, 1, None),
+                                                       (1, 1, 0, None), (3, 2, 0, None), (5, 2, 2, (2, 2))])
+def test_a_pad_op_is_replayed_only_where_tflites_same_padding_differs(kernel, stride, padding, pad):
+    """TFLite's SAME pads (out - 1) * stride + kernel - in, the smaller half first: a 3x3 (or 5x5) stride-2 kernel on
+    an even input gets (0, 1) (or (1, 2)) where PyTorch pads both sides: an explicit PAD; a 4x4 stride-2 one gets
+    (1, 1), as PyTorch: none."""
+    import torch
+
+    from kdprune.pruning.arena import _explicit_pad
+
+    x, w = torch.zeros(1, 3, 64, 64), torch.zeros(8, 3, kernel, kernel)
+    assert _explicit_pad((x, w, None, (stride, stride), (padding, padding))) == pad
+
+
+def test_pad_free_downsample_keeps_the_function_and_removes_the_pad_copies():
+    """model.pad_free_downsample=2: the stem and the next stride-2 conv become 4x4 kernels with the 3x3 weights in
+    their top-left corner: the model computes the same outputs, and the arena replay no longer counts the padded
+    copies of the image and of the stem's output (at 192 px the stem's output and its copy were the peak)."""
+    import copy
+
+    import torch
+
+    from kdprune.pruning import YoloPruner
+    from kdprune.pruning import arena as A
+    from kdprune.yolo import build_model, fused_activation, hyp_namespace, pad_free_downsample, split_blocks
+
+    model = build_model("yolo11n.yaml", None, {i: str(i) for i in range(8)}, hyp_namespace(imgsz=192)).eval()
+    fused_activation(model, 3)
+    free = copy.deepcopy(model)
+    assert pad_free_downsample(free, 2) == 2 and pad_free_downsample(free, 2) == 0  # a converted model stays
+    strided = [tuple(m.kernel_size) for m in free.modules() if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)]
+    assert strided[:3] == [(4, 4), (4, 4), (3, 3)]
+    x = torch.rand(1, 3, 96, 96)
+    with torch.no_grad():
+        assert torch.allclose(model(x)[0], free(x)[0], atol=1e-4)
+    for m in (model, free):  # pruned as the default prunes (torch-pruning slices the 4x4 kernels alike)
+        split_blocks(m)
+        pruner = YoloPruner(m, keep_stem=True)
+        pruner.apply(m, pruner.plan(m, 0.5))
+    stem_and_copy = 16 * 96 * 96 + 16 * 98 * 98
+    assert A.peak_activation_bytes(model, 192) == stem_and_copy
+    assert A.peak_activation_bytes(free, 192) == 3 * 192 * 192 + 16 * 96 * 96  # the stem's own input and output
+    with pytest.raises(UserError, match="model.pad_free_downsample=9: between 0 and 7"):
+        pad_free_downsample(free, 9)

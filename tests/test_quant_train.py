@@ -28,10 +28,11 @@ QAT = [*TINY, "trainer.max_epochs=3", "prune=gradual", "prune.start_epoch=0", "p
        "export.latency_runs=20"]
 
 
-# a part with 20,000 B of SRAM left for the model (device=generic's keys set by hand), and ReLU in the first two
-# layers (model.fused_act_layers): the fused-activation path through QAT, conversion, TFLM and resume is verified
+# a part with 20,000 B of SRAM left for the model (device=generic's keys set by hand), ReLU in the first two layers
+# (model.fused_act_layers) and a 4x4 stem (model.pad_free_downsample): the RAM levers' path through QAT, conversion,
+# TFLM and resume is verified
 PART = ["device.part=test part", "device.flash_bytes=8000000", "device.sram_bytes=100000", "device.reserve.sram=80000",
-        "model.fused_act_layers=2"]
+        "model.fused_act_layers=2", "model.pad_free_downsample=1"]
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +175,11 @@ def test_tflite_file_is_the_qat_graph_on_real_images(qat_run):
 
 def test_relu_layers_are_fused_into_their_convs_in_the_file(qat_run):
     """model.fused_act_layers=2: the stem and the next conv write ReLU outputs from CONV_2D itself (no RELU, LOGISTIC
-    or MUL after them: one tensor each, what the arena saving is), every later conv keeps SiLU as LOGISTIC + MUL."""
+    or MUL after them: one tensor each, what the arena saving is), every later conv keeps SiLU as LOGISTIC + MUL.
+    model.pad_free_downsample=1: the 4x4 stem reads the image itself (SAME padding, no PAD copy); every 3x3 stride-2
+    conv left still reads a PAD's copy (one PAD each, no more)."""
+    from ultralytics.nn.tasks import load_checkpoint
+
     from kdprune.export.target import _File
 
     f = _File(qat_run / "export" / "model_int8.tflite")
@@ -183,8 +188,13 @@ def test_relu_layers_are_fused_into_their_convs_in_the_file(qat_run):
     assert relu == [0, 1], relu
     assert "RELU" not in {name for _, name, _ in f.ops}
     readers = {t: name for _, name, op in f.ops for t in op.inputs}
-    assert readers[int(convs[0].outputs[0])] == "PAD"  # the stride-2 conv after it reads a padded copy (no SiLU)
+    assert readers[int(f.g.inputs[0])] == "CONV_2D" and f.shape(int(convs[0].inputs[1]))[1:3] == [4, 4]
+    assert readers[int(convs[0].outputs[0])] == "PAD"  # the 3x3 stride-2 conv after it reads a padded copy
     assert readers[int(convs[2].outputs[0])] in ("LOGISTIC", "MUL")
+    model = load_checkpoint(str(qat_run / "weights" / "best.pt"), device="cpu")[0]
+    convs2 = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)]
+    k3s2 = [m for m in convs2 if m.kernel_size == (3, 3)]
+    assert len(convs2) == 7 and len(k3s2) == 6 and sum(name == "PAD" for _, name, _ in f.ops) == len(k3s2)
 
 
 def test_onnx_fp32_equals_the_pytorch_model(qat_run):
