@@ -3,18 +3,23 @@
 Every arm is the whole ``+experiment=yolo11n_mcu`` run (KD, gradual pruning to the flash budget, QAT, exports), scored
 on its TFLite INT8 file with the MCU's kernels, with TensorFlow Lite Micro's measured arena:
 
-- ``mcxn947``: the default (192 px, ReLU in layers 0-2, the stem prunable, 2,000,000 B of flash and 384 KiB of arena
-  from device=mcxn947);
+- ``relu_192``: the default (192 px, ReLU in layers 0-2, the stem prunable, 2,000,000 B of flash and 384 KiB of arena
+  from device=mcxn947; recorded as ``mcxn947`` before the arms were named by their levers);
+- ``padfree_192``: the default plus pad-free downsampling (the first two stride-2 convs as 4x4 kernels: the same
+  function, and the converter writes no PAD copy of the image and of the stem's output);
+- ``padfree_224``: the default's levers at 224 px (reachable only pad-free; the arena budget cuts the stride <= 8
+  layers);
 - ``unconstrained``: the former default (256 px, SiLU everywhere, the flash budget alone: device=generic);
 - ``channels_192`` / ``channels_160``: resolution + high-resolution channels (SiLU; the arena budget prunes the
   stride <= 8 layers further, ``prune.keep_stem=false``);
 - ``resolution_128``: resolution alone (SiLU, the flash budget's pruning only: 128 px fits as it is);
-- ``padfree_224`` / ``padfree_192``: the default's levers plus the first two stride-2 convs as 4x4 kernels (the same
-  function; the converter then writes no PAD copy of the image and of the stem's output): 224 px becomes reachable;
 - ``fused_256``, ``channels_256``: the other levers alone at 256 px: the pruner's pre-check says whether any pruning
   reaches the arena (a one-line exit 2 naming the smallest reachable arena, before training) and that is recorded.
 
-    .venv/bin/python -m bench.device_fit --arms mcxn947 unconstrained --seeds 0 1 2 [--data shapes glyphs]
+Every arm sets each lever it does not study to off, so it stays what it measured when the default
+moves.
+
+    .venv/bin/python -m bench.device_fit --arms relu_192 unconstrained --seeds 0 1 2 [--data shapes glyphs]
         [--teacher path/to/best.pt]
     .venv/bin/python -m bench.device_fit --table     # the estimated arena per input size and lever (no training)
 
@@ -34,18 +39,18 @@ from bench.common import ROOT, git_rev, machine, run_kdprune
 
 OUT = ROOT / "bench" / "device_fit.json"
 RUNS = ROOT / "bench" / "runs" / "device_fit"
-UNCONSTRAINED = ["device=generic", "data.imgsz=256", "model.fused_act_layers=0", "prune.target.arena_bytes=null",
-                 "prune.keep_stem=true"]
+SILU = ["model.fused_act_layers=0", "model.pad_free_downsample=0"]  # the RAM levers off
+UNCONSTRAINED = ["device=generic", "data.imgsz=256", *SILU, "prune.target.arena_bytes=null", "prune.keep_stem=true"]
 ARMS = {
-    "mcxn947": [],
-    "unconstrained": UNCONSTRAINED,
-    "channels_192": ["data.imgsz=192", "model.fused_act_layers=0", "prune.keep_stem=false"],
-    "channels_160": ["data.imgsz=160", "model.fused_act_layers=0", "prune.keep_stem=false"],
-    "resolution_128": ["data.imgsz=128", "model.fused_act_layers=0", "prune.keep_stem=true"],
-    "fused_256": ["data.imgsz=256", "model.fused_act_layers=3", "prune.keep_stem=false"],
-    "channels_256": ["data.imgsz=256", "model.fused_act_layers=0", "prune.keep_stem=false"],
-    "padfree_224": ["data.imgsz=224", "model.pad_free_downsample=2"],
     "padfree_192": ["data.imgsz=192", "model.pad_free_downsample=2"],
+    "relu_192": ["data.imgsz=192", "model.pad_free_downsample=0"],
+    "unconstrained": UNCONSTRAINED,
+    "channels_192": ["data.imgsz=192", *SILU, "prune.keep_stem=false"],
+    "channels_160": ["data.imgsz=160", *SILU, "prune.keep_stem=false"],
+    "resolution_128": ["data.imgsz=128", *SILU, "prune.keep_stem=true"],
+    "fused_256": ["data.imgsz=256", "model.fused_act_layers=3", "model.pad_free_downsample=0", "prune.keep_stem=false"],
+    "channels_256": ["data.imgsz=256", *SILU, "prune.keep_stem=false"],
+    "padfree_224": ["data.imgsz=224", "model.pad_free_downsample=2"],
 }
 
 
@@ -123,7 +128,7 @@ def table(sizes=(128, 160, 192, 224, 256), layers=(0, 3), pads=(0, 2)) -> list[d
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arms", nargs="+", default=["mcxn947", "unconstrained"], choices=list(ARMS))
+    ap.add_argument("--arms", nargs="+", default=["relu_192", "unconstrained"], choices=list(ARMS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--data", nargs="+", default=["shapes"])
     ap.add_argument("--teacher", default=None, help="one teacher checkpoint for every arm")
