@@ -186,8 +186,7 @@ class GradualPruning(L.Callback):
                 which = "the high-resolution layers (stride <= 8)" if kind == "arena_bytes" else "every prunable layer"
                 raise UserError(f"prune.target.{kind}={value:,}: unreachable; with {which} at round_to={round_to} "
                                 f"channels the model still costs {minimum:,}. Raise the budget, "
-                                + ("lower data.imgsz, use ReLU in the first layers (model.fused_act_layers=3) "
-                                   "and pad-free downsampling (model.pad_free_downsample=2), "
+                                + ("lower data.imgsz, set model.fused_act_layers=3 and model.pad_free_downsample=2, "
                                    if kind == "arena_bytes" else "lower prune.round_to, ")
                                 + ("set prune.keep_stem=false, " if pruner.keep_stem else "")
                                 + "or pick a smaller model.") from None
