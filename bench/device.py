@@ -23,7 +23,7 @@ from bench.common import ROOT, git_rev, machine  # noqa: E402
 def measure(run: Path) -> dict:
     import numpy as np
 
-    from kdprune.export.npu import TARGETS, vela_compile
+    from kdprune.export.npu import VELA_CONFIGS, vela_compile
     from kdprune.export.tflm import tensor_arena_bytes, tflm_parity
 
     path = run / "export" / "model_int8.tflite"
@@ -32,7 +32,7 @@ def measure(run: Path) -> dict:
     imgsz = int(summary["imgsz"])
     imgs = np.random.default_rng(0).random((4, 3, imgsz, imgsz), dtype=np.float32)  # parity on noise too
     with tempfile.TemporaryDirectory() as tmp:
-        npu = [vela_compile(path, t, tmp) for t in TARGETS]
+        npu = [vela_compile(path, t, tmp) for t in VELA_CONFIGS]
     for n in npu:
         n.pop("artifact")
     import yaml

@@ -258,7 +258,7 @@ def test_latency_ms(onnx_fp32):
     raw, path = onnx_fp32
     res = latency_ms(OnnxRunner(path, threads=1), IMGSZ, runs=20, warmup=2)
     assert res["runs"] == 20 and 0 < res["median"] <= res["p90"]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="runs=5; take at least"):
         latency_ms(TorchRunner(raw), IMGSZ, runs=5)
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from kdprune.errors import UserError
 from kdprune.pruning import (
     PruneSchedule,
     Unit,
@@ -37,7 +38,7 @@ def test_cubic_schedule_front_loads_and_ends_at_one():
     assert all(a > b for a, b in zip(steps, steps[1:]))  # big steps first
     assert [fraction_at(k, 4, "linear") for k in range(5)] == [0, 0.25, 0.5, 0.75, 1.0]
     assert fraction_at(1, 4, "oneshot") == 1.0
-    with pytest.raises(ValueError):
+    with pytest.raises(UserError, match=r"prune.shape=exponential: unknown pruning schedule shape; choose one of cub"):
         fraction_at(1, 4, "exponential")
 
 
@@ -62,9 +63,11 @@ def test_pruning_epochs_count_from_the_end_like_quant():
     assert epoch_index(-4, 25) == 21 and epoch_index(3, 25) == 3
 
 
-def test_prune_shape_is_read_and_its_former_name_still_works():
-    """prune.shape sets the schedule's shape; prune.schedule, its former name, still sets it with a FutureWarning
-    that names the new key, and a wrong shape is an error that names prune.shape."""
+def test_prune_shape_is_read_and_its_former_name_is_gone():
+    """prune.shape sets the schedule's shape; prune.schedule, its former name (deprecated with a warning since the
+    rename), is now an unknown key, and a wrong shape is an error that names prune.shape and the valid ones."""
+    from hydra.errors import ConfigCompositionException
+
     from kdprune.callbacks import GradualPruning
     from kdprune.errors import UserError
     from tests.conftest import compose
@@ -72,10 +75,11 @@ def test_prune_shape_is_read_and_its_former_name_still_works():
     base = ["prune=gradual", "prune.target.ratio=0.3", "prune.start_epoch=2", "prune.end_epoch=10"]
     schedule, _, _ = GradualPruning.check_config(compose([*base, "prune.shape=cubic"]).prune, 25)
     assert schedule.shape == "cubic" and schedule.fraction(1) > 0.25  # cubic front-loads; linear would give 0.25
-    with pytest.warns(FutureWarning, match="prune.shape=oneshot"):
-        schedule, _, _ = GradualPruning.check_config(compose([*base, "prune.schedule=oneshot"]).prune, 25)
+    schedule, _, _ = GradualPruning.check_config(compose([*base, "prune.shape=oneshot"]).prune, 25)
     assert schedule.epochs() == [2] and schedule.fraction(1) == 1.0
-    with pytest.raises(UserError, match="prune.shape='exp'"):
+    with pytest.raises(ConfigCompositionException, match="schedule"):
+        compose([*base, "prune.schedule=oneshot"])
+    with pytest.raises(UserError, match="prune.shape=exp: unknown pruning schedule shape; choose one of cubic"):
         GradualPruning.check_config(compose([*base, "prune.shape=exp"]).prune, 25)
 
 

@@ -181,9 +181,9 @@ def test_ensure_dataset_caches(tmp_path, monkeypatch):
     assert ensure_dataset(str(tmp_path), workers=2, **kw) == y1
     assert y1.stat().st_mtime_ns == mtime
     assert [p.name for p in tmp_path.iterdir()] == [folder.name]  # no temp folders
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match="regenerated"):
         ensure_dataset(tmp_path, **dict(kw, seed=1))  # other kwargs, other folder
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments: \['bogus'\]"):
         ensure_dataset(tmp_path, bogus=1)
 
 
@@ -216,7 +216,7 @@ def test_ensure_dataset_loses_race(tmp_path, monkeypatch):
 
 
 def test_bad_arguments(tmp_path):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="imgsz >= 32; got 2, 1, 16"):
         generate(tmp_path, n_train=2, n_val=1, imgsz=16, workers=0)
     with pytest.raises(ValueError, match="glyphs"):
         generate(tmp_path, n_train=2, n_val=1, imgsz=64, kind="letters", workers=0)

@@ -337,7 +337,7 @@ def test_npu_target_errors(monkeypatch):
     from kdprune.export.npu import check_npu_targets
 
     assert check_npu_targets(["ethos-u65-256"]) == ["ethos-u65-256"] and check_npu_targets([]) == []
-    with pytest.raises(UserError, match=r"export.npu: unknown ethos-u99; choose from ethos-u55-128, ethos-u65-256"):
+    with pytest.raises(UserError, match=r"export.npu=ethos-u99: unknown NPU configuration; choose one of ethos-u55"):
         check_npu_targets(["ethos-u99"])
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "ethosu" else real(n, *a))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from contextlib import nullcontext
 
 import lightning as L
@@ -35,8 +34,7 @@ BUDGETS = tuple(MEASURES)  # params, macs, int8_bytes, arena_bytes
 def check_pruner_options(importance: str, prune: DictConfig, importance_key: str) -> None:
     """The pruner's own options (the criterion, ``prune.round_to``, ``prune.attention``), for training and for the
     sensitivity scan alike; one-line ``UserError``s."""
-    if importance not in IMPORTANCES:
-        raise UserError(f"{importance_key}={importance}: choose one of {', '.join(IMPORTANCES)}.")
+    IMPORTANCES.lookup(importance, importance_key)
     if prune.attention not in ATTENTION_MODES:
         raise UserError(f"prune.attention={prune.attention}: choose one of {', '.join(ATTENTION_MODES)}.")
     if int(prune.round_to) < 1:
@@ -94,13 +92,8 @@ class GradualPruning(L.Callback):
     def check_config(cfg: DictConfig, max_epochs: int) -> tuple[PruneSchedule, dict, dict | None]:
         """Everything about ``prune.*`` that needs no model (run first, before data or models are built): the
         schedule, the target and the per-layer ratios file. Raises one-line ``UserError``s."""
-        shape = cfg.shape
-        if cfg.get("schedule") is not None:  # the key's former name, read until the next minor release
-            warnings.warn(f"kdprune: prune.schedule is renamed prune.shape; using prune.shape={cfg.schedule} (write "
-                          "that instead)", FutureWarning)  # one location: shown once per run
-            shape = cfg.schedule
         schedule = PruneSchedule(epoch_index(cfg.start_epoch, max_epochs), epoch_index(cfg.end_epoch, max_epochs),
-                                 int(cfg.steps), str(shape))
+                                 int(cfg.steps), str(cfg.shape))
         if (msg := schedule.validate(max_epochs)) is not None:
             raise UserError(msg)
         check_pruner_options(cfg.importance, cfg, "prune.importance")

@@ -68,12 +68,9 @@ def tflite_eval(sr, name: str, path: Path, head: HeadSpec, stats: dict, names: l
                             "${device.model_sram}; or lower data.imgsz, or device.reserve.*)")
     target = sr.cfg.get("target")
     if device and target is not None:  # the target's operator rules, on the file (and Vela's CPU operators)
-        from kdprune.export.target import target_findings, vela_findings
+        from kdprune.export.target import target_findings
 
-        rules = target.get("rules") or {}
-        found = target_findings(path, rules)
-        if rules.get("npu_only"):
-            found["npu_only"] = vela_findings(row.get("npu", []))
+        found = target_findings(path, target.get("rules") or {}, row.get("npu", []))
         row["target"] = {"name": str(target.name), "findings": found}
         for rule, lines in found.items():
             for line in lines:

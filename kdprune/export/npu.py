@@ -18,22 +18,22 @@ import tempfile
 from pathlib import Path
 
 from kdprune.errors import UserError
+from kdprune.registry import Registry
 
-# target name -> (vela --accelerator-config, --system-config, --memory-mode): MCU-class systems from Vela's own
-# Arm/vela.ini, weights in flash and the arena in SRAM shared with the Cortex-M (what a 2 MB-flash MCU has).
-TARGETS = {
-    "ethos-u55-128": ("ethos-u55-128", "Ethos_U55_High_End_Embedded", "Shared_Sram"),
-    "ethos-u65-256": ("ethos-u65-256", "Ethos_U65_Embedded", "Shared_Sram"),
-}
+# ``export.npu`` names -> (vela --accelerator-config, --system-config, --memory-mode): MCU-class systems from Vela's
+# own Arm/vela.ini, weights in flash and the arena in SRAM shared with the Cortex-M (what a 2 MB-flash MCU has).
+VELA_CONFIGS: Registry[tuple[str, str, str]] = Registry("NPU configuration")
+VELA_CONFIGS.register("ethos-u55-128", ("ethos-u55-128", "Ethos_U55_High_End_Embedded", "Shared_Sram"))
+VELA_CONFIGS.register("ethos-u65-256", ("ethos-u65-256", "Ethos_U65_Embedded", "Shared_Sram"))
 _INSTALL = "install the 'npu' extra: pip install -e '.[npu]'"
 
 
 def check_npu_targets(targets) -> list[str]:
     """The configured targets, validated before training (unknown names, Vela missing)."""
     targets = [str(t) for t in (targets or [])]
-    unknown = [t for t in targets if t not in TARGETS]
-    if unknown:
-        raise UserError(f"export.npu: unknown {', '.join(unknown)}; choose from {', '.join(TARGETS)} (or [] for none)")
+    for t in targets:
+        if (msg := VELA_CONFIGS.problem(t, "export.npu")) is not None:
+            raise UserError(f"{msg} (or [] for none)")
     if targets and importlib.util.find_spec("ethosu") is None:
         raise UserError(f"export.npu={targets} needs Arm's Vela compiler (ethos-u-vela): {_INSTALL}")
     return targets
@@ -53,7 +53,7 @@ def vela_compile(path: str | Path, target: str, out_dir: str | Path) -> dict:
     ``{"target", "npu_ops", "cpu_ops", "cpu_operators", "sram_bytes", "flash_bytes", "inference_ms", "cycles",
     "macs", "artifact"}``. A file Vela cannot compile is a ``UserError`` (the row fails, with Vela's last lines)."""
     path, out_dir = Path(path), Path(out_dir)
-    accel, system, memory = TARGETS[target]
+    accel, system, memory = VELA_CONFIGS[target]
     work = Path(tempfile.mkdtemp(prefix="kdprune-vela-"))
     try:
         cmd = [sys.executable, "-c", "from ethosu.vela.vela import main; main()", str(path),

@@ -19,15 +19,24 @@ from omegaconf import DictConfig
 
 from kdprune.data import prepare_batch
 from kdprune.errors import UserError
-from kdprune.export.onnx import export_onnx
+from kdprune.export.formats import FORMATS, Exported
 from kdprune.export.runtime import MIN_LATENCY_RUNS, OnnxRunner, TorchRunner, latency_ms
 from kdprune.export.scoring import evaluate_runner, square_val_loader
+from kdprune.stage_rows import (
+    BEFORE_PRUNING,
+    DENSE_REFERENCE,
+    PRUNED_FP32,
+    PTQ,
+    QAT,
+    STAGES,
+    STUDENT_FP32,
+    TEACHER,
+    Row,
+)
 from kdprune.yolo.metrics import val_settings
 from kdprune.yolo.rawhead import HeadSpec, RawHeadModel, head_spec
 
 log = logging.getLogger("kdprune")
-
-FORMATS = {"onnx": None, "onnx_int8": None, "tflite_int8": "tflite"}  # format -> pip extra it needs
 
 
 @dataclass
@@ -59,19 +68,14 @@ def check_exports(cfg: DictConfig) -> list[str]:
         from kdprune.export.target import check_target
 
         check_target(cfg.target)
-    formats = list(cfg.export.formats or [])
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown:
-        raise UserError(f"export.formats: unknown {', '.join(map(str, unknown))}; choose from {', '.join(FORMATS)}")
+    formats = [str(f) for f in cfg.export.formats or []]
+    for f in formats:
+        FORMATS.lookup(f, "export.formats")
     runs = cfg.export.get("latency_runs")
     if formats and runs is not None and int(runs) < MIN_LATENCY_RUNS:
         raise UserError(f"export.latency_runs={runs}: the latency median needs at least {MIN_LATENCY_RUNS} timed runs")
-    if "tflite_int8" in formats:
-        from kdprune.export.npu import check_npu_targets
-        from kdprune.export.tflite import require_tflite
-
-        require_tflite()  # one line naming the 'tflite' extra
-        check_npu_targets(cfg.export.get("npu"))
+    for f in formats:
+        FORMATS[f].check(cfg)
     return formats
 
 
@@ -122,10 +126,11 @@ class StageRunner:
         self.latency_runs = int(cfg.export.latency_runs) if "latency_runs" in cfg.export else None
         self.threads = int(cfg.export.threads) if "threads" in cfg.export else None
         self.val = val_settings(cfg.val)
+        self.bug: Exception | None = None  # our own error in an export, raised once every row is written
 
     # ---- one row ---------------------------------------------------------------------------------------------
     def evaluate(self, name: str, runner, head: HeadSpec, *, stats: dict | None = None, artifact=None,
-                 latency: bool = False, latency_runner=None, channels_last: bool = False, note: str = "") -> dict:
+                 latency: bool = False, latency_runner=None, channels_last: bool = False, note: str = "") -> Row:
         """One row: ``runner``'s mAP on the val loader, and with ``latency`` the median latency of ``runner`` (or of
         ``latency_runner``, the same artifact on faster kernels)."""
         t0 = time.perf_counter()
@@ -188,7 +193,6 @@ def run_stages(cfg: DictConfig, data: dict, hyp, run_dir: Path, rec: RunRecord, 
 
     formats = check_exports(cfg)
     sr = StageRunner(cfg, data, hyp, run_dir, model_stats=model_stats)
-    sr.bug = None
     sr.export_dir.mkdir(parents=True, exist_ok=True)
     per_channel = quant_per_channel(cfg.quant.granularity)
     pruned = rec.pruned
@@ -198,14 +202,14 @@ def run_stages(cfg: DictConfig, data: dict, hyp, run_dir: Path, rec: RunRecord, 
 
     if cfg.reference:
         path = Path(cfg.reference).expanduser()
-        sr.torch_row("dense reference", load(path), artifact=path,
+        sr.torch_row(DENSE_REFERENCE, load(path), artifact=path,
                      note="reference=: the dense model compression is measured against")
     if rec.teacher is not None:
         info = rec.teacher_info or {}
-        sr.torch_row("teacher", rec.teacher, artifact=info.get("weights"), note=str(info.get("model", "")))
+        sr.torch_row(TEACHER, rec.teacher, artifact=info.get("weights"), note=str(info.get("model", "")))
     if rec.pre_prune.is_file():
         pre = load_ultralytics_checkpoint(rec.pre_prune)[1]
-        sr.torch_row("student before pruning", load(rec.pre_prune), artifact=rec.pre_prune,
+        sr.torch_row(BEFORE_PRUNING, load(rec.pre_prune), artifact=rec.pre_prune,
                      note=f"dense, after {pre.get('epoch', '?')} epochs: what the first pruning step started from "
                           "(before its fade)")
     weights = rec.best if rec.best.is_file() else rec.last  # last.pt: a run resumed during QAT, in a new dir
@@ -215,12 +219,12 @@ def run_stages(cfg: DictConfig, data: dict, hyp, run_dir: Path, rec: RunRecord, 
     head = head_spec(best)
     stats = model_stats(best, sr.imgsz)
     names = RawHeadModel(best, one2one=False).output_names()
-    sr.torch_row("pruned fp32" if pruned else "student fp32", best, artifact=weights,
+    sr.torch_row(PRUNED_FP32 if pruned else STUDENT_FP32, best, artifact=weights,
                  note=f"{weights.name} (fp16 on disk)")
 
     qat = rec.qat_graph
     if qat is not None:
-        sr.evaluate("QAT fake-quant", TorchRunner(_Outputs(qat, names)), head, stats=stats,
+        sr.evaluate(QAT, TorchRunner(_Outputs(qat, names)), head, stats=stats,
                     note=f"PyTorch fake-quant, {rec.qat_note}")
 
     if not formats and qat is None:
@@ -233,62 +237,33 @@ def run_stages(cfg: DictConfig, data: dict, hyp, run_dir: Path, rec: RunRecord, 
     ptq = backend.convert(ptq_observed)
     ptq_path = sr.export_dir / "model_ptq_int8.onnx"
     if "onnx_int8" in formats:
-        sr.export_row("PTQ baseline", lambda: backend.export_onnx(ptq, ptq_path, sr.imgsz, names),
-                      lambda p: sr.evaluate("PTQ baseline", OnnxRunner(p, sr.threads), head, stats=stats, artifact=p,
+        sr.export_row(PTQ, lambda: backend.export_onnx(ptq, ptq_path, sr.imgsz, names),
+                      lambda p: sr.evaluate(PTQ, OnnxRunner(p, sr.threads), head, stats=stats, artifact=p,
                                             latency=True, note=f"ONNX QDQ, {len(calib)} calibration images"))
     else:
-        sr.evaluate("PTQ baseline", TorchRunner(_Outputs(ptq, names)), head, stats=stats,
+        sr.evaluate(PTQ, TorchRunner(_Outputs(ptq, names)), head, stats=stats,
                     note=f"PyTorch, {len(calib)} calibration images")
 
-    if "onnx" in formats:
-        p32 = sr.export_dir / "model_fp32.onnx"
-        sr.export_row("ONNX fp32", lambda: export_onnx(RawHeadModel(best, one2one=False), p32, sr.imgsz),
-                      lambda p: sr.evaluate("ONNX fp32", OnnxRunner(p, sr.threads), head, stats=stats, artifact=p,
-                                            latency=True, note="onnxruntime, from best.pt"))
-    if "onnx_int8" in formats and qat is not None:
-        q8 = sr.export_dir / "model_int8_qdq.onnx"
-        sr.export_row("ONNX INT8", lambda: backend.export_onnx(backend.convert(qat), q8, sr.imgsz, names),
-                      lambda p: sr.evaluate("ONNX INT8", OnnxRunner(p, sr.threads), head, stats=stats, artifact=p,
-                                            latency=True, note="onnxruntime, QDQ from the QAT graph"))
-    if "tflite_int8" in formats:
-        # The device file is the quantized graph itself: QAT's when QAT ran (and PTQ's beside it, through the same
-        # path, so the report shows what the QAT epochs bought in the file), else PTQ's.
-        from kdprune.export.device import tflite_eval
-        from kdprune.export.tflite import graph_to_tflite_int8
-
-        files = [("TFLite INT8", qat if qat is not None else ptq_observed, "model_int8.tflite",
-                  "QAT graph" if qat is not None else f"PTQ graph, {len(calib)} calibration images")]
-        if qat is not None:
-            files.append(("TFLite PTQ", ptq_observed, "model_ptq_int8.tflite",
-                          f"PTQ graph, {len(calib)} calibration images"))
-        for name, graph, fname, what in files:
-            sr.export_row(name, lambda g=graph, f=fname: graph_to_tflite_int8(backend.convert_for_tflite(g),
-                                                                                sr.export_dir / f, sr.imgsz, names),
-                          lambda p, n=name, w=what: tflite_eval(sr, n, p, head, stats, names, w,
-                                                                  device=n == "TFLite INT8"))
+    exported = Exported(sr, best, head, stats, names, qat, ptq_observed, ptq, len(calib))
+    for fmt in (f for f in FORMATS if f in formats):
+        FORMATS[fmt].write(exported)
     sr.failed += check_fidelity(sr.rows)
     if sr.bug is not None:
         raise sr.bug
     return sr.rows, sr.failed
 
 
-# Each export against the model it came from: (export, reference, largest |mAP50-95 difference| expected).
-# ONNX fp32 runs the same float graph. The INT8 exports run the same integer graph as the fake-quant or PTQ model,
-# with every scale equal (checked on the TFLite file), but integer kernels round where PyTorch's float emulation of
-# them rounds differently, and a sigmoid turns a 1-LSB difference into up to 64 * s_in LSB (slope 1/4, output scale
-# 1/256). Measured on the embedded set's 200 val images: the file within 0.0005-0.0017 of its graph; on a 32-image
-# val set 0.018 below it (small val sets can fail this check: it is a verdict on what the user would deploy).
-FIDELITY = [("ONNX fp32", ("pruned fp32", "student fp32"), 0.002), ("ONNX INT8", ("QAT fake-quant",), 0.01),
-            ("TFLite INT8", ("QAT fake-quant", "PTQ baseline"), 0.015), ("TFLite PTQ", ("PTQ baseline",), 0.015)]
-
-
 def check_fidelity(rows: list[dict]) -> list[str]:
-    """Adds ``check`` to each export row: its mAP50-95 minus its reference's, and whether that is within the
-    expected margin. Outside it, the export is not the model it came from: the row fails (its artifact stays, the
-    report says why) and the message is returned, so the run ends with one line and exit code 2."""
+    """Adds ``check`` to each export row: its mAP50-95 minus its reference's (``STAGES``: the first reference row
+    present), and whether that is within the expected tolerance. Outside it, the export is not the model it came
+    from: the row fails (its artifact stays, the report says why) and the message is returned, so the run ends with
+    one line and exit code 2."""
     by = {r["stage"]: r for r in rows}
     failed = []
-    for name, refs, tol in FIDELITY:
+    for name, stage in STAGES.items():
+        refs, tol = stage.references, stage.tolerance
+        if tol is None:
+            continue
         row, ref = by.get(name), next((by[n] for n in refs if n in by), None)
         if not row or not ref or row.get("mAP50-95") is None or ref.get("mAP50-95") is None:
             continue

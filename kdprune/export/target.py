@@ -4,7 +4,7 @@ A target (``conf/target/``) sets the weight granularity, the channel rounding of
 names the rules below. A rule returns findings: operators the target's NPU compiler would not take as they are
 (NXP's converter and Vela leave those on the Cortex-M CPU, where TFLite Micro runs them), one line each. Findings are
 reported (report.md, summary.json), not failures: the file still runs, part of it more slowly. Sources of each rule:
-docs/npu_targets.md. ``RULES`` is the one place a rule is added.
+docs/npu_targets.md. A rule is one ``@RULES.register(name)`` function here; a target is one conf/target/<name>.yaml.
 """
 
 from __future__ import annotations
@@ -14,9 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from kdprune import CONF_DIR
 from kdprune.errors import UserError
+from kdprune.registry import Registry
 
-TARGETS = ("generic", "neutron", "ethos_u")
+# A target's operator rules (``target.rules.<name>: setting``): rule(file, setting) -> findings, one line each.
+RULES: Registry[Callable[[_File, object], list[str]]] = Registry("target rule")
 
 # TFLite builtins in NXP's Neutron column of the MCU operator table (mcuxsdk-middleware-tensorflow,
 # docs/topics/supported_operators.md, int8); anything else runs on the CPU.
@@ -27,10 +30,17 @@ NEUTRON_OPS = {
     "GATHER", "ARG_MAX", "MAXIMUM", "UNIDIRECTIONAL_SEQUENCE_LSTM"}
 
 
-class _File:
-    """The flatbuffer as LiteRT's object API reads it: ops by name, tensor shapes, constant data, zero points."""
+def target_names() -> list[str]:
+    """The deployment targets: one per conf/target/<name>.yaml."""
+    return sorted(p.stem for p in (CONF_DIR / "target").glob("*.yaml"))
 
-    def __init__(self, path: str | Path):
+
+class _File:
+    """The flatbuffer as LiteRT's object API reads it: ops by name, tensor shapes, constant data, zero points; and
+    ``npu``, Vela's compiles of it (rows of ``kdprune.export.npu.vela_compile``), what the file alone cannot say."""
+
+    def __init__(self, path: str | Path, npu: list[dict] | tuple = ()):
+        self.npu = list(npu)
         from kdprune.export.tflite_check import _enum_names, _schema
 
         schema = _schema()
@@ -57,11 +67,13 @@ class _File:
         return 0 if q is None or q.zeroPoint is None else int(q.zeroPoint[0])
 
 
+@RULES.register("batch_1")
 def _batch_1(f: _File, on: bool) -> list[str]:
     return [f"op {i} {name}: batch {f.shape(op.outputs[0])[0]}" for i, name, op in f.ops
             if on and len(f.shape(op.outputs[0])) == 4 and f.shape(op.outputs[0])[0] != 1]
 
 
+@RULES.register("ops_in_table")
 def _ops_in_table(f: _File, on: bool) -> list[str]:
     count: dict[str, int] = {}
     for _, name, _ in f.ops:
@@ -70,6 +82,7 @@ def _ops_in_table(f: _File, on: bool) -> list[str]:
     return [f"{n} x{k}: not in NXP's Neutron operator table (runs on the CPU)" for n, k in sorted(count.items())]
 
 
+@RULES.register("matmul_zero_point_0")
 def _matmul_zero_point_0(f: _File, on: bool) -> list[str]:
     out = []
     for i, name, op in f.ops:
@@ -80,6 +93,7 @@ def _matmul_zero_point_0(f: _File, on: bool) -> list[str]:
     return out
 
 
+@RULES.register("softmax")
 def _softmax(f: _File, limits) -> list[str]:
     out = []
     for i, name, op in f.ops:
@@ -99,6 +113,7 @@ def _sliced_dims(f: _File, op) -> list[int]:
     return [d for d in range(len(shape)) if begin[d] != 0 or (size[d] not in (-1, shape[d]))]
 
 
+@RULES.register("channel_multiple")
 def _channel_multiple(f: _File, n) -> list[str]:
     """Channel counts Neutron's MACs take whole (ExecuTorch's Neutron checks up to v1.3; the graph's own inputs and
     outputs, e.g. 3 image channels or nc classes, are exempt)."""
@@ -122,32 +137,24 @@ def _channel_multiple(f: _File, n) -> list[str]:
     return out
 
 
+@RULES.register("npu_only")
 def _npu_only(f: _File, on: bool) -> list[str]:
-    return []  # read from Vela's compile (``vela_findings``): the file alone cannot say what Vela maps
-
-
-RULES: dict[str, Callable[[_File, object], list[str]]] = {
-    "batch_1": _batch_1, "ops_in_table": _ops_in_table, "matmul_zero_point_0": _matmul_zero_point_0,
-    "softmax": _softmax, "channel_multiple": _channel_multiple, "npu_only": _npu_only}
+    """Every operator Vela left on the CPU, per Ethos-U configuration."""
+    return [f"{r['target']}: {op}" for r in f.npu for op in r["cpu_operators"]] if on else []
 
 
 def check_target(target) -> str:
     """The configured target, validated before training (name and rule names)."""
     name = str(target.name)
-    if name not in TARGETS:
-        raise UserError(f"target={name}: unknown; choose from {', '.join(TARGETS)}")
-    unknown = [r for r in (target.get("rules") or {}) if r not in RULES]
-    if unknown:
-        raise UserError(f"target.rules: unknown {', '.join(unknown)}; choose from {', '.join(RULES)}")
+    if name not in (names := target_names()):
+        raise UserError(f"target={name}: unknown deployment target; choose one of {', '.join(names)}")
+    for rule in target.get("rules") or {}:
+        RULES.lookup(rule, "target.rules")
     return name
 
 
-def target_findings(path: str | Path, rules) -> dict[str, list[str]]:
-    """Per rule of the target (``{rule: setting}``), what the file does that the NPU would not take."""
-    f = _File(path)
+def target_findings(path: str | Path, rules, npu: list[dict] | tuple = ()) -> dict[str, list[str]]:
+    """Per rule of the target (``{rule: setting}``), what the file (and Vela's compiles of it, ``npu``) does that
+    the NPU would not take."""
+    f = _File(path, npu)
     return {rule: RULES[rule](f, setting) for rule, setting in (rules or {}).items() if setting}
-
-
-def vela_findings(npu_rows: list[dict]) -> list[str]:
-    """``npu_only``: every operator Vela left on the CPU, per Ethos-U configuration."""
-    return [f"{r['target']}: {op}" for r in npu_rows for op in r["cpu_operators"]]

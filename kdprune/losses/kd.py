@@ -18,6 +18,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from kdprune.registry import Registry
+
 
 def _foreground(teacher_scores: torch.Tensor, fg_mask: torch.Tensor | None) -> torch.Tensor:
     if fg_mask is None:
@@ -25,20 +27,18 @@ def _foreground(teacher_scores: torch.Tensor, fg_mask: torch.Tensor | None) -> t
     return fg_mask.float()
 
 
-# The registry of per-anchor weights (B, A) for the response terms: the teacher's max class probability
+# Per-anchor weights (B, A) for the response terms (``distill.anchors``): the teacher's max class probability
 # (``teacher_conf``), the anchors the assigner gave an object to (``foreground``), or every anchor alike (``all``).
-ANCHOR_WEIGHTS = {
-    "teacher_conf": lambda teacher_scores, fg_mask: teacher_scores.detach().sigmoid().amax(1),
-    "foreground": _foreground,
-    "all": lambda teacher_scores, fg_mask: teacher_scores.new_ones(teacher_scores.shape[0], teacher_scores.shape[2]),
-}
+ANCHOR_WEIGHTS: Registry = Registry("KD anchor weighting")
+ANCHOR_WEIGHTS.register("teacher_conf", lambda teacher_scores, fg_mask: teacher_scores.detach().sigmoid().amax(1))
+ANCHOR_WEIGHTS.register("foreground", _foreground)
+ANCHOR_WEIGHTS.register("all", lambda teacher_scores, fg_mask: teacher_scores.new_ones(teacher_scores.shape[0],
+                                                                                      teacher_scores.shape[2]))
 
 
 def anchor_weights(mode: str, teacher_scores: torch.Tensor, fg_mask: torch.Tensor | None) -> torch.Tensor:
     """Per-anchor weights (B, A) of ``ANCHOR_WEIGHTS[mode]``."""
-    if mode not in ANCHOR_WEIGHTS:
-        raise ValueError(f"anchors={mode!r}: choose one of {', '.join(ANCHOR_WEIGHTS)}")
-    return ANCHOR_WEIGHTS[mode](teacher_scores, fg_mask)
+    return ANCHOR_WEIGHTS.lookup(mode, "distill.anchors")(teacher_scores, fg_mask)
 
 
 def _weighted_mean(per_anchor: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -95,13 +95,13 @@ class KDTerm(NamedTuple):
     features: bool      # on the neck features through trainable adapters (else on the head's responses)
 
 
-KD_TERMS: dict[str, KDTerm] = {}
+KD_TERMS: Registry[KDTerm] = Registry("KD term")
 
 
 def kd_term(name: str, *, temperature: float, features: bool = False):
     """Register ``fn(student, teacher, ctx) -> loss per image`` as the KD term ``name``."""
     def register(fn):
-        KD_TERMS[name] = KDTerm(name, fn, float(temperature), features)
+        KD_TERMS.register(name, KDTerm(name, fn, float(temperature), features))
         return fn
     return register
 
@@ -109,8 +109,8 @@ def kd_term(name: str, *, temperature: float, features: bool = False):
 def check_kd(settings: dict, anchors: str) -> str | None:
     """What is wrong with KD settings ``{name: weight, t_name: temperature}`` (every key of the registry's terms),
     or None. The one check, used by the config check (a UserError) and by ``Distiller`` (a ValueError)."""
-    if anchors not in ANCHOR_WEIGHTS:
-        return f"anchors={anchors}: choose one of {', '.join(ANCHOR_WEIGHTS)}"
+    if (msg := ANCHOR_WEIGHTS.problem(anchors, "anchors")) is not None:
+        return msg
     known = {*KD_TERMS, *(f"t_{n}" for n in KD_TERMS)}
     if unknown := sorted(set(settings) - known):
         return f"{unknown[0]}: no such KD term or temperature (terms: {', '.join(KD_TERMS)})"

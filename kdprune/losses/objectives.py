@@ -15,6 +15,7 @@ from kdprune.distill import KD_SCHEDULES, Distiller, Teacher, kd_scale_at
 from kdprune.errors import UserError
 from kdprune.losses import FocalBCE
 from kdprune.losses.kd import KD_TERMS, check_kd
+from kdprune.registry import Registry
 from kdprune.yolo import DetectionCriterion, head_input_channels, head_spec, inverse_frequency_weights
 
 log = logging.getLogger("kdprune")
@@ -58,9 +59,12 @@ class LossOption(NamedTuple):
                                            # weights or None, what it was built from)
 
 
-# The registry of ``loss=`` options: the parts ultralytics' detection loss takes (``DetectionCriterion``).
-LOSSES = {"default": LossOption(lambda cfg: None, _default_loss), "focal": LossOption(_focal, _focal_loss),
-          "class_weighted": LossOption(_check_power, _class_weighted_loss)}
+# ``loss=`` options (each with its conf/loss/<name>.yaml): the parts ultralytics' detection loss takes
+# (``DetectionCriterion``).
+LOSSES: Registry[LossOption] = Registry("loss")
+LOSSES.register("default", LossOption(lambda cfg: None, _default_loss))
+LOSSES.register("focal", LossOption(_focal, _focal_loss))
+LOSSES.register("class_weighted", LossOption(_check_power, _class_weighted_loss))
 
 
 def build_criterion(cfg: DictConfig, model, train_set, names: dict[int, str]) -> tuple[DetectionCriterion, dict]:
@@ -71,9 +75,7 @@ def build_criterion(cfg: DictConfig, model, train_set, names: dict[int, str]) ->
 
 def check_objectives(cfg: DictConfig) -> None:
     """Validate ``loss.*`` and ``distill.*`` before anything is trained (a teacher stage can take many minutes)."""
-    if cfg.loss.name not in LOSSES:
-        raise UserError(f"loss={cfg.loss.name}: choose one of {', '.join(LOSSES)}.")
-    LOSSES[cfg.loss.name].check(cfg.loss)
+    LOSSES.lookup(cfg.loss.name, "loss").check(cfg.loss)
     if cfg.distill.name == "none":
         return
     d = cfg.distill
@@ -83,8 +85,7 @@ def check_objectives(cfg: DictConfig) -> None:
     if (msg := check_kd(kd_settings(d), d.anchors)) is not None:
         raise UserError(f"distill.{msg}.")
     sched = OmegaConf.to_container(d.schedule, resolve=True)
-    if not isinstance(sched.get("shape"), str) or sched["shape"] not in KD_SCHEDULES:
-        raise UserError(f"distill.schedule.shape={sched.get('shape')}: choose one of {', '.join(KD_SCHEDULES)}.")
+    KD_SCHEDULES.lookup(sched.get("shape"), "distill.schedule.shape")
     try:
         kd_scale_at(0, int(cfg.trainer.max_epochs), **sched)
     except (ValueError, TypeError) as e:

@@ -6,7 +6,7 @@ from kdprune.pruning.fade import ChannelFade
 from kdprune.pruning.importance import IMPORTANCES, make_importance, needs_gradients
 from kdprune.pruning.pruner import YoloPruner, build_graph, replay
 from kdprune.pruning.ratios import load_layer_ratios, ratios_path
-from kdprune.pruning.schedule import SHAPES, PruneSchedule, epoch_index, fraction_at
+from kdprune.pruning.schedule import PRUNE_SHAPES, PruneSchedule, epoch_index, fraction_at
 from kdprune.pruning.selection import Unit, channels_to_remove, keep_counts
 
 __all__ = [
@@ -14,7 +14,7 @@ __all__ = [
     "TaylorEMA",
     "IMPORTANCES",
     "MEASURES",
-    "SHAPES",
+    "PRUNE_SHAPES",
     "PruneSchedule",
     "Unit",
     "YoloPruner",

@@ -9,6 +9,7 @@ import torch_pruning as tp
 from torch import nn
 
 from kdprune.pruning.arena import peak_activation_bytes
+from kdprune.registry import Registry
 from kdprune.yolo.prunable import SPLITTABLE
 from kdprune.yolo.rawhead import not_exported
 
@@ -98,13 +99,13 @@ def count_macs(model: nn.Module, imgsz: int) -> int:
     return int(macs)
 
 
-# kind -> cost(model, imgsz, per_channel): ``per_channel`` is the INT8 file's weight granularity
-MEASURES: dict[str, Callable[..., int]] = {
-    "params": lambda m, imgsz, per_channel: count_params(m),
-    "macs": lambda m, imgsz, per_channel: count_macs(m, imgsz),
-    "int8_bytes": lambda m, imgsz, per_channel: int8_bytes(m, per_channel),
-    "arena_bytes": lambda m, imgsz, per_channel: arena_bytes(m, imgsz),  # TFLite Micro's tensor arena (RAM)
-}
+# What a budget (``prune.target.<kind>``) can be set on: kind -> cost(model, imgsz, per_channel), ``per_channel`` the
+# INT8 file's weight granularity. A new budget is one entry here.
+MEASURES: Registry[Callable[..., int]] = Registry("budget")
+MEASURES.register("params", lambda m, imgsz, per_channel: count_params(m))
+MEASURES.register("macs", lambda m, imgsz, per_channel: count_macs(m, imgsz))
+MEASURES.register("int8_bytes", lambda m, imgsz, per_channel: int8_bytes(m, per_channel))
+MEASURES.register("arena_bytes", lambda m, imgsz, per_channel: arena_bytes(m, imgsz))  # TFLite Micro's arena (RAM)
 
 
 def measure(model: nn.Module, kind: str, imgsz: int, per_channel: bool = True) -> int:

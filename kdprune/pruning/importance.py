@@ -2,26 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import torch_pruning as tp
 
-# name -> (factory, needs training gradients). Scores are mean-normalised per group (torch-pruning's default), so a
-# global ranking compares groups on one scale.
-IMPORTANCES = {
-    "l1": (lambda: tp.importance.GroupMagnitudeImportance(p=1), False),
-    "l2": (lambda: tp.importance.GroupMagnitudeImportance(p=2), False),
-    "taylor": (lambda: tp.importance.GroupTaylorImportance(), True),
-    "bn_scale": (lambda: tp.importance.BNScaleImportance(), False),
-    "random": (lambda: tp.importance.RandomImportance(), False),
-}
+from kdprune.registry import Registry
 
 
-def make_importance(name: str):
+class Importance(NamedTuple):
+    """A criterion: ``make()`` builds the torch-pruning importance; ``gradients``: it reads training gradients."""
+
+    make: Callable[[], object]
+    gradients: bool = False
+
+
+# Scores are mean-normalised per group (torch-pruning's default), so a global ranking compares groups on one scale.
+# A new criterion is one ``IMPORTANCES.register(name, Importance(...))`` here (stateful ones that accumulate over
+# training steps: kdprune/pruning/accumulate.py).
+IMPORTANCES: Registry[Importance] = Registry("importance criterion")
+IMPORTANCES.register("l1", Importance(lambda: tp.importance.GroupMagnitudeImportance(p=1)))
+IMPORTANCES.register("l2", Importance(lambda: tp.importance.GroupMagnitudeImportance(p=2)))
+IMPORTANCES.register("taylor", Importance(lambda: tp.importance.GroupTaylorImportance(), gradients=True))
+IMPORTANCES.register("bn_scale", Importance(lambda: tp.importance.BNScaleImportance()))
+IMPORTANCES.register("random", Importance(lambda: tp.importance.RandomImportance()))
+
+
+def make_importance(name: str, key: str = "prune.importance"):
     """The torch-pruning importance called ``name`` (see ``IMPORTANCES``)."""
-    if name not in IMPORTANCES:
-        raise ValueError(f"unknown importance {name!r}; choose one of {', '.join(IMPORTANCES)}")
-    return IMPORTANCES[name][0]()
+    return IMPORTANCES.lookup(name, key).make()
 
 
 def needs_gradients(name: str) -> bool:
     """Whether the criterion reads ``.grad`` (first-order Taylor), so gradients must be computed before scoring."""
-    return IMPORTANCES[name][1]
+    return IMPORTANCES[name].gradients

@@ -8,25 +8,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# The registry of schedule shapes: share of the final ratio at progress t = k / steps in (0, 1) after step k.
+from kdprune.registry import Registry
+
+# Schedule shapes (``prune.shape``): share of the final ratio at progress t = k / steps in (0, 1) after step k.
 # ``cubic`` is Zhu & Gupta's gradual schedule (To prune, or not to prune, 2017): large steps first, while the network
 # still has redundancy, small ones near the end. ``linear`` takes equal steps; ``oneshot`` all at once.
-SHAPES = {
-    "cubic": lambda t: 1.0 - (1.0 - t) ** 3,
-    "linear": lambda t: t,
-    "oneshot": lambda t: 1.0,
-}
+PRUNE_SHAPES: Registry = Registry("pruning schedule shape")
+PRUNE_SHAPES.register("cubic", lambda t: 1.0 - (1.0 - t) ** 3)
+PRUNE_SHAPES.register("linear", lambda t: t)
+PRUNE_SHAPES.register("oneshot", lambda t: 1.0)
 
 
 def fraction_at(k: int, steps: int, shape: str = "cubic") -> float:
-    """Fraction of the final ratio after step ``k`` (0 = none yet, ``steps`` = all of it), for a shape of ``SHAPES``."""
-    if shape not in SHAPES:
-        raise ValueError(f"unknown schedule {shape!r}; choose one of {', '.join(SHAPES)}")
+    """Fraction of the final ratio after step ``k`` (0 = none yet, ``steps`` = all of it), for a shape of
+    ``PRUNE_SHAPES``."""
+    curve = PRUNE_SHAPES.lookup(shape, "prune.shape")
     if k <= 0:
         return 0.0
     if k >= steps:
         return 1.0
-    return float(SHAPES[shape](k / steps))
+    return float(curve(k / steps))
 
 
 def epoch_index(value, max_epochs: int) -> int:
@@ -63,8 +64,8 @@ class PruneSchedule:
 
     def validate(self, max_epochs: int) -> str | None:
         """What is wrong with this schedule for a run of ``max_epochs``, or None."""
-        if self.shape not in SHAPES:
-            return f"prune.shape={self.shape!r}: choose one of {', '.join(SHAPES)}"
+        if (msg := PRUNE_SHAPES.problem(self.shape, "prune.shape")) is not None:
+            return msg
         if self.steps < 1:
             return f"prune.steps={self.steps}: must be >= 1"
         if not 0 <= self.start_epoch <= self.end_epoch:

@@ -1,7 +1,7 @@
-"""What a run and a sweep cost: report.md per run (``run.py``); ``sweep_summary.csv``, ``pareto.png`` and
+"""What a run and a sweep cost: report.md per run (``markdown.py``); ``sweep_summary.csv``, ``pareto.png`` and
 ``best.yaml`` per sweep (``sweep.py``, ``pareto.py``), rebuilt at any time with ``python -m kdprune.report PATH``."""
 
-from kdprune.report.run import margin_line, stage_table, teacher_margin, write_report
+from kdprune.report.markdown import margin_line, stage_table, teacher_margin, write_report
 from kdprune.report.summary import summarize
 from kdprune.report.sweep import collect, deployed, score, write_csv
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import yaml
 
-# The artifact a user deploys, in order of preference: its mAP is "the INT8 mAP" of a job.
-DEPLOY_ORDER = ("TFLite INT8", "ONNX INT8", "QAT fake-quant", "PTQ baseline")
+from kdprune.stage_rows import DEPLOY_ORDER, TFLITE_INT8
+
 FAILED, INCOMPLETE, OK, OVER = "failed", "incomplete", "ok", "over budget"
 HEAD = ["job", "status", "score", "pareto", "int8_mAP50-95", "int8_mAP50", "int8_bytes", "budget_bytes", "arena_bytes",
         "int8_source", "params", "gflops", "int8_bytes_est", "fp32_mAP50-95", "fp32_mAP50"]
@@ -53,7 +53,7 @@ def deployed(summary: dict) -> dict:
     rows = {r["stage"]: r for r in summary.get("stages") or []}
     src = next((n for n in DEPLOY_ORDER if rows.get(n, {}).get("mAP50-95") is not None), None)
     row = rows.get(src, {})
-    tfl = rows.get("TFLite INT8", {})
+    tfl = rows.get(TFLITE_INT8, {})
     return {"int8_source": src or ("fp32 (no INT8 stage)" if summary.get("mAP50-95") is not None else None),
             "int8_mAP50-95": row.get("mAP50-95", summary.get("mAP50-95")),
             "int8_mAP50": row.get("mAP50", summary.get("mAP50")),

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from kdprune.data.stats import small_objects_line
 from kdprune.part import verdict_line
+from kdprune.stage_rows import DENSE_REFERENCE, PRUNED_FP32, STUDENT_FP32, TEACHER
 
 COLUMNS = [("stage", "stage"), ("params", "params"), ("gflops", "GFLOPs"), ("bytes", "file bytes (flash)"),
            ("arena_bytes", "TFLM arena (RAM)"), ("mAP50", "mAP50"), ("mAP50-95", "mAP50-95"),
@@ -36,10 +37,10 @@ def teacher_margin(rows: list[dict]) -> dict | None:
     trained (its fp32 best.pt). None without a scored teacher row. A teacher that is not stronger than the student
     has little to teach: the run says so in its log and report."""
     by = {r["stage"]: r for r in rows if r.get("mAP50-95") is not None}
-    other = next((by[s] for s in ("dense reference", "student fp32", "pruned fp32") if s in by), None)
-    if "teacher" not in by or other is None:
+    other = next((by[s] for s in (DENSE_REFERENCE, STUDENT_FP32, PRUNED_FP32) if s in by), None)
+    if TEACHER not in by or other is None:
         return None
-    t, o = by["teacher"]["mAP50-95"], other["mAP50-95"]
+    t, o = by[TEACHER]["mAP50-95"], other["mAP50-95"]
     return {"vs": other["stage"], "teacher": round(t, 4), "other": round(o, 4), "delta": round(t - o, 4)}
 
 
