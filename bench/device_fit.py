@@ -60,9 +60,9 @@ def precheck(args: list[str]) -> str | None:
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
+    from kdprune.build import build_student
     from kdprune.callbacks import GradualPruning
     from kdprune.errors import UserError
-    from kdprune.train import build_student
     from kdprune.yolo import split_blocks
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

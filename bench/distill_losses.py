@@ -48,9 +48,10 @@ def teacher_weights(a) -> tuple[str, dict]:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf, open_dict
 
+    from kdprune.build import hyp_from_cfg
     from kdprune.data import resolve_data
     from kdprune.teacher_stage import obtain_teacher
-    from kdprune.train import hyp_from_cfg, run
+    from kdprune.train import run
     from kdprune.yolo import build_model
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

@@ -33,6 +33,7 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ROOT, git_rev, machine  # noqa: E402
 from bench.qat_graph import load_qat_graph  # noqa: E402
+from kdprune.build import hyp_from_cfg  # noqa: E402
 from kdprune.data import prepare_batch, resolve_data, square_val_loader  # noqa: E402
 from kdprune.export.decode import decode  # noqa: E402
 from kdprune.export.runtime import TorchRunner  # noqa: E402
@@ -41,7 +42,6 @@ from kdprune.export.stages import _Outputs, calibration_images  # noqa: E402
 from kdprune.export.tflite import TFLiteRunner, graph_to_tflite_int8  # noqa: E402
 from kdprune.quant import backend  # noqa: E402
 from kdprune.quant import per_channel as quant_per_channel  # noqa: E402
-from kdprune.train import hyp_from_cfg  # noqa: E402
 from kdprune.yolo import load_ultralytics_checkpoint, val_settings  # noqa: E402
 from kdprune.yolo.metrics import DetectionEvaluator  # noqa: E402
 from kdprune.yolo.rawhead import RawHeadModel, head_spec  # noqa: E402

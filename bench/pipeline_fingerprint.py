@@ -55,8 +55,8 @@ def pipe_part(data_yaml: str, seeds: int, imgsz: int, overrides: list[str]) -> d
     from ultralytics.data.build import build_yolo_dataset
 
     from kdprune import CONF_DIR
+    from kdprune.build import hyp_from_cfg
     from kdprune.data import resolve_data
-    from kdprune.train import hyp_from_cfg
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=["+experiment=yolo11n_mcu", f"data.yaml={data_yaml}", f"data.imgsz={imgsz}",

@@ -34,9 +34,9 @@ def main() -> None:
 
     from omegaconf import OmegaConf
 
+    from kdprune.build import hyp_from_cfg
     from kdprune.data import YOLODataModule, resolve_data
     from kdprune.pruning import YoloPruner, build_graph, int8_bytes
-    from kdprune.train import hyp_from_cfg
     from kdprune.yolo import build_model, evaluate_checkpoint, save_ultralytics_checkpoint, split_blocks, val_settings
 
     cfg = default_cfg()

@@ -78,10 +78,10 @@ def ort_quantize_static(run: Path, cfg, n_calib: int) -> dict:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from ultralytics.nn.tasks import load_checkpoint
 
+    from kdprune.build import hyp_from_cfg
     from kdprune.data import resolve_data
     from kdprune.export import OnnxRunner, evaluate_runner, latency_ms
     from kdprune.export.stages import calibration_images
-    from kdprune.train import hyp_from_cfg
     from kdprune.yolo import val_settings
 
     data = resolve_data(cfg.data.yaml, cfg.cache_dir, dict(cfg.data.embedded), False)

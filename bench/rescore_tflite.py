@@ -18,10 +18,10 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from kdprune.build import hyp_from_cfg  # noqa: E402
 from kdprune.data import prepare_batch, resolve_data  # noqa: E402
 from kdprune.export.scoring import evaluate_runner, square_val_loader  # noqa: E402
 from kdprune.export.tflite_runner import TFLiteRunner  # noqa: E402
-from kdprune.train import hyp_from_cfg  # noqa: E402
 from kdprune.yolo import load_ultralytics_checkpoint, val_settings  # noqa: E402
 from kdprune.yolo.rawhead import head_spec  # noqa: E402
 

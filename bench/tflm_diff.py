@@ -24,8 +24,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from kdprune.export.tflite import _pack, _read, logistic_near_tie  # noqa: E402
-from kdprune.export.tflite_check import _enum_names  # noqa: E402
+from kdprune.export.flatbuffer import enum_names, load, pack  # noqa: E402
+from kdprune.export.tflite import logistic_near_tie  # noqa: E402
 from kdprune.export.tflm import _micro, tensor_arena_bytes  # noqa: E402
 
 BATCH = 32  # operators whose outputs one TFLM copy exposes
@@ -58,8 +58,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    op_names = _enum_names(schema.BuiltinOperator)
-    model, codes = _read(args.file)
+    op_names = enum_names(schema.BuiltinOperator)
+    model, codes = load(args.file)
     graph = model.subgraphs[0]
     tensors, ops, outputs = graph.tensors, graph.operators, [int(t) for t in graph.outputs]
     model.signatureDefs = None  # the copies' extra outputs are in no signature
@@ -85,7 +85,7 @@ def main() -> None:
         graph.outputs = outputs + list(dict.fromkeys(extra))
         order = [int(t) for t in graph.outputs]
         arena = base_arena + sum(4 * int(np.prod(tensors[t].shape)) + 64 for t in extra) + (1 << 20)
-        micro = _micro(_pack(model), arena)
+        micro = _micro(pack(model), arena)
         stats: dict[int, list] = {t: [0, 0, 0.0] for i in batch for t in map(int, ops[i].outputs) if t >= 0}
         for xs, ref in zip(inputs, reference):
             for k, x in enumerate(xs):

@@ -181,6 +181,20 @@ class DetectionModule(L.LightningModule):
             return self.qat
         return self.ema.ema if self.ema is not None else self.model
 
+    def run_record(self, ckpt) -> object:
+        """What the stages need from this finished run (``kdprune.export.stages.RunRecord``), read once here: the
+        checkpoints ``ckpt`` (the ``UltralyticsCheckpoint``) saved, whether pruning removed anything, the teacher, and
+        the QAT graph in eval mode (BN from running statistics, ranges as frozen: the exported arithmetic)."""
+        from kdprune.export.stages import RunRecord
+
+        if self.qat is not None:
+            self.qat.train(False)
+        t = self.teacher
+        return RunRecord(best=ckpt.best, last=ckpt.last, pre_prune=ckpt.pre_prune, pruned=bool(self.pruning_history),
+                         teacher=t.model if t is not None else None, teacher_info=t.info if t is not None else None,
+                         qat_graph=self.qat.graph if self.qat is not None else None,
+                         qat_note=str(self.qat.state()["fake_quant"]) if self.qat is not None else "")
+
     @property
     def student(self) -> torch.nn.Module:
         """What the training step runs: the model, or its fake-quantized graph during QAT."""

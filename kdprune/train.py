@@ -11,90 +11,39 @@ import time
 from pathlib import Path
 
 import lightning as L
-import torch
-from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
+from kdprune.build import build_datamodule, build_module, build_student, build_trainer
 from kdprune.callbacks import (
     GradualPruning,
     QATPhase,
-    UltralyticsCheckpoint,
     last_checkpoint,
     log_hparams,
     log_per_class_ap,
     run_hparams,
     save_channels_png,
 )
-from kdprune.data import YOLODataModule, resolve_data
 from kdprune.data.checks import check_imgsz
 from kdprune.data.stats import SMALL_WARN, small_objects, small_objects_line
 from kdprune.environment import environment, warn_if_unlocked
 from kdprune.errors import UserError
-from kdprune.export.stages import ExportFailed, RunRecord, check_exports, run_stages
-from kdprune.losses.objectives import build_criterion, build_distiller, check_objectives
-from kdprune.module import DetectionModule
+from kdprune.export.stages import ExportFailed, check_exports, run_stages
+from kdprune.losses.objectives import check_objectives
 from kdprune.part import check_device, verdict_line
 from kdprune.pruning import epoch_index, int8_bytes
 from kdprune.quant import check_qat_model, per_channel
-from kdprune.recipe import check_recipe, training_optim
+from kdprune.recipe import check_recipe
 from kdprune.report import deployed, margin_line, stage_table, teacher_margin, write_report
 from kdprune.teacher_stage import check_teacher, obtain_teacher
 from kdprune.yolo import (
-    build_model,
     check_checkpoint,
     evaluate_checkpoint,
-    fused_activation,
-    hyp_namespace,
     model_stats,
-    pad_free_downsample,
     split_blocks,
-    transfer,
-    val_settings,
 )
 
 log = logging.getLogger("kdprune")
-
-
-def hyp_from_cfg(cfg: DictConfig, data: dict, optim: dict | None = None):
-    """Ultralytics' hyperparameter namespace for this run (augmentation, loss gains, optimizer, imgsz, data), with
-    ``optim``: the optimizer values of the recipe this model trains with (kdprune/recipe.py; default: the recipe of a
-    model that is a whole checkpoint with ``model.weights``, else from scratch)."""
-    if optim is None:
-        optim, _ = training_optim(cfg, transferred=float(bool(cfg.model.weights)))
-    return hyp_namespace(
-        task="detect", mode="train", data=data["yaml_file"], imgsz=cfg.data.imgsz, batch=cfg.data.batch,
-        epochs=cfg.trainer.max_epochs, cache=cfg.data.cache, workers=cfg.data.workers, seed=cfg.seed,
-        conf=cfg.val.conf, iou=cfg.val.iou, max_det=cfg.val.max_det, plots=False,
-        **OmegaConf.to_container(cfg.data.augment, resolve=True),
-        **{k: v for k, v in optim.items() if k not in ("grad_clip", "ema")},
-        **{k: cfg.loss[k] for k in ("box", "cls", "dfl")},
-    )
-
-
-def build_student(cfg: DictConfig) -> tuple[dict, object, torch.nn.Module, dict]:
-    """``(data, hyp, model, recipe)``: the run's dataset (resolved and checked), ultralytics' hyperparameters, the
-    student and the recipe it trains with (``training_optim``'s sources), built as every task (training, the
-    sensitivity scan) builds them."""
-    data = resolve_data(cfg.data.yaml, cfg.cache_dir, OmegaConf.to_container(cfg.data.embedded), cfg.data.check_labels)
-    model = build_model(cfg.model.cfg, cfg.model.weights, data["names"], None)
-    # model.weights: the checkpoint's own architecture (all but a new class count's rows start trained)
-    share = transfer(model, cfg.model.pretrained) if cfg.model.get("pretrained") else float(bool(cfg.model.weights))
-    if layers := int(cfg.model.get("fused_act_layers") or 0):  # after the weights load: they keep every tensor
-        fused_activation(model, layers, str(cfg.model.get("fused_act") or "relu"))
-    if convs := int(cfg.model.get("pad_free_downsample") or 0):  # likewise: the 3x3 weights move into the 4x4
-        pad_free_downsample(model, convs)
-    optim, recipe = training_optim(cfg, transferred=share)
-    model.args = hyp = hyp_from_cfg(cfg, data, optim)
-    return data, hyp, model, recipe
-
-
-def build_datamodule(cfg: DictConfig, data: dict, hyp, model: torch.nn.Module) -> YOLODataModule:
-    """The DataModule for ``model`` (its largest stride, at least 32), set up for fitting."""
-    dm = YOLODataModule(data, hyp, batch=cfg.data.batch, val_batch=cfg.data.val_batch, workers=cfg.data.workers,
-                        seed=cfg.seed, stride=max(int(model.stride.max()), 32))
-    dm.setup("fit")
-    return dm
 
 
 def _check_cfg(cfg: DictConfig) -> None:
@@ -168,23 +117,8 @@ def run(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the same student whether the teacher was cached or not
 
     dm = build_datamodule(cfg, data, hyp, model)  # class weights are counted from its training labels
-    criterion, loss_info = build_criterion(cfg.loss, model, dm.train_set, data["names"])
-    distiller, kd_schedule = build_distiller(cfg.distill, model, teacher) if teacher else (None, None)
-    module = DetectionModule(model, hyp, data["names"], data, val=val_settings(cfg.val), grad_clip=cfg.optim.grad_clip,
-                             ema=cfg.optim.ema, plot_every=cfg.val.plot_every, criterion=criterion,
-                             distiller=distiller, teacher=teacher, kd_schedule=kd_schedule,
-                             train_args={**vars(hyp), "model": cfg.model.weights or cfg.model.cfg,
-                                         "save_dir": str(run_dir)})
-
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    if pruning is not None:
-        callbacks.append(pruning)
-    if qat is not None:
-        callbacks.append(qat)
-    loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
-    ckpt_cb = next(c for c in callbacks if isinstance(c, UltralyticsCheckpoint))
-    trainer = L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), callbacks=callbacks,
-                        logger=loggers or False, default_root_dir=str(run_dir))
+    module, loss_info = build_module(cfg, model, hyp, data, dm, teacher, run_dir)
+    trainer, ckpt_cb = build_trainer(cfg, run_dir, [pruning, qat])
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
@@ -192,7 +126,21 @@ def run(cfg: DictConfig) -> dict:
     if not trainer.is_global_zero:
         return {}
 
-    # Like ultralytics' final_eval: re-validate the saved best.pt (fp16 on disk), the numbers a user gets back.
+    summary = _summary(cfg, module, trainer, ckpt_cb, dm, data, t0, env=env, recipe=recipe, loss_info=loss_info,
+                       pruning=pruning)
+    # The report's stages: every model this run made, measured the same way (and the exports, verified)
+    rank_zero_info("kdprune: stages: evaluating every stage and export on the val split (batch 1)")
+    rows, failed = run_stages(cfg, data, hyp, run_dir, module.run_record(ckpt_cb), model_stats=model_stats)
+    _finish(cfg, summary, rows, trainer, t0)
+    if failed:
+        raise ExportFailed(f"export verification failed: {'; '.join(failed)} (the rest is in {run_dir}/report.md)")
+    return summary
+
+
+def _summary(cfg: DictConfig, module, trainer, ckpt_cb, dm, data: dict, t0: float, *, env: dict, recipe: dict,
+             loss_info: dict, pruning) -> dict:
+    """summary.json before the stages: the saved best.pt re-validated (like ultralytics' final_eval, fp16 on disk:
+    the numbers a user gets back) and what the run trained with."""
     final = {}
     # (a run resumed during QAT, in a new run dir, has no best.pt: its float weights are last.pt)
     weights = ckpt_cb.best if ckpt_cb.best.is_file() else ckpt_cb.last
@@ -222,27 +170,22 @@ def run(cfg: DictConfig) -> dict:
     }
     summary["small_objects"] = small = small_objects(dm.train_set.labels, int(cfg.data.imgsz))
     (log.warning if small["share"] > SMALL_WARN else rank_zero_info)(f"kdprune: {small_objects_line(small)}")
-    if teacher is not None:
-        summary["teacher"] = teacher.info
+    if module.teacher is not None:
+        summary["teacher"] = module.teacher.info
         summary["distill"] = {**{k: v for k, v in OmegaConf.to_container(cfg.distill, resolve=True).items()},
                               "kd_ms_per_step": module.kd_ms_per_step}
     if pruning is not None:
         summary["pruning"] = pruning.summary(final_model)
-        save_channels_png(run_dir / "prune_channels.png", pruning.layer_channels(final_model))
-    if qat is not None:
+        save_channels_png(Path(cfg.run_dir) / "prune_channels.png", pruning.layer_channels(final_model))
+    if module.qat is not None:
         summary["quant"] = {**OmegaConf.to_container(cfg.quant, resolve=True), **module.qat.state()}
-    # The report's stages: every model this run made, measured the same way (and the exports, verified)
-    rank_zero_info("kdprune: stages: evaluating every stage and export on the val split (batch 1)")
-    qat_detector = getattr(module, "qat", None)
-    if qat_detector is not None:
-        qat_detector.train(False)  # BN from running statistics, ranges as frozen: the exported arithmetic
-    record = RunRecord(best=ckpt_cb.best, last=ckpt_cb.last, pre_prune=ckpt_cb.pre_prune,
-                       pruned=bool(module.pruning_history),
-                       teacher=module.teacher.model if module.teacher is not None else None,
-                       teacher_info=module.teacher.info if module.teacher is not None else None,
-                       qat_graph=qat_detector.graph if qat_detector is not None else None,
-                       qat_note=str(qat_detector.state()["fake_quant"]) if qat_detector is not None else "")
-    rows, failed = run_stages(cfg, data, hyp, run_dir, record, model_stats=model_stats)
+    return summary
+
+
+def _finish(cfg: DictConfig, summary: dict, rows: list[dict], trainer, t0: float) -> None:
+    """The stages into summary.json (the part's verdict and levers, the teacher's margin), report.md, the HParams
+    row and the console lines."""
+    run_dir = Path(cfg.run_dir)
     summary["stages"] = rows
     if (part := next((r["part"] for r in rows if r.get("part")), None)) is not None:
         summary["part"] = part  # the device file on the part (device=): flash and SRAM against its budgets
@@ -252,7 +195,7 @@ def run(cfg: DictConfig) -> dict:
             "pad_free_downsample": int(cfg.model.get("pad_free_downsample") or 0),
             "keep_stem": bool(cfg.prune.get("keep_stem", True)),
             "arena_target": OmegaConf.select(cfg, "prune.target.arena_bytes")}
-    if teacher is not None and (margin := teacher_margin(rows)) is not None:
+    if "teacher" in summary and (margin := teacher_margin(rows)) is not None:
         summary["teacher"]["margin"] = margin
         (log.warning if margin["delta"] <= 0 else rank_zero_info)(f"kdprune: {margin_line(margin)}")
     summary["wall_time_s"] = round(time.time() - t0, 1)
@@ -268,7 +211,3 @@ def run(cfg: DictConfig) -> dict:
     )
     if part is not None:
         rank_zero_info(f"kdprune: the device file {verdict_line(part)}")
-    if failed:
-        raise ExportFailed(f"export verification failed: {'; '.join(failed)} (the rest is in {run_dir}/report.md)")
-    return summary
-

@@ -13,10 +13,11 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from kdprune.build import hyp_from_cfg
 from kdprune.data import resolve_data
 from kdprune.errors import UserError
 from kdprune.teacher_stage import obtain_teacher, teacher_key
-from kdprune.train import hyp_from_cfg, run
+from kdprune.train import run
 from kdprune.yolo import build_model, head_input_channels, hyp_namespace, save_ultralytics_checkpoint
 from tests.conftest import TINY, compose
 from tests.probes import assert_starts_from, probe

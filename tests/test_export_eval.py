@@ -86,8 +86,8 @@ def test_decode_matches_detect_yolo26(yolo26):
 
 @pytest.fixture(scope="module")
 def tiny_val(cache_dir):
+    from kdprune.build import hyp_from_cfg
     from kdprune.data import resolve_data
-    from kdprune.train import hyp_from_cfg
     from tests.conftest import TINY, compose
 
     cfg = compose(TINY)

@@ -79,7 +79,7 @@ def qdq(request, tmp_path_factory):
     """A QAT graph, its converted INT8 reference, and that exported as QDQ ONNX (the slow part: built once)."""
     m, raw, gm = _qat_graph(request.param)
     conv = backend.convert(gm)
-    path = backend.export_onnx(conv, tmp_path_factory.mktemp("qdq") / "q.onnx", 64, raw.output_names())
+    path = backend.export_qdq_onnx(conv, tmp_path_factory.mktemp("qdq") / "q.onnx", 64, raw.output_names())
     return request.param, m, raw, conv, path
 
 

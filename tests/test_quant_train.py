@@ -180,9 +180,9 @@ def test_relu_layers_are_fused_into_their_convs_in_the_file(qat_run):
     conv left still reads a PAD's copy (one PAD each, no more)."""
     from ultralytics.nn.tasks import load_checkpoint
 
-    from kdprune.export.target import _File
+    from kdprune.export.flatbuffer import TFLiteFile
 
-    f = _File(qat_run / "export" / "model_int8.tflite")
+    f = TFLiteFile(qat_run / "export" / "model_int8.tflite")
     convs = [op for _, name, op in f.ops if name == "CONV_2D"]
     relu = [i for i, op in enumerate(convs) if op.builtinOptions.fusedActivationFunction == 1]  # RELU
     assert relu == [0, 1], relu

@@ -50,9 +50,9 @@ def test_unknown_target_is_one_line_exit_2(tmp_path):
 
 
 def _zero_points(path, op_name):
-    from kdprune.export.target import _File
+    from kdprune.export.flatbuffer import TFLiteFile
 
-    f = _File(path)
+    f = TFLiteFile(path)
     return [[f.zero_point(t) for t in op.inputs[:2]] for _, name, op in f.ops if name == op_name]
 
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from kdprune.errors import UserError
+from kdprune.export import flatbuffer as FB
 from kdprune.export import tflite as T
 from kdprune.export import tflite_check as C
 from kdprune.quant import QATDetector, backend
@@ -73,7 +74,7 @@ def pt(tmp_path_factory):
 
 
 def _io_types(path):
-    schema, _, model = C._read_model(path)
+    schema, _, model = FB.read(path)
     g = model.Subgraphs(0)
     ins = [g.Tensors(g.Inputs(i)).Type() for i in range(g.InputsLength())]
     outs = [g.Tensors(g.Outputs(i)).Type() for i in range(g.OutputsLength())]
@@ -92,8 +93,8 @@ def test_fully_int8_with_named_nhwc_io(pc):
     assert "DEQUANTIZE" not in ops and not any(o.startswith("CUSTOM") for o in ops)
     # NHWC at the edges costs no op: the image goes straight into the first conv, each output comes out of a conv
     # (the only TRANSPOSEs are C2PSA attention's own)
-    schema, _, model = C._read_model(path)
-    g, names = model.Subgraphs(0), C._enum_names(schema.BuiltinOperator)
+    schema, _, model = FB.read(path)
+    g, names = model.Subgraphs(0), FB.enum_names(schema.BuiltinOperator)
     kind = {}
     for i in range(g.OperatorsLength()):
         op = g.Operators(i)
@@ -125,7 +126,7 @@ def test_every_scale_in_the_file_is_the_graphs(pc, tmp_path):
 
     import flatbuffers
 
-    schema = C._schema()
+    schema = FB.schema()
     m = schema.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
     t = next(t for t in m.subgraphs[0].tensors if t.type == schema.TensorType.INT8 and m.buffers[t.buffer].data is None
              and t.quantization is not None and len(t.quantization.scale) == 1)  # an activation
@@ -172,7 +173,7 @@ def test_uniform_biases_are_quantized_per_channel(pc):
     conv, path = pc
     refs = backend.qparams(conv)["conv_biases"]
     assert sum(bool((b == b[0]).all()) for _, b in refs.values()) >= 6  # the case is in the model
-    schema = C._schema()
+    schema = FB.schema()
     m = schema.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
     g, checked = m.subgraphs[0], 0
     convs = {schema.BuiltinOperator.CONV_2D, schema.BuiltinOperator.DEPTHWISE_CONV_2D}
@@ -269,9 +270,9 @@ def _float_island(src, dst):
     sides, so the model's inputs and outputs stay int8 (what a converter leaves where it cannot quantize an op)."""
     import flatbuffers
 
-    schema = C._schema()
+    schema = FB.schema()
     m = schema.ModelT.InitFromPackedBuf(Path(src).read_bytes(), 0)
-    names = C._enum_names(schema.BuiltinOperator)
+    names = FB.enum_names(schema.BuiltinOperator)
     g = m.subgraphs[0]
 
     def code(builtin):
@@ -312,7 +313,7 @@ def test_check_flags_a_float_island_inside_an_int8_model(pc, tmp_path):
     ops, before = T.tflite_ops(island), T.tflite_ops(pc[1])
     assert ops["DEQUANTIZE"] == before["DEQUANTIZE"] + 1 and ops["QUANTIZE"] == before["QUANTIZE"] + 1
     _, ins, outs = _io_types(island)
-    assert set(ins + outs) == {C._schema().TensorType.INT8}  # the model's I/O alone would pass
+    assert set(ins + outs) == {FB.schema().TensorType.INT8}  # the model's I/O alone would pass
     out = T.TFLiteRunner(island)(smooth_images(1, IMGSZ, seed=2))  # a valid model, not a broken file
     assert len(out) == 6
     problems = T.check_fully_int8(island)
@@ -351,9 +352,9 @@ def test_stages_export_a_trained_model_from_a_plain_record(trained, tmp_path):
     the file evaluated on the val images at the PTQ graph's mAP (within the fidelity margin) and a real mAP."""
     from omegaconf import OmegaConf
 
+    from kdprune.build import hyp_from_cfg
     from kdprune.data import resolve_data
     from kdprune.export.stages import RunRecord, run_stages
-    from kdprune.train import hyp_from_cfg
     from kdprune.yolo import model_stats
     from tests.conftest import compose
     from tests.trained import TRAIN
@@ -394,7 +395,7 @@ def _silu_file(path: Path, scale: float, zp: int, logistic_reads_graph_input: bo
     MUL read x itself."""
     import flatbuffers
 
-    schema = C._schema()
+    schema = FB.schema()
     ops = schema.BuiltinOperator
     m = schema.ModelT()
     m.version, m.buffers = 3, [schema.BufferT() for _ in range(5)]

@@ -136,7 +136,7 @@ class _ContiguousSampler(torch.utils.data.Sampler):
 
 def square_val_loader(data: dict, hyp, imgsz: int, workers: int = 0) -> DataLoader:
     """The val split of ``data`` as ultralytics' val dataset builds it, letterboxed to ``imgsz x imgsz``, batch 1,
-    in file order. ``hyp`` is the run's ultralytics namespace (``kdprune.train.hyp_from_cfg``); it is not modified."""
+    in file order. ``hyp`` is the run's ultralytics namespace (``kdprune.build.hyp_from_cfg``); it is not modified."""
     hyp = copy(hyp)
     hyp.imgsz, hyp.rect = int(imgsz), False
     ds = build_yolo_dataset(hyp, data["val"], 1, data, mode="val", rect=False, stride=32)

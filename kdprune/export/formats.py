@@ -62,7 +62,7 @@ def _onnx_int8(x: Exported) -> None:
         return
     sr = x.sr
     path = sr.export_dir / "model_int8_qdq.onnx"
-    sr.export_row(ONNX_INT8, lambda: backend.export_onnx(backend.convert(x.qat), path, sr.imgsz, x.names),
+    sr.export_row(ONNX_INT8, lambda: backend.export_qdq_onnx(backend.convert(x.qat), path, sr.imgsz, x.names),
                   lambda p: sr.evaluate(ONNX_INT8, OnnxRunner(p, sr.threads), x.head, stats=x.stats, artifact=p,
                                         latency=True, note="onnxruntime, QDQ from the QAT graph"))
 

@@ -237,7 +237,7 @@ def run_stages(cfg: DictConfig, data: dict, hyp, run_dir: Path, rec: RunRecord, 
     ptq = backend.convert(ptq_observed)
     ptq_path = sr.export_dir / "model_ptq_int8.onnx"
     if "onnx_int8" in formats:
-        sr.export_row(PTQ, lambda: backend.export_onnx(ptq, ptq_path, sr.imgsz, names),
+        sr.export_row(PTQ, lambda: backend.export_qdq_onnx(ptq, ptq_path, sr.imgsz, names),
                       lambda p: sr.evaluate(PTQ, OnnxRunner(p, sr.threads), head, stats=stats, artifact=p,
                                             latency=True, note=f"ONNX QDQ, {len(calib)} calibration images"))
     else:

@@ -16,10 +16,11 @@ import numpy as np
 
 from kdprune import CONF_DIR
 from kdprune.errors import UserError
+from kdprune.export.flatbuffer import TFLiteFile
 from kdprune.registry import Registry
 
 # A target's operator rules (``target.rules.<name>: setting``): rule(file, setting) -> findings, one line each.
-RULES: Registry[Callable[[_File, object], list[str]]] = Registry("target rule")
+RULES: Registry[Callable[[TFLiteFile, object], list[str]]] = Registry("target rule")
 
 # TFLite builtins in NXP's Neutron column of the MCU operator table (mcuxsdk-middleware-tensorflow,
 # docs/topics/supported_operators.md, int8); anything else runs on the CPU.
@@ -35,46 +36,14 @@ def target_names() -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / "target").glob("*.yaml"))
 
 
-class _File:
-    """The flatbuffer as LiteRT's object API reads it: ops by name, tensor shapes, constant data, zero points; and
-    ``npu``, Vela's compiles of it (rows of ``kdprune.export.npu.vela_compile``), what the file alone cannot say."""
-
-    def __init__(self, path: str | Path, npu: list[dict] | tuple = ()):
-        self.npu = list(npu)
-        from kdprune.export.tflite_check import _enum_names, _schema
-
-        schema = _schema()
-        self.model = schema.ModelT.InitFromPackedBuf(Path(path).read_bytes(), 0)
-        names = _enum_names(schema.BuiltinOperator)
-        self.g = self.model.subgraphs[0]
-        self.ops = []
-        for i, op in enumerate(self.g.operators):
-            code = self.model.operatorCodes[op.opcodeIndex]
-            name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "?")
-            self.ops.append((i, name, op))
-        self.io = set(self.g.inputs.tolist()) | set(self.g.outputs.tolist())
-
-    def shape(self, t: int) -> list[int]:
-        s = self.g.tensors[t].shape
-        return [] if s is None else [int(v) for v in s]
-
-    def const(self, t: int) -> np.ndarray | None:
-        data = self.model.buffers[self.g.tensors[t].buffer].data
-        return None if data is None else np.frombuffer(bytes(bytearray(data)), np.int32)
-
-    def zero_point(self, t: int) -> int:
-        q = self.g.tensors[t].quantization
-        return 0 if q is None or q.zeroPoint is None else int(q.zeroPoint[0])
-
-
 @RULES.register("batch_1")
-def _batch_1(f: _File, on: bool) -> list[str]:
+def _batch_1(f: TFLiteFile, on: bool) -> list[str]:
     return [f"op {i} {name}: batch {f.shape(op.outputs[0])[0]}" for i, name, op in f.ops
             if on and len(f.shape(op.outputs[0])) == 4 and f.shape(op.outputs[0])[0] != 1]
 
 
 @RULES.register("ops_in_table")
-def _ops_in_table(f: _File, on: bool) -> list[str]:
+def _ops_in_table(f: TFLiteFile, on: bool) -> list[str]:
     count: dict[str, int] = {}
     for _, name, _ in f.ops:
         if on and name not in NEUTRON_OPS:
@@ -83,7 +52,7 @@ def _ops_in_table(f: _File, on: bool) -> list[str]:
 
 
 @RULES.register("matmul_zero_point_0")
-def _matmul_zero_point_0(f: _File, on: bool) -> list[str]:
+def _matmul_zero_point_0(f: TFLiteFile, on: bool) -> list[str]:
     out = []
     for i, name, op in f.ops:
         if on and name == "BATCH_MATMUL":
@@ -94,7 +63,7 @@ def _matmul_zero_point_0(f: _File, on: bool) -> list[str]:
 
 
 @RULES.register("softmax")
-def _softmax(f: _File, limits) -> list[str]:
+def _softmax(f: TFLiteFile, limits) -> list[str]:
     out = []
     for i, name, op in f.ops:
         if limits and name == "SOFTMAX":
@@ -106,7 +75,7 @@ def _softmax(f: _File, limits) -> list[str]:
     return out
 
 
-def _sliced_dims(f: _File, op) -> list[int]:
+def _sliced_dims(f: TFLiteFile, op) -> list[int]:
     shape, begin, size = f.shape(op.inputs[0]), f.const(op.inputs[1]), f.const(op.inputs[2])
     if begin is None or size is None:
         return []
@@ -114,7 +83,7 @@ def _sliced_dims(f: _File, op) -> list[int]:
 
 
 @RULES.register("channel_multiple")
-def _channel_multiple(f: _File, n) -> list[str]:
+def _channel_multiple(f: TFLiteFile, n) -> list[str]:
     """Channel counts Neutron's MACs take whole (ExecuTorch's Neutron checks up to v1.3; the graph's own inputs and
     outputs, e.g. 3 image channels or nc classes, are exempt)."""
     out = []
@@ -138,7 +107,7 @@ def _channel_multiple(f: _File, n) -> list[str]:
 
 
 @RULES.register("npu_only")
-def _npu_only(f: _File, on: bool) -> list[str]:
+def _npu_only(f: TFLiteFile, on: bool) -> list[str]:
     """Every operator Vela left on the CPU, per Ethos-U configuration."""
     return [f"{r['target']}: {op}" for r in f.npu for op in r["cpu_operators"]] if on else []
 
@@ -156,5 +125,5 @@ def check_target(target) -> str:
 def target_findings(path: str | Path, rules, npu: list[dict] | tuple = ()) -> dict[str, list[str]]:
     """Per rule of the target (``{rule: setting}``), what the file (and Vela's compiles of it, ``npu``) does that
     the NPU would not take."""
-    f = _File(path, npu)
+    f = TFLiteFile(path, npu)
     return {rule: RULES[rule](f, setting) for rule, setting in (rules or {}).items() if setting}

@@ -40,7 +40,8 @@ import torch
 from torch import nn
 
 from kdprune.errors import UserError
-from kdprune.export.tflite_check import _enum_names, check_fully_int8, conv_weight_scales, tensor_qparams, tflite_ops
+from kdprune.export.flatbuffer import enum_names, load, save
+from kdprune.export.tflite_check import check_fully_int8, conv_weight_scales, tensor_qparams, tflite_ops
 from kdprune.export.tflite_runner import TFLiteRunner
 
 __all__ = ["TFLiteRunner", "check_fully_int8", "check_scales", "conv_weight_scales", "graph_to_tflite_int8",
@@ -169,7 +170,7 @@ def fix_uniform_bias(path: str | Path, converted: nn.Module) -> int:
     from kdprune.quant import backend
 
     refs = backend.qparams(converted)["conv_biases"]
-    model, codes = _read(path)
+    model, codes = load(path)
     conv_codes = {schema.BuiltinOperator.CONV_2D, schema.BuiltinOperator.DEPTHWISE_CONV_2D}
     buf_users = Counter(t.buffer for g in model.subgraphs for t in g.tensors)
     fixed = 0
@@ -196,7 +197,7 @@ def fix_uniform_bias(path: str | Path, converted: nn.Module) -> int:
                     model.buffers[bt.buffer] = new
                 fixed += 1
     if fixed:
-        _write(path, model)
+        save(path, model)
     return fixed
 
 
@@ -207,7 +208,7 @@ def activation_fc_to_batch_matmul(path: str | Path) -> int:
     dimensions) is rewritten; anything else is left for the TFLite Micro parity check to judge. Returns how many."""
     from ai_edge_litert import schema_py_generated as schema
 
-    model, codes = _read(path)
+    model, codes = load(path)
     ops = schema.BuiltinOperator
     bmm = next((i for i, c in enumerate(codes) if c == ops.BATCH_MATMUL), None)  # int8 already where present
     n = 0
@@ -234,7 +235,7 @@ def activation_fc_to_batch_matmul(path: str | Path) -> int:
             op.builtinOptionsType, op.builtinOptions = schema.BuiltinOptions.BatchMatMulOptions, new
             n += 1
     if n:
-        _write(path, model)
+        save(path, model)
     return n
 
 
@@ -281,8 +282,8 @@ def untie_logistic_tables(path: str | Path) -> list[tuple[str, float, float]]:
     elsewhere the table is left for the TFLite Micro parity check to judge. Returns (tensor, old scale, new scale)."""
     from ai_edge_litert import schema_py_generated as schema
 
-    model, codes = _read(path)
-    name = _enum_names(schema.BuiltinOperator)
+    model, codes = load(path)
+    name = enum_names(schema.BuiltinOperator)
     moved = []
     for g in model.subgraphs:
         producer = {t: name[codes[op.opcodeIndex]] for op in g.operators for t in op.outputs}
@@ -313,26 +314,5 @@ def untie_logistic_tables(path: str | Path) -> list[tuple[str, float, float]]:
             t.quantization.scale = np.array([new], np.float32)
             moved.append((tname, s, new))
     if moved:
-        _write(path, model)
+        save(path, model)
     return moved
-
-
-def _read(path: str | Path):
-    """A TFLite flatbuffer as the schema's object tree, and each operator code's builtin operator."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    model = schema.ModelT.InitFromPackedBuf(bytearray(Path(path).read_bytes()), 0)
-    return model, [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
-
-
-def _pack(model) -> bytes:
-    """The schema's object tree as TFLite flatbuffer bytes."""
-    import flatbuffers
-
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
-
-
-def _write(path: str | Path, model) -> None:
-    Path(path).write_bytes(_pack(model))

@@ -11,24 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from kdprune.export.flatbuffer import enum_names, read
+
 # Ops whose input 1 is a weight (int8 in a full-integer model) and input 2 a bias (int32).
 _WEIGHT_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "CONV_3D"}
-
-
-def _schema():
-    from ai_edge_litert import schema_py_generated as schema
-
-    return schema
-
-
-def _read_model(path: str | Path):
-    schema = _schema()
-    buf = Path(path).read_bytes()
-    return schema, buf, schema.Model.GetRootAs(buf, 0)
-
-
-def _enum_names(cls) -> dict[int, str]:
-    return {v: k for k, v in vars(cls).items() if not k.startswith("_") and isinstance(v, int)}
 
 
 def _op_name(schema, model, op, names: dict[int, str]) -> str:
@@ -43,8 +29,8 @@ def _op_name(schema, model, op, names: dict[int, str]) -> str:
 
 def tflite_ops(path: str | Path) -> collections.Counter:
     """Operator type names in a TFLite file (all subgraphs), with counts."""
-    schema, _, model = _read_model(path)
-    names = _enum_names(schema.BuiltinOperator)
+    schema, _, model = read(path)
+    names = enum_names(schema.BuiltinOperator)
     ops = collections.Counter()
     for s in range(model.SubgraphsLength()):
         g = model.Subgraphs(s)
@@ -75,9 +61,9 @@ def check_fully_int8(path: str | Path) -> list[str]:
     QUANTIZE/DEQUANTIZE to or from float) and no custom or Flex (TF select) operator.
     ``tflite_ops(path)`` lists the operator types.
     """
-    schema, _, model = _read_model(path)
-    op_names = _enum_names(schema.BuiltinOperator)
-    types = _enum_names(schema.TensorType)
+    schema, _, model = read(path)
+    op_names = enum_names(schema.BuiltinOperator)
+    types = enum_names(schema.TensorType)
     problems: list[str] = []
 
     def tname(t) -> str:
@@ -128,8 +114,8 @@ def check_fully_int8(path: str | Path) -> list[str]:
 def conv_weight_scales(path: str | Path) -> list[dict]:
     """Per conv/FC weight tensor: ``{"op", "tensor", "out_channels", "n_scales", "axis"}`` (``n_scales`` 1 =
     per-tensor, ``out_channels`` = per-channel)."""
-    schema, _, model = _read_model(path)
-    op_names = _enum_names(schema.BuiltinOperator)
+    schema, _, model = read(path)
+    op_names = enum_names(schema.BuiltinOperator)
     rows = []
     for s in range(model.SubgraphsLength()):
         g = model.Subgraphs(s)
@@ -153,8 +139,8 @@ def tensor_qparams(path: str | Path) -> dict:
     """The quantization a TFLite file carries, as float32 values (``kdprune.quant.backend.qparams`` is the graph's
     side): ``activations``: (scale, zero point) of every non-constant int8 tensor with one scale; ``weights``: the
     scale tuple of every int8 weight of a conv/FC op; ``weight_zero_points_0``: whether all their zero points are 0."""
-    schema, _, model = _read_model(path)
-    op_names = _enum_names(schema.BuiltinOperator)
+    schema, _, model = read(path)
+    op_names = enum_names(schema.BuiltinOperator)
     acts, weights, zp0 = [], [], True
     for s in range(model.SubgraphsLength()):
         g = model.Subgraphs(s)

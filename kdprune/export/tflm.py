@@ -59,9 +59,9 @@ def tensor_arena_bytes(path: str | Path) -> int:
 
 def _output_tensors(path: str | Path) -> list[int]:
     """Subgraph 0's output tensor indices, in the order TFLM numbers its outputs."""
-    from kdprune.export.tflite_check import _read_model
+    from kdprune.export.flatbuffer import read
 
-    g = _read_model(path)[2].Subgraphs(0)
+    g = read(path)[2].Subgraphs(0)
     return [int(g.Outputs(i)) for i in range(g.OutputsLength())]
 
 

@@ -144,7 +144,7 @@ def qparams(converted: GraphModule) -> dict:
     return {"activations": acts, "weights": weights, "conv_biases": biases}
 
 
-def export_onnx(converted: GraphModule, path: str | Path, imgsz: int, output_names: list[str]) -> Path:
+def export_qdq_onnx(converted: GraphModule, path: str | Path, imgsz: int, output_names: list[str]) -> Path:
     """QDQ ONNX of a converted graph (torch.onnx's dynamo exporter: it maps PT2E's quantize/dequantize ops to
     QuantizeLinear/DequantizeLinear with per-channel axes; batch 1, static size, as the device runs it). The graph
     may have more outputs than ``output_names`` (the QAT graph also returns the Detect inputs for the loss): the ONNX

@@ -40,7 +40,7 @@ def _device(cfg: DictConfig) -> torch.device:
 def _scanner(cfg: DictConfig, s: dict) -> tuple[Scanner, dict, int, int]:
     """The dense (split) model, its pruner and the cached batches as a ``Scanner``; the data; how many training batches
     recalibrate BN and how many val images are evaluated."""
-    from kdprune.train import build_datamodule, build_student  # data, hyp and model exactly as training builds them
+    from kdprune.build import build_datamodule, build_student  # data, hyp and model exactly as training builds them
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the same BN batches on every run
     data, hyp, model, _ = build_student(cfg)
