@@ -352,9 +352,5 @@ class DetectionModule(L.LightningModule):
         if (qat := checkpoint.get("qat")) and self.qat is None:  # a run stopped during QAT: same graph, then load
             from kdprune.quant import QATDetector
 
-            self.qat = QATDetector(self.model, qat["imgsz"], per_channel=qat["per_channel"])
-            if qat.get("bn_frozen"):
-                self.qat.freeze_bn()
-            if qat.get("observers_frozen"):
-                self.qat.freeze_observers()
+            self.qat = QATDetector.from_state(self.model, qat)
             self._ema_state = None

@@ -66,6 +66,29 @@ def test_kd_terms_are_zero_for_the_same_network_and_not_for_another(anchors):
     assert all(float(v) > 1e-3 for v in items.values()), items
 
 
+def test_anchor_modes_weight_different_anchors():
+    """``distill.anchors`` changes what the response terms average over: ``all`` weights every anchor alike,
+    ``foreground`` only the assigner's, ``teacher_conf`` by the teacher's top class probability; on the same student
+    and teacher outputs the three modes give three different cls and ld values, far beyond float rounding (were the
+    mode ignored, they would be equal bit for bit)."""
+    from kdprune.losses import anchor_weights
+
+    g = torch.Generator().manual_seed(0)
+    b, nc, a = 2, 4, 84
+    s = {"scores": torch.randn(b, nc, a, generator=g), "boxes": torch.randn(b, 4 * 16, a, generator=g)}
+    t = {"scores": torch.randn(b, nc, a, generator=g) - 1, "boxes": 3 * torch.randn(b, 4 * 16, a, generator=g)}
+    fg = torch.zeros(b, a, dtype=torch.bool)
+    fg[:, ::7] = True  # one anchor in seven is foreground
+    assert torch.equal(anchor_weights("all", t["scores"], None), torch.ones(b, a))
+    assert torch.equal(anchor_weights("foreground", t["scores"], fg), fg.float())
+    assert torch.allclose(anchor_weights("teacher_conf", t["scores"], None), t["scores"].sigmoid().amax(1))
+    items = {mode: Distiller(anchors=mode, cls=1.0, ld=1.0)(s, t, fg)[1] for mode in ("all", "foreground",
+                                                                                     "teacher_conf")}
+    for term in ("cls", "ld"):
+        values = [float(items[m][term]) for m in items]
+        assert min(abs(x - y) for i, x in enumerate(values) for y in values[i + 1:]) > 1e-5 * max(values), values
+
+
 def test_kd_terms_pull_the_student_towards_the_teacher():
     """A gradient step on each term lowers it: the signs and temperatures are right."""
     torch.manual_seed(0)

@@ -12,7 +12,7 @@ import yaml
 from omegaconf import OmegaConf
 from ultralytics.nn.tasks import yaml_model_load
 
-import kdprune.train as kt
+import kdprune.build as kb
 from kdprune.data import resolve_data
 from kdprune.recipe import FINETUNE_SHARE, training_optim
 from kdprune.teacher_stage import teacher_key
@@ -59,7 +59,7 @@ def ft_run(tmp_path_factory):
     run_dir = d / "run"
     made = []
 
-    class Recorded(kt.DetectionModule):  # what the module declared in __init__ (test_the_module_declares_its_state)
+    class Recorded(kb.DetectionModule):  # what the module declared in __init__ (test_the_module_declares_its_state)
         def __init__(self, *a, **k):
             super().__init__(*a, **k)
             self.declared = None
@@ -67,7 +67,7 @@ def ft_run(tmp_path_factory):
             made.append(self)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(kt, "DetectionModule", Recorded)
+        mp.setattr(kb, "DetectionModule", Recorded)
         s = run(compose(overrides, run_dir=run_dir))
     return d, run_dir, s, made[-1]  # (the teacher stage's run made the first module)
 
@@ -147,7 +147,7 @@ def test_model_pretrained_transfers_tensors_of_equal_shape_and_the_share_picks_t
     src = _pretrained(tmp_path / "yolo11n80.pt", "yolo11n.yaml", 0)
     sd = torch.load(src, map_location="cpu", weights_only=False)["ema"].float().state_dict()
     # the checkpoint's own architecture: all but the 80 class rows move, so it is fine-tuned
-    _, hyp, model, recipe = kt.build_student(compose([*FT, f"model.pretrained={src}"]))
+    _, hyp, model, recipe = kb.build_student(compose([*FT, f"model.pretrained={src}"]))
     assert recipe["recipe"] == "finetune" and 0.9 < recipe["transferred"] < 1.0 and hyp.lr0 == 0.001
     assert torch.equal(model.state_dict()["model.0.conv.weight"], sd["model.0.conv.weight"])
     assert int(model.model[-1].nc) == 8 and model.args is hyp
@@ -156,7 +156,7 @@ def test_model_pretrained_transfers_tensors_of_equal_shape_and_the_share_picks_t
     y.update(depth_multiple=0.5, width_multiple=0.20, max_channels=1024)
     (tmp_path / "narrow.yaml").write_text(yaml.safe_dump(y))
     cfg = compose([*FT, f"model.cfg={tmp_path / 'narrow.yaml'}", f"model.pretrained={src}"])
-    _, hyp, model, recipe = kt.build_student(cfg)
+    _, hyp, model, recipe = kb.build_student(cfg)
     assert recipe["recipe"] == "scratch" and 0.0 < recipe["transferred"] < FINETUNE_SHARE and hyp.lr0 == 0.003
     moved = [k for k, v in model.state_dict().items() if k in sd and v.shape == sd[k].shape and v.is_floating_point()
              and v.numel() > 1 and torch.equal(v, sd[k])]

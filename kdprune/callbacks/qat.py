@@ -54,14 +54,10 @@ class QATPhase(L.Callback):
                            f"({'per-channel' if self.per_channel else 'per-tensor'} weights) "
                            f"{pl_module.qat.state()['fake_quant']}")
         qat = pl_module.qat
-        if e >= self.freeze_bn_epoch and not qat.bn_frozen:
-            qat.freeze_bn()
-            _sync_buffers(qat.graph)
-            rank_zero_info(f"kdprune: QAT epoch {e + 1}: BatchNorm statistics frozen")
-        if e >= self.freeze_observer_epoch and not qat.observers_frozen:
-            qat.freeze_observers()
-            _sync_buffers(qat.graph)
-            rank_zero_info(f"kdprune: QAT epoch {e + 1}: quantization ranges frozen")
+        for what in qat.advance(bn=e >= self.freeze_bn_epoch, observers=e >= self.freeze_observer_epoch):
+            _sync_buffers(qat.graph)  # under DDP: rank 0's statistics and ranges, one set from here
+            rank_zero_info(f"kdprune: QAT epoch {e + 1}: "
+                           + ("BatchNorm statistics frozen" if what == "bn" else "quantization ranges frozen"))
         qat.train(True)
         pl_module.log("quant/phase", 1.0 + qat.bn_frozen + qat.observers_frozen, on_step=False, on_epoch=True,
                       batch_size=1)

@@ -62,6 +62,25 @@ class QATDetector(nn.Module):
         self.observers_frozen = True
         backend.freeze_observers(self.graph)
 
+    def advance(self, *, bn: bool, observers: bool) -> list[str]:
+        """Freeze what is due and not frozen yet (BN statistics, quantization ranges): the one path for the QAT phase's
+        epochs and for a resumed run's saved state. Returns what froze now ("bn", "observers")."""
+        done = []
+        if bn and not self.bn_frozen:
+            self.freeze_bn()
+            done.append("bn")
+        if observers and not self.observers_frozen:
+            self.freeze_observers()
+            done.append("observers")
+        return done
+
+    @classmethod
+    def from_state(cls, model: nn.Module, state: dict) -> QATDetector:
+        """The graph a checkpoint's ``state()`` describes, over ``model`` (whose tensors are then loaded)."""
+        qat = cls(model, state["imgsz"], per_channel=state["per_channel"])
+        qat.advance(bn=bool(state.get("bn_frozen")), observers=bool(state.get("observers_frozen")))
+        return qat
+
     # ---- forward ---------------------------------------------------------------------------------------------
     def forward(self, img: torch.Tensor):
         # Fake quantization runs in fp32: under mixed precision (trainer=gpu's 16-mixed) autocast would hand the
