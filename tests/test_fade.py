@@ -210,3 +210,25 @@ def test_a_step_before_any_accumulated_score_scores_fresh_batches(updates, monke
     trainer = SimpleNamespace(is_global_zero=True, callbacks=[], strategy=SimpleNamespace(broadcast=lambda x, src: x))
     plan = gp._decide(trainer, SimpleNamespace(model=m), 1)
     assert plan and calls == ([1] if updates == 0 else [])
+
+
+@pytest.mark.slow
+def test_the_fade_runs_end_to_end_with_the_ema_and_the_step_has_no_cliff(trained, tmp_path):
+    """The default path (``prune.fade_epochs=1``, the EMA on) in a real run from a trained model: the step's channels
+    fade to zero in the trained model *and* its EMA over the epoch before the step, so removing them moves the EMA's
+    val mAP50-95 by nothing (the step's ``cliff``); the same cut without the fade drops it. A fade that skipped the
+    EMA, or ended early, would leave a cliff."""
+    from kdprune.train import run
+
+    data, best, _ = trained
+    base = [f"data.yaml={data}", f"model.weights={best}", "data.imgsz=64", "data.batch=16", "data.val_batch=16",
+            "data.workers=0", "data.augment.mosaic=0", "data.augment.close_mosaic=0", "trainer.max_epochs=3",
+            "prune=gradual", "prune.start_epoch=2", "prune.end_epoch=2", "prune.steps=1", "prune.target.ratio=0.4",
+            "prune.importance=l1", "val.plot_every=0", "logger=none", "optim.ema=true"]
+    cliffs = {}
+    for fade in (1, 0):
+        s = run(compose([*base, f"prune.fade_epochs={fade}"], run_dir=tmp_path / f"fade{fade}"))
+        step = s["pruning"]["steps"][0]
+        assert step["epoch"] == 2 and step["channels_removed"] > 0 and step["mAP50-95_before"] > 0.3, step
+        cliffs[fade] = step["cliff"]
+    assert abs(cliffs[1]) <= 0.002 and cliffs[0] > 0.02, cliffs
