@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from kdprune import CONF_DIR
+from kdprune.deploy import C_DIR
 
-SRC = CONF_DIR.parent / "kdprune" / "deploy" / "c" / "kdp_postprocess.c"
+SRC = C_DIR / "kdp_postprocess.c"
 FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O2"]
 
 
