@@ -123,3 +123,26 @@ def test_bad_arguments_return_minus_one(lib):
     cfg = Config(3, 16, 1, 1.5, 0.7, 300)  # conf outside (0, 1)
     arr, scratch, out = (Level * 1)(), (Det * 4)(), (Det * 300)()
     assert lib.kdp_postprocess(ctypes.byref(cfg), arr, scratch, 4, out, None) == -1
+
+
+def test_deploy_cli_refuses_bad_input_with_one_line_and_writes_nothing(tmp_path):
+    """A run dir without a TFLite file, a threshold outside (0, 1): one line, exit 2, no deploy/ left behind."""
+    from tests.conftest import run_cli
+
+    p = run_cli(str(tmp_path), module="kdprune.deploy")
+    assert p.returncode == 2 and "no export/model_int8.tflite" in p.stderr and "Traceback" not in p.stderr
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "model_int8.tflite").write_bytes(b"not a flatbuffer")
+    (tmp_path / "summary.json").write_text("{}")
+    p = run_cli(str(tmp_path), "--conf", "1.5", module="kdprune.deploy")
+    assert p.returncode == 2 and "--conf=1.5: must be in (0, 1)" in p.stderr
+    assert not (tmp_path / "deploy").exists() and not list(tmp_path.glob(".deploy-*"))
+
+
+def test_resolver_registers_exactly_the_files_operators():
+    from kdprune.deploy.kit import resolver
+    from kdprune.errors import UserError
+
+    assert resolver(["CONV_2D", "LOGISTIC"]) == ["  resolver.AddConv2D();", "  resolver.AddLogistic();"]
+    with pytest.raises(UserError, match="cannot register in TFLite Micro: NEW_OP"):
+        resolver(["CONV_2D", "NEW_OP"])

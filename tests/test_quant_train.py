@@ -241,3 +241,53 @@ def test_resume_during_qat(qat_run, from_trained, tmp_path):
     assert_starts_from(tmp_path / "start.0", ckpt)  # weights, optimizer moments, QAT scales and state
     scales = [k for k in ckpt["state_dict"] if k.startswith("qat.graph.") and k.endswith(".scale")]
     assert scales and s["quant"]["bn_frozen"] == ckpt["qat"]["bn_frozen"]
+
+
+def test_the_deploy_kit_is_the_file_and_its_contract(qat_run, tmp_path):
+    """``python -m kdprune.deploy`` on the run: the C array holds the file's bytes (read back from the compiled
+    object), the generated header and the library compile with -Werror and a main that uses every level's macros, the
+    example's resolver registers exactly the file's operators, and each level's output indices are TFLM's."""
+    import ctypes
+    import re
+    import subprocess
+
+    from kdprune.deploy.kit import RESOLVER
+    from kdprune.export.flatbuffer import TFLiteFile
+    from kdprune.export.tflm import _output_tensors
+    from tests.conftest import run_cli
+
+    p = run_cli(str(qat_run), "--conf", "0.3", module="kdprune.deploy")
+    assert p.returncode == 0, p.stderr[-2000:]
+    kit, tfl = qat_run / "deploy", qat_run / "export" / "model_int8.tflite"
+    flags = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
+    so = tmp_path / "kit.so"
+    subprocess.run(["gcc", *flags, "-fPIC", "-shared", str(kit / "kdp_model_data.c"), "-o", str(so)], check=True)
+    data = tfl.read_bytes()
+    assert bytes((ctypes.c_ubyte * len(data)).in_dll(ctypes.CDLL(str(so)), "kdp_model")) == data
+    io = (kit / "kdp_model_io.h").read_text()
+    macros = dict(re.findall(r"#define (KDP_\w+) (.+)", io))
+    nl = int(macros["KDP_NL"])
+    levels = ", ".join(f"{{0, 0, KDP_L{i}_H, KDP_L{i}_W, KDP_L{i}_STRIDE, KDP_L{i}_BOX_SCALE, KDP_L{i}_BOX_ZERO_POINT, "
+                       f"KDP_L{i}_CLS_SCALE, KDP_L{i}_CLS_ZERO_POINT}}" for i in range(nl))
+    (tmp_path / "m.c").write_text(
+        '#include "kdp_model_io.h"\n#include "kdp_postprocess.h"\n'
+        f"int main(void) {{ const char *names[KDP_NC] = KDP_CLASS_NAMES; kdp_level_t lv[KDP_NL] = {{{levels}}}; "
+        "kdp_config_t c = {KDP_NC, KDP_REG_MAX, KDP_NL, KDP_CONF, KDP_IOU, KDP_MAX_DET}; "
+        "return (int)(names[0][0] == 0) + (int)(lv[0].h == 0) + (int)(c.nc == 0) + KDP_ARENA_BYTES % 16; }\n")
+    subprocess.run(["gcc", *flags, f"-I{kit}", str(tmp_path / "m.c"), str(kit / "kdp_postprocess.c"), "-lm", "-o",
+                    str(tmp_path / "m")], check=True)
+    assert subprocess.run([str(tmp_path / "m")]).returncode == 0
+    f = TFLiteFile(tfl)
+    ops = sorted({n for _, n, _ in f.ops})
+    calls = re.findall(r"resolver\.(Add\w+)\(\);", (kit / "main.cc").read_text())
+    assert calls == [RESOLVER[o] for o in ops] and "AddConv2D" in calls  # exactly the file's operators
+    assert f"MicroMutableOpResolver<{len(ops)}>" in (kit / "main.cc").read_text()
+    order = _output_tensors(tfl)  # TFLM's output numbering
+    sig = {o.name.decode(): int(o.tensorIndex) for o in f.model.signatureDefs[0].outputs}
+    for i in range(nl):
+        assert int(macros[f"KDP_L{i}_BOX_OUTPUT"]) == order.index(sig[f"box{i}"])
+        assert int(macros[f"KDP_L{i}_CLS_OUTPUT"]) == order.index(sig[f"cls{i}"])
+    assert macros["KDP_CONF"].split()[0] == "0.3f" and int(macros["KDP_INPUT_H"]) == 64
+    arena = {r["stage"]: r for r in json.loads((qat_run / "summary.json").read_text())["stages"]}["TFLite INT8"]
+    assert int(macros["KDP_ARENA_BYTES"]) >= arena["arena_bytes"] * 1.1
+
