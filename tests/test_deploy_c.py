@@ -1,57 +1,31 @@
 """The C99 post-processing (kdprune/deploy/c/kdp_postprocess.c) against the host decode that scores the files
 (kdprune.export.decode + ultralytics' NMS): compiled here with the flags a strict MCU project uses, driven on int8
-outputs through ctypes. (Issue 37's first piece: the library alone; the generated kit and its check on the run's
-TFLM outputs come next.)"""
+outputs through ctypes. The generated kit, and the library on a trained run's TFLite Micro outputs against its
+report: tests/test_quant_train.py."""
 
 from __future__ import annotations
 
 import ctypes
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
 import torch
 
-from kdprune.deploy import C_DIR
-
-SRC = C_DIR / "kdp_postprocess.c"
-FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O2"]
-
-
-class Level(ctypes.Structure):
-    _fields_ = [("box", ctypes.c_void_p), ("cls", ctypes.c_void_p), ("h", ctypes.c_int), ("w", ctypes.c_int),
-                ("stride", ctypes.c_float), ("box_scale", ctypes.c_float), ("box_zero_point", ctypes.c_int32),
-                ("cls_scale", ctypes.c_float), ("cls_zero_point", ctypes.c_int32)]
-
-
-class Config(ctypes.Structure):
-    _fields_ = [("nc", ctypes.c_int), ("reg_max", ctypes.c_int), ("nl", ctypes.c_int), ("conf", ctypes.c_float),
-                ("iou", ctypes.c_float), ("max_det", ctypes.c_int)]
-
-
-class Det(ctypes.Structure):
-    _fields_ = [("x1", ctypes.c_float), ("y1", ctypes.c_float), ("x2", ctypes.c_float), ("y2", ctypes.c_float),
-                ("score", ctypes.c_float), ("cls", ctypes.c_int32), ("anchor", ctypes.c_int32)]
-
-
-class Stats(ctypes.Structure):
-    _fields_ = [("anchors", ctypes.c_int), ("candidates", ctypes.c_int), ("kept", ctypes.c_int),
-                ("truncated", ctypes.c_int)]
+from kdprune.deploy.host import Config, Det, HostPostprocess, Level, compile_library, undefined_symbols
 
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory):
+    """The library compiled with -Werror; its object file references no allocator."""
     if shutil.which("gcc") is None:
         pytest.fail("gcc is needed to compile the C post-processing (it is on every supported machine)")
     d = tmp_path_factory.mktemp("c")
-    obj = d / "kdp.o"
-    subprocess.run(["gcc", *FLAGS, "-c", str(SRC), "-o", str(obj)], check=True, capture_output=True, text=True)
-    undefined = subprocess.run(["nm", "-u", str(obj)], check=True, capture_output=True, text=True).stdout.split()
-    assert not {"malloc", "free", "calloc", "realloc"} & set(undefined), undefined  # no dynamic allocation
-    so = d / "libkdp.so"
-    subprocess.run(["gcc", *FLAGS, "-fPIC", "-shared", str(SRC), "-o", str(so), "-lm"], check=True)
-    return ctypes.CDLL(str(so))
+    so = compile_library(d)
+    undefined = undefined_symbols(d / "kdp_postprocess.o")
+    assert "expf" in undefined  # the symbol table is read (the library does call libm)
+    assert not {"malloc", "free", "calloc", "realloc"} & undefined, undefined  # no dynamic allocation
+    return so
 
 
 def _outputs(seed: int, nc: int, reg_max: int, sizes=(8, 4, 2)):
@@ -67,39 +41,37 @@ def _outputs(seed: int, nc: int, reg_max: int, sizes=(8, 4, 2)):
     return levels
 
 
-def _host(levels, strides, nc, reg_max, conf, iou, max_det):
+def _host(levels, strides, nc, reg_max, conf, iou, max_det, multi_label=False):
     from kdprune.export.decode import decode, nms
 
     outs = []
     for box, cls, (bs, bz), (cs, cz) in levels:
         outs += [(box.astype(np.float32) - bz) * np.float32(bs), (cls.astype(np.float32) - cz) * np.float32(cs)]
     y = decode([torch.from_numpy(o) for o in outs], strides, nc=nc, reg_max=reg_max, channels_last=True)
-    return nms(y, conf, iou, max_det)[0]
+    return nms(y, conf, iou, max_det, multi_label=multi_label)[0]
 
 
-def _c(lib, levels, strides, nc, reg_max, conf, iou, max_det, cap=4096):
-    arr = (Level * len(levels))()
-    keep = []
-    for i, ((box, cls, (bs, bz), (cs, cz)), s) in enumerate(zip(levels, strides)):
-        b, c = np.ascontiguousarray(box[0]), np.ascontiguousarray(cls[0])
-        keep += [b, c]
-        arr[i] = Level(b.ctypes.data, c.ctypes.data, b.shape[0], b.shape[1], s, bs, bz, cs, cz)
-    cfg = Config(nc, reg_max, len(levels), conf, iou, max_det)
-    scratch, out, st = (Det * cap)(), (Det * max_det)(), Stats()
-    n = lib.kdp_postprocess(ctypes.byref(cfg), arr, scratch, cap, out, ctypes.byref(st))
-    rows = np.array([[d.x1, d.y1, d.x2, d.y2, d.score, d.cls] for d in out[:n]], np.float32).reshape(-1, 6)
-    return rows, st
+def _c(lib, levels, strides, nc, reg_max, conf, iou, max_det, cap=4096, multi_label=False):
+    quant = [q for box, cls, bq, cq in levels for q in (bq, cq)]
+    post = HostPostprocess(lib, strides=strides, nc=nc, reg_max=reg_max, quant=quant, capacity=cap)
+    return post([a for box, cls, _, _ in levels for a in (box, cls)], conf=conf, iou=iou, max_det=max_det,
+                multi_label=multi_label)
 
 
-@pytest.mark.parametrize("seed,nc,reg_max,conf", [(0, 3, 16, 0.25), (1, 8, 16, 0.25), (2, 3, 16, 0.5),
-                                                  (3, 1, 16, 0.1), (4, 4, 1, 0.25)])
-def test_c_postprocessing_equals_the_host_decode(lib, seed, nc, reg_max, conf):
-    """Same boxes (within 1e-3 px), classes, scores and order as the Python decode + ultralytics' NMS; most anchors
-    are dropped by the int8 threshold before any float work."""
+@pytest.mark.parametrize("seed,nc,reg_max,conf,multi", [(0, 3, 16, 0.25, 0), (1, 8, 16, 0.25, 0), (2, 3, 16, 0.5, 0),
+                                                        (3, 1, 16, 0.1, 0), (4, 4, 1, 0.25, 0), (5, 4, 16, 0.25, 1),
+                                                        (6, 8, 1, 0.3, 1)])
+def test_c_postprocessing_equals_the_host_decode(lib, seed, nc, reg_max, conf, multi):
+    """Same boxes (within 1e-3 px), classes, scores and order as the Python decode + ultralytics' NMS (best class
+    per anchor, its predictor; with ``multi_label``, every class over conf, its validator); most anchors are dropped
+    by the int8 threshold before any float work."""
     levels, strides = _outputs(seed, nc, reg_max), [8.0, 16.0, 32.0]
-    ref = _host(levels, strides, nc, reg_max, conf, 0.7, 300)
-    got, st = _c(lib, levels, strides, nc, reg_max, conf, 0.7, 300)
+    ref = _host(levels, strides, nc, reg_max, conf, 0.7, 300, multi_label=bool(multi))
+    got, st = _c(lib, levels, strides, nc, reg_max, conf, 0.7, 300, multi_label=bool(multi))
     assert len(ref) > 3, "the case must produce detections to compare"
+    if multi:  # some anchor gives boxes of two classes: the mode is exercised
+        single = _host(levels, strides, nc, reg_max, conf, 0.7, 300)
+        assert len(ref) > len(single)
     assert got.shape == ref.shape
     assert np.array_equal(got[:, 5], ref[:, 5])
     assert np.abs(got[:, :4] - ref[:, :4]).max() < 1e-3 and np.abs(got[:, 4] - ref[:, 4]).max() < 1e-6
@@ -112,17 +84,19 @@ def test_c_postprocessing_equals_the_host_decode(lib, seed, nc, reg_max, conf):
 def test_int8_threshold_is_the_float_comparison(lib, scale, zp, conf):
     """For every int8 value, "q >= threshold" is exactly "sigmoid(dequantized q) > conf" as torch computes it in
     float32 (128: no value passes)."""
-    lib.kdp_int8_threshold.argtypes = [ctypes.c_float, ctypes.c_int32, ctypes.c_float]
-    t = lib.kdp_int8_threshold(scale, zp, conf)
+    t = HostPostprocess(lib, strides=[8.0], nc=1, reg_max=1, quant=[], capacity=1).threshold(scale, zp, conf)
     q = torch.arange(-128, 128, dtype=torch.float32)
     passes = (torch.sigmoid((q - zp) * torch.tensor(scale, dtype=torch.float32)) > conf).numpy()
     assert np.array_equal(passes, np.arange(-128, 128) >= t)
 
 
 def test_bad_arguments_return_minus_one(lib):
-    cfg = Config(3, 16, 1, 1.5, 0.7, 300)  # conf outside (0, 1)
+    cfg = Config(3, 16, 1, 1.5, 0.7, 300, 0)  # conf outside (0, 1)
     arr, scratch, out = (Level * 1)(), (Det * 4)(), (Det * 300)()
-    assert lib.kdp_postprocess(ctypes.byref(cfg), arr, scratch, 4, out, None) == -1
+    assert ctypes.CDLL(str(lib)).kdp_postprocess(ctypes.byref(cfg), arr, scratch, 4, out, None) == -1
+
+
+ONNX_LIKE = bytes(range(256)) * 8  # bytes whose flatbuffer offsets point past the end
 
 
 def test_deploy_cli_refuses_bad_input_with_one_line_and_writes_nothing(tmp_path):
@@ -136,6 +110,12 @@ def test_deploy_cli_refuses_bad_input_with_one_line_and_writes_nothing(tmp_path)
     (tmp_path / "summary.json").write_text("{}")
     p = run_cli(str(tmp_path), "--conf", "1.5", module="kdprune.deploy")
     assert p.returncode == 2 and "--conf=1.5: must be in (0, 1)" in p.stderr
+    p = run_cli(str(tmp_path), module="kdprune.deploy")  # a file that is not a TFLite flatbuffer
+    assert p.returncode == 2 and "not a TFLite file" in p.stderr and "Traceback" not in p.stderr
+    data = bytearray(ONNX_LIKE)
+    (tmp_path / "export" / "model_int8.tflite").write_bytes(bytes(data[:4]) + b"TFL3" + bytes(data[8:]))
+    p = run_cli(str(tmp_path), module="kdprune.deploy")  # the identifier, then garbage offsets
+    assert p.returncode == 2 and "damaged TFLite file" in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "deploy").exists() and not list(tmp_path.glob(".deploy-*"))
 
 

@@ -23,7 +23,7 @@ QAT = [*TINY, "trainer.max_epochs=3", "prune=gradual", "prune.start_epoch=0", "p
        "prune.fade_epochs=0", "prune.steps=1",
        "prune.target.ratio=0.2", "quant=int8_qat", "quant.start_epoch=1", "quant.freeze_bn_epoch=2",
        "quant.freeze_observer_epoch=2", "quant.ptq_images=8", "export=int8", "target=ethos_u",
-       "export.latency_runs=20"]
+       "export.latency_runs=20", "export.deploy.conf=0.2"]
 
 
 # a part with 20,000 B of SRAM left for the model (device=generic's keys set by hand), ReLU in the first two layers
@@ -243,6 +243,21 @@ def test_resume_during_qat(qat_run, from_trained, tmp_path):
     assert scales and s["quant"]["bn_frozen"] == ckpt["qat"]["bn_frozen"]
 
 
+def test_the_c_postprocessing_computes_what_the_report_scored(qat_run, tmp_path):
+    """The kit the run wrote itself (with export.deploy.conf), its C library driven on the int8 outputs TensorFlow
+    Lite Micro gives for every val image: the same detections as the decode + ultralytics' NMS that scored the file,
+    and the mAP50-95 computed from the C boxes is the report's TFLite INT8 row (within 1e-4, its rounding)."""
+    from kdprune.deploy.check import check_kit
+    from kdprune.deploy.host import compile_library
+
+    assert "#define KDP_CONF 0.2f" in (qat_run / "deploy" / "kdp_model_io.h").read_text()  # written by the run
+    r = check_kit(qat_run, compile_library(tmp_path), conf=0.2)
+    assert r["equal"] and r["images"] >= 8, r
+    assert r["row_mAP50-95"] > 0.05, "the check must compare real numbers"
+    assert abs(r["mAP50-95"] - r["row_mAP50-95"]) <= 1e-4 and abs(r["mAP50"] - r["row_mAP50"]) <= 1e-4, r
+    assert 0.5 < r["skipped"] < 1  # most anchors never reach float work at the device's threshold
+
+
 def test_the_deploy_kit_is_the_file_and_its_contract(qat_run, tmp_path):
     """``python -m kdprune.deploy`` on the run: the C array holds the file's bytes (read back from the compiled
     object), the generated header and the library compile with -Werror and a main that uses every level's macros, the
@@ -256,8 +271,10 @@ def test_the_deploy_kit_is_the_file_and_its_contract(qat_run, tmp_path):
     from kdprune.export.tflm import _output_tensors
     from tests.conftest import run_cli
 
-    p = run_cli(str(qat_run), "--conf", "0.3", module="kdprune.deploy")
+    p = run_cli(str(qat_run), "--conf", "0.3", "--check", "--images", "3", module="kdprune.deploy")
     assert p.returncode == 0, p.stderr[-2000:]
+    check = json.loads((qat_run / "deploy" / "check.json").read_text())
+    assert check["images"] == 3 and check["equal"] and check["conf"] == 0.3
     kit, tfl = qat_run / "deploy", qat_run / "export" / "model_int8.tflite"
     flags = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
     so = tmp_path / "kit.so"
@@ -272,7 +289,7 @@ def test_the_deploy_kit_is_the_file_and_its_contract(qat_run, tmp_path):
     (tmp_path / "m.c").write_text(
         '#include "kdp_model_io.h"\n#include "kdp_postprocess.h"\n'
         f"int main(void) {{ const char *names[KDP_NC] = KDP_CLASS_NAMES; kdp_level_t lv[KDP_NL] = {{{levels}}}; "
-        "kdp_config_t c = {KDP_NC, KDP_REG_MAX, KDP_NL, KDP_CONF, KDP_IOU, KDP_MAX_DET}; "
+        "kdp_config_t c = {KDP_NC, KDP_REG_MAX, KDP_NL, KDP_CONF, KDP_IOU, KDP_MAX_DET, KDP_MULTI_LABEL}; "
         "return (int)(names[0][0] == 0) + (int)(lv[0].h == 0) + (int)(c.nc == 0) + KDP_ARENA_BYTES % 16; }\n")
     subprocess.run(["gcc", *flags, f"-I{kit}", str(tmp_path / "m.c"), str(kit / "kdp_postprocess.c"), "-lm", "-o",
                     str(tmp_path / "m")], check=True)
@@ -290,4 +307,23 @@ def test_the_deploy_kit_is_the_file_and_its_contract(qat_run, tmp_path):
     assert macros["KDP_CONF"].split()[0] == "0.3f" and int(macros["KDP_INPUT_H"]) == 64
     arena = {r["stage"]: r for r in json.loads((qat_run / "summary.json").read_text())["stages"]}["TFLite INT8"]
     assert int(macros["KDP_ARENA_BYTES"]) >= arena["arena_bytes"] * 1.1
+
+
+def test_the_kit_refuses_a_file_whose_head_it_does_not_know(qat_run, tmp_path):
+    """The run's file with its outputs renamed (a TFLite file kdprune did not write): one UserError naming the
+    layout, and no deploy/ written."""
+    import shutil
+
+    from kdprune.deploy.kit import write_kit
+    from kdprune.export.flatbuffer import load, save
+
+    (tmp_path / "export").mkdir()
+    shutil.copy(qat_run / "summary.json", tmp_path)
+    model, _ = load(qat_run / "export" / "model_int8.tflite")
+    for o in model.signatureDefs[0].outputs:
+        o.name = b"out_" + o.name
+    save(tmp_path / "export" / "model_int8.tflite", model)
+    with pytest.raises(UserError, match="unknown head layout"):
+        write_kit(tmp_path)
+    assert not (tmp_path / "deploy").exists() and not list(tmp_path.glob(".deploy-*"))
 

@@ -30,6 +30,7 @@ import numpy as np
 from kdprune.deploy import C_DIR
 from kdprune.errors import UserError
 from kdprune.export.flatbuffer import TFLiteFile
+from kdprune.stage_rows import TFLITE_INT8
 
 ARENA_MARGIN = 1.10  # TFLM's arena can differ by build options (e.g. logging, alignment): 10 % above the measured one
 
@@ -102,7 +103,7 @@ def read_contract(run_dir: Path) -> IOContract:
     names = list(summary.get("per_class") or {}) or [f"class{i}" for i in range(nc)]
     if len(names) != nc:
         names = [f"class{i}" for i in range(nc)]
-    row = next((r for r in summary.get("stages") or [] if r.get("stage") == "TFLite INT8"), {})
+    row = next((r for r in summary.get("stages") or [] if r.get("stage") == TFLITE_INT8), {})
     return IOContract(inp, boxes, classes, strides, nc, reg_max, names, sorted({n for _, n, _ in f.ops}),
                       row.get("arena_bytes"))
 
@@ -144,6 +145,7 @@ def io_header(c: IOContract, conf: float, iou: float, max_det: int) -> str:
              f"#define KDP_NC {c.nc}", f"#define KDP_REG_MAX {c.reg_max}", f"#define KDP_NL {len(c.boxes)}", "",
              f"#define KDP_CONF {conf!r}f  /* defaults for kdp_config_t: class-score threshold, NMS IoU, boxes out */",
              f"#define KDP_IOU {iou!r}f", f"#define KDP_MAX_DET {max_det}",
+             "#define KDP_MULTI_LABEL 0  /* 0: the best class per anchor (a device); 1: every class over conf */",
              f"#define KDP_ANCHORS {sum(b.shape[1] * b.shape[2] for b in c.boxes)}", ""]
     if c.arena_bytes:
         margin = f"{ARENA_MARGIN - 1:.0%}"
@@ -213,7 +215,7 @@ int main() {{
   if (interpreter.Invoke() != kTfLiteOk) return 1;
   const kdp_level_t levels[KDP_NL] = {{
 {levels}}};
-  const kdp_config_t cfg = {{KDP_NC, KDP_REG_MAX, KDP_NL, KDP_CONF, KDP_IOU, KDP_MAX_DET}};
+  const kdp_config_t cfg = {{KDP_NC, KDP_REG_MAX, KDP_NL, KDP_CONF, KDP_IOU, KDP_MAX_DET, KDP_MULTI_LABEL}};
   kdp_stats_t stats;
   const int n = kdp_postprocess(&cfg, levels, scratch, KDP_ANCHORS, dets, &stats);
   for (int i = 0; i < n; ++i)
@@ -242,14 +244,20 @@ Defaults: `KDP_CONF` {conf}, `KDP_IOU` {iou}, `KDP_MAX_DET` {max_det} (regenerat
 """
 
 
+def check_settings(conf: float, iou: float, max_det: int, *, key: str = "--") -> None:
+    """The kit's thresholds, as a UserError naming ``key`` + the setting (``--conf`` on the command line,
+    ``export.deploy.conf`` in the config, checked before training)."""
+    for name, v in (("conf", conf), ("iou", iou)):
+        if not 0 < float(v) < 1:
+            raise UserError(f"{key}{name}={v}: must be in (0, 1)")
+    if int(max_det) < 1:
+        raise UserError(f"{key}{'max-det' if key == '--' else 'max_det'}={max_det}: must be >= 1")
+
+
 def write_kit(run_dir: str | Path, *, conf: float = 0.25, iou: float = 0.7, max_det: int = 300) -> Path:
     """Write ``<run_dir>/deploy/`` (atomically) and return it."""
     run_dir = Path(run_dir)
-    for name, v in (("conf", conf), ("iou", iou)):
-        if not 0 < v < 1:
-            raise UserError(f"--{name}={v}: must be in (0, 1)")
-    if int(max_det) < 1:
-        raise UserError(f"--max-det={max_det}: must be >= 1")
+    check_settings(conf, iou, max_det)
     c = read_contract(run_dir)
     data = (run_dir / "export" / "model_int8.tflite").read_bytes()
     files = dict(zip(("kdp_model_data.h", "kdp_model_data.c"), model_data(data)))

@@ -101,15 +101,17 @@ def decode(outputs: Sequence, strides: Sequence[float] | torch.Tensor, *, nc: in
 
 
 def nms(preds: torch.Tensor, conf: float = 0.25, iou: float = 0.7, max_det: int = 300, *,
-        end2end: bool | None = None, agnostic: bool = False) -> list[np.ndarray]:
+        end2end: bool | None = None, agnostic: bool = False, multi_label: bool = False) -> list[np.ndarray]:
     """``decode``'s output -> per image an ``(N, 6)`` float32 array ``x1, y1, x2, y2, score, class`` (pixels of the
     network input; undo the letterbox for original-image coordinates).
 
-    Ultralytics' own ``non_max_suppression`` (best class per box, class-aware NMS, as its predictor runs it). End-to-end
+    Ultralytics' own ``non_max_suppression`` (best class per box, class-aware NMS, as its predictor runs it; with
+    ``multi_label`` every class over ``conf`` is a candidate, as its validator runs it for mAP). End-to-end
     output (``(B, k, 6)``; inferred from the shape when ``end2end`` is None) is only thresholded by ``conf``.
     """
     preds = torch.as_tensor(preds)
     if end2end is None:
         end2end = preds.ndim == 3 and preds.shape[-1] == 6 and preds.shape[1] != 6
-    out = non_max_suppression(preds, conf, iou, agnostic=agnostic, max_det=max_det, end2end=end2end)
+    out = non_max_suppression(preds, conf, iou, agnostic=agnostic, multi_label=multi_label, max_det=max_det,
+                              end2end=end2end)
     return [o[:, :6].cpu().numpy().astype(np.float32) for o in out]

@@ -7,9 +7,12 @@ names, shapes, constants and zero points at hand (the target rules and the arena
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
+
+from kdprune.errors import UserError
 
 
 def schema():
@@ -24,16 +27,27 @@ def enum_names(cls) -> dict[int, str]:
     return {v: k for k, v in vars(cls).items() if not k.startswith("_") and isinstance(v, int)}
 
 
+def _tflite_bytes(path: str | Path) -> bytes:
+    """The file's bytes; a file without TFLite's flatbuffer identifier ("TFL3" at byte 4) is a UserError."""
+    buf = Path(path).read_bytes()
+    if buf[4:8] != b"TFL3":
+        raise UserError(f"{path}: not a TFLite file (no TFL3 flatbuffer identifier)")
+    return buf
+
+
 def read(path: str | Path):
     """``(schema, bytes, Model)``: the file through the schema's read-only accessors."""
     s = schema()
-    buf = Path(path).read_bytes()
+    buf = _tflite_bytes(path)
     return s, buf, s.Model.GetRootAs(buf, 0)
 
 
 def load(path: str | Path):
     """``(ModelT, builtin code per operator code)``: the file as the schema's object tree, to edit and ``save``."""
-    model = schema().ModelT.InitFromPackedBuf(bytearray(Path(path).read_bytes()), 0)
+    try:
+        model = schema().ModelT.InitFromPackedBuf(bytearray(_tflite_bytes(path)), 0)
+    except (struct.error, IndexError, UnicodeDecodeError):  # offsets past the end: a truncated or damaged file
+        raise UserError(f"{path}: a damaged TFLite file (its flatbuffer does not parse); export it again") from None
     return model, [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
 
 

@@ -76,6 +76,10 @@ def check_exports(cfg: DictConfig) -> list[str]:
         raise UserError(f"export.latency_runs={runs}: the latency median needs at least {MIN_LATENCY_RUNS} timed runs")
     for f in formats:
         FORMATS[f].check(cfg)
+    if "tflite_int8" in formats and (kit := cfg.export.get("deploy")) is not None:
+        from kdprune.deploy.kit import check_settings
+
+        check_settings(kit.conf, kit.iou, kit.max_det, key="export.deploy.")
     return formats
 
 

@@ -89,7 +89,7 @@ static float kdp_iou(const kdp_det_t *a, const kdp_det_t *b) {
 
 int kdp_postprocess(const kdp_config_t *cfg, const kdp_level_t *levels, kdp_det_t *scratch, int scratch_cap,
                     kdp_det_t *out, kdp_stats_t *stats) {
-    int l, n = 0, kept = 0, anchor = 0, truncated = 0, i, j;
+    int l, n = 0, kept = 0, anchor = 0, decoded = 0, truncated = 0, i, j;
     if (!cfg || !levels || !scratch || !out || cfg->nc < 1 || cfg->reg_max < 1 || cfg->nl < 1 || scratch_cap < 1 ||
         !(cfg->conf > 0.0f && cfg->conf < 1.0f) || cfg->max_det < 1)
         return -1;
@@ -102,12 +102,13 @@ int kdp_postprocess(const kdp_config_t *cfg, const kdp_level_t *levels, kdp_det_
             for (x = 0; x < lv->w; ++x, ++anchor) {
                 const int8_t *c = lv->cls + ((size_t)y * lv->w + x) * cfg->nc;
                 const int8_t *b = lv->box + ((size_t)y * lv->w + x) * nb;
-                int best = 0, k;
+                int best = 0, k, k_end;
                 float d[4], ax, ay, x1, y1, x2, y2, cx, cy, w, h;
                 kdp_det_t det;
                 for (k = 1; k < cfg->nc; ++k)
                     if (c[k] > c[best]) best = k;
                 if (c[best] < q_min) continue; /* the int8 threshold: no float work for this anchor */
+                ++decoded;
                 for (k = 0; k < 4; ++k) d[k] = kdp_dfl(b + k * cfg->reg_max, cfg->reg_max, lv->box_scale,
                                                       lv->box_zero_point);
                 ax = (float)x + 0.5f;
@@ -124,17 +125,23 @@ int kdp_postprocess(const kdp_config_t *cfg, const kdp_level_t *levels, kdp_det_
                 det.y1 = cy - h / 2.0f;
                 det.x2 = cx + w / 2.0f;
                 det.y2 = cy + h / 2.0f;
-                det.score = kdp_sigmoid(lv->cls_scale * (float)(c[best] - lv->cls_zero_point));
-                det.cls = best;
-                det.anchor = anchor;
-                if (n < scratch_cap) {
-                    scratch[n++] = det;
-                } else { /* full: replace the worst candidate if this one is better */
-                    int worst = 0;
-                    truncated = 1;
-                    for (k = 1; k < n; ++k)
-                        if (kdp_before(&scratch[worst], &scratch[k])) worst = k;
-                    if (kdp_before(&det, &scratch[worst])) scratch[worst] = det;
+                /* the candidates: the best class, or with multi_label every class over the threshold (in class
+                 * order, as ultralytics' torch.where lists them) */
+                k_end = cfg->multi_label ? cfg->nc : best + 1;
+                for (k = cfg->multi_label ? 0 : best; k < k_end; ++k) {
+                    if (c[k] < q_min) continue;
+                    det.score = kdp_sigmoid(lv->cls_scale * (float)(c[k] - lv->cls_zero_point));
+                    det.cls = k;
+                    det.anchor = anchor;
+                    if (n < scratch_cap) {
+                        scratch[n++] = det;
+                    } else { /* full: replace the worst candidate if this one is better */
+                        int worst = 0, m;
+                        truncated = 1;
+                        for (m = 1; m < n; ++m)
+                            if (kdp_before(&scratch[worst], &scratch[m])) worst = m;
+                        if (kdp_before(&det, &scratch[worst])) scratch[worst] = det;
+                    }
                 }
             }
         }
@@ -152,7 +159,7 @@ int kdp_postprocess(const kdp_config_t *cfg, const kdp_level_t *levels, kdp_det_
     }
     if (stats) {
         stats->anchors = anchor;
-        stats->candidates = n;
+        stats->candidates = decoded;
         stats->kept = kept;
         stats->truncated = truncated;
     }

@@ -5,7 +5,8 @@
  * host decode that scored the file does (kdprune.export.decode + ultralytics' NMS):
  *   1. the class threshold in the int8 domain: sigmoid is monotonic, so "score > conf" is "q >= q_min" for one
  *      q_min per level, found once; anchors under it cost one int8 compare per class and no float work;
- *   2. for the survivors only: best class, its sigmoid score, the DFL expectation of each side, the box;
+ *   2. for the survivors only: the DFL expectation of each side, the box, and the sigmoid score of the best class
+ *      (or, with multi_label, of every class over the threshold);
  *   3. class-wise NMS (IoU > iou suppresses), best score first, at most max_det boxes.
  * No dynamic allocation, no global state; the caller passes the scratch and output arrays; deterministic (ties in
  * score are broken by anchor index, then class).
@@ -38,6 +39,8 @@ typedef struct {
     float conf;   /* class-score threshold in (0, 1): a box needs score > conf */
     float iou;    /* NMS: a box whose IoU with a better one of its class is > iou is dropped */
     int max_det;  /* at most this many boxes out */
+    int multi_label; /* 0: the best class per anchor (ultralytics' predictor: what a device shows); 1: every class
+                      * over conf is a candidate (ultralytics' validator: what mAP is computed from) */
 } kdp_config_t;
 
 typedef struct {
@@ -49,7 +52,7 @@ typedef struct {
 
 typedef struct {
     int anchors;     /* anchors in all levels */
-    int candidates;  /* anchors over the int8 threshold (decoded) */
+    int candidates;  /* anchors over the int8 threshold (decoded); the rest cost one int8 compare per class */
     int kept;        /* boxes out after NMS */
     int truncated;   /* 1 if candidates exceeded the scratch capacity (the lowest-scoring were dropped) */
 } kdp_stats_t;
