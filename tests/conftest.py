@@ -33,6 +33,35 @@ def run_cli(*args: str, module: str = "kdprune", timeout: int = 600, **env: str)
                           env={**os.environ, "PYTHONUNBUFFERED": "1", **env}, timeout=timeout)
 
 
+def run_main(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """``python -m kdprune ARGS`` in this process: the module's ``main()`` with ``sys.argv`` set, from the repo root,
+    its exit code and what it printed (Python-level stdout/stderr). The same code path as ``run_cli`` without a new
+    interpreter's ~8 s of imports: for the errors a run refuses before training (a run that trains, or a check of
+    everything on the terminal, uses ``run_cli``). Hydra's logging set-up (``configure_log``) is left out: its
+    ``dictConfig`` would close every handler of this process, pytest's own among them."""
+    import contextlib
+    import importlib
+    import io
+
+    from kdprune import __main__ as cli
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        mp.setattr(sys, "argv", ["kdprune", *args])
+        for where in ("hydra.main", "hydra.core.utils", "hydra._internal.hydra"):
+            mp.setattr(importlib.import_module(where), "configure_log", lambda *a, **k: None)
+        mp.setattr(cli, "_entered", False)
+        mp.chdir(ROOT)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                cli.main()
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    return subprocess.CompletedProcess(["kdprune", *args], code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="session", autouse=True)
 def cache_dir(tmp_path_factory) -> Path:
     """One cache (embedded dataset) for the whole session, never the user's ~/.cache."""
@@ -71,6 +100,17 @@ def trained(tmp_path_factory, cache_dir):
     from tests.trained import train
 
     return train(tmp_path_factory.mktemp("trained"))
+
+
+@pytest.fixture(scope="session")
+def pt(tmp_path_factory):
+    """(converted QAT graph, its per-tensor TFLite file): tests/test_tflite.py's yolo11n, exported as target=neutron
+    does; one conversion (~1 min) for test_tflite.py and test_target.py, which read it and never change it."""
+    from kdprune.export import tflite as T
+    from tests.test_tflite import IMGSZ, NAMES, _qat_graph
+
+    conv = _qat_graph(per_channel=False)
+    return conv, T.graph_to_tflite_int8(conv, tmp_path_factory.mktemp("pt") / "pt.tflite", IMGSZ, NAMES)
 
 
 @pytest.fixture

@@ -8,14 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, TINY, run_cli
+from tests.conftest import ROOT, TINY, run_cli, run_main
 
 pytestmark = pytest.mark.slow  # trains, converts or exports (make test-fast leaves it out)
 
 
-def kdprune(*args: str, run_dir: Path, timeout: int = 240) -> subprocess.CompletedProcess:
-    """One tiny run into ``run_dir``."""
-    return run_cli(*TINY, f"hydra.run.dir={run_dir}", *args, timeout=timeout)
+def kdprune(*args: str, run_dir: Path, timeout: int = 240, new_process: bool = False) -> subprocess.CompletedProcess:
+    """One tiny run into ``run_dir``: in this process (``run_main``: the errors below stop a run before training), or
+    with ``new_process`` as a user's terminal sees it."""
+    if new_process:
+        return run_cli(*TINY, f"hydra.run.dir={run_dir}", *args, timeout=timeout)
+    return run_main(*TINY, f"hydra.run.dir={run_dir}", *args)
 
 
 def assert_user_error(p: subprocess.CompletedProcess, *needles: str, run_dir: Path | None = None) -> str:
@@ -50,7 +53,7 @@ def _rewrite_yaml(yaml: Path, drop: str | None = None) -> Path:
 
 
 def test_missing_data_yaml(tmp_path):
-    p = kdprune("data.yaml=/nonexistent/data.yaml", run_dir=tmp_path / "run")
+    p = kdprune("data.yaml=/nonexistent/data.yaml", run_dir=tmp_path / "run", new_process=True)
     msg = assert_user_error(p, "/nonexistent/data.yaml", run_dir=tmp_path / "run")
     assert p.stderr.strip().splitlines() == [msg]  # the one line is all a user sees (no library warning before it)
 
@@ -105,7 +108,7 @@ def test_undecodable_image_is_skipped_and_counted(tmp_path, user_data):
     bad = sorted((root / "images" / "train").glob("*.jpg"))[0]
     bad.write_bytes(b"this is not a jpeg")
     run_dir = tmp_path / "run"
-    p = kdprune(f"data.yaml={yaml}", "logger=none", run_dir=run_dir)
+    p = kdprune(f"data.yaml={yaml}", "logger=none", run_dir=run_dir, new_process=True)
     assert p.returncode == 0, p.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["images_skipped"] == {"train": 1, "val": 0}

@@ -156,7 +156,7 @@ def test_ddp_two_processes_prune_and_distil_identically(tmp_path):
                 "prune.target.ratio=0.3",
                 "prune.importance=taylor", "distill=kd", *TEACHER,
                 "+callbacks.probe._target_=tests.ddp_probe.DumpPruning",
-                f"+callbacks.probe.path={probe}", run_dir=tmp_path / "run", timeout=600)
+                f"+callbacks.probe.path={probe}", run_dir=tmp_path / "run", timeout=600, new_process=True)
     assert p.returncode == 0, p.stderr[-4000:]
     r0, r1 = (json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["world_size"] == r1["world_size"] == 2
@@ -177,7 +177,7 @@ def test_ddp_qat_ranks_share_weights_and_ranges(tmp_path):
                 "prune.start_epoch=0", "prune.end_epoch=0", "prune.steps=1", "prune.target.ratio=0.3", "quant=int8_qat",
                 "quant.start_epoch=1", "quant.freeze_bn_epoch=2", "quant.freeze_observer_epoch=2",
                 "+callbacks.probe._target_=tests.ddp_probe.DumpQAT", f"+callbacks.probe.path={probe}",
-                run_dir=tmp_path / "run", timeout=600)
+                run_dir=tmp_path / "run", timeout=600, new_process=True)
     assert p.returncode == 0, p.stderr[-4000:]
     r0, r1 = (json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["world_size"] == r1["world_size"] == 2

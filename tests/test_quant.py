@@ -226,14 +226,13 @@ def test_qat_runs_in_fp32_under_mixed_precision():
     assert got["boxes"].dtype == torch.float32 and torch.equal(got["boxes"], ref["boxes"])
 
 
-def test_every_bn_of_yolo11_is_folded_into_its_conv():
+def test_every_bn_of_yolo11_is_folded_into_its_conv(pt):
     # YOLO11's C2PSA reads its input's size from the conv before model.10.cv1's BN (dynamic batch in torch.export);
     # that second user kept the BN out of the fold, and the converted graph (so the ONNX INT8 file) held a float
-    # batch_norm between two quantized tensors. Every BN must fold: no batch_norm op after convert.
-    q = QATDetector(_model("yolo11n.yaml"), 64)
-    q.train(True)
-    q(torch.rand(2, 3, 64, 64))
-    q.train(False)
-    conv = backend.convert(q.graph)
-    left = [n.name for n in conv.graph.nodes if n.op == "call_function" and "batch_norm" in str(n.target)]
+    # batch_norm between two quantized tensors. Every BN must fold: no batch_norm op after convert. On conftest's
+    # ``pt``: a trained-in-QAT yolo11n, converted (its BNs frozen, as at the end of a run).
+    conv = pt[0]
+    calls = [str(n.target) for n in conv.graph.nodes if n.op == "call_function"]
+    assert any("conv2d" in c for c in calls)  # the graph is read
+    left = [c for c in calls if "batch_norm" in c]
     assert not left, left

@@ -67,10 +67,7 @@ def pc(tmp_path_factory):
     return conv, T.graph_to_tflite_int8(conv, tmp_path_factory.mktemp("pc") / "pc.tflite", IMGSZ, NAMES)
 
 
-@pytest.fixture(scope="module")
-def pt(tmp_path_factory):
-    conv = _qat_graph(per_channel=False)
-    return conv, T.graph_to_tflite_int8(conv, tmp_path_factory.mktemp("pt") / "pt.tflite", IMGSZ, NAMES)
+# pt: (converted graph, per-tensor file), session-scoped in conftest.py: test_target.py's rules read the same file
 
 
 def _io_types(path):
