@@ -37,7 +37,7 @@ def versions() -> dict:
 def gen_part(kind: str, n: int) -> dict:
     import cv2
 
-    from kdprune.data.synth import make_image
+    from kdprune.data.scene import make_image
 
     out = {}
     for i in range(n):

@@ -4,10 +4,10 @@ on its optimized ones, beside the graph it came from (QAT fake-quant, else the P
     .venv/bin/python bench/rescore_tflite.py [--fc-as-bmm] [--untie] RUN_DIR [RUN_DIR ...]
 
 ``--fc-as-bmm``: score a copy of each file (INT8 and PTQ) with its activation x activation FULLY_CONNECTED rewritten
-as BATCH_MATMUL (``kdprune.export.tflite.activation_fc_to_batch_matmul``, what the exporter does since c7e9a88), on
+as BATCH_MATMUL (``kdprune.export.tflite_fixes.activation_fc_to_batch_matmul``, the exporter does since c7e9a88), on
 the reference kernels, with its TFLite Micro parity (8 val images): files exported before that fix, scored as the
 device runs them. ``--untie``: the same with the LOGISTIC tables moved off rounding ties
-(``kdprune.export.tflite.untie_logistic_tables``, what the exporter does since issue 13's glyphs runs); both flags
+(``kdprune.export.tflite_fixes.untie_logistic_tables``, what the exporter does since issue 13's glyphs runs); both flags
 apply both fixes.
 """
 
@@ -33,7 +33,7 @@ def refixed(run: Path, data, head, loader, cfg) -> None:
     import shutil
     import tempfile
 
-    from kdprune.export.tflite import activation_fc_to_batch_matmul, untie_logistic_tables
+    from kdprune.export.tflite_fixes import activation_fc_to_batch_matmul, untie_logistic_tables
     from kdprune.export.tflm import tflm_parity
 
     for name in ("model_int8.tflite", "model_ptq_int8.tflite"):

@@ -8,7 +8,7 @@ says where. LiteRT keeps every tensor (``experimental_preserve_all_tensors``), T
 runs in-memory copies of the file whose subgraph outputs also list the outputs of a batch of operators, batch after
 batch in execution order, until one differs. Prints that operator (index, type, input and output tensors with their
 scale / zero point), the share of its output elements that differ and the largest difference in LSB, and for a
-LOGISTIC its ``kdprune.export.tflite.logistic_near_tie`` (a table entry on a rounding tie, where the two round
+LOGISTIC its ``kdprune.export.tflite_fixes.logistic_near_tie`` (a table entry on a rounding tie, where the two round
 apart). Exit 0 whether or not it finds one.
 """
 
@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from kdprune.export.flatbuffer import enum_names, load, pack  # noqa: E402
-from kdprune.export.tflite import logistic_near_tie  # noqa: E402
+from kdprune.export.tflite_fixes import logistic_near_tie  # noqa: E402
 from kdprune.export.tflm import _micro, tensor_arena_bytes  # noqa: E402
 
 BATCH = 32  # operators whose outputs one TFLM copy exposes

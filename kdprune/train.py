@@ -201,11 +201,11 @@ def _finish(cfg: DictConfig, summary: dict, rows: list[dict], trainer, t0: float
     summary["wall_time_s"] = round(time.time() - t0, 1)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     write_report(run_dir / "report.md", rows, summary)
-    kit = cfg.export.get("deploy")
-    if kit is not None and (run_dir / "export" / "model_int8.tflite").is_file():  # what the MCU engineer flashes
+    deploy = cfg.export.get("deploy")
+    if deploy is not None and (run_dir / "export" / "model_int8.tflite").is_file():  # what the MCU engineer flashes
         from kdprune.deploy.kit import write_kit
 
-        out = write_kit(run_dir, conf=kit.conf, iou=kit.iou, max_det=kit.max_det)
+        out = write_kit(run_dir, conf=deploy.conf, iou=deploy.iou, max_det=deploy.max_det)
         rank_zero_info(f"kdprune: deploy kit (the file as a C array, its I/O header, the C post-processing, a TFLite "
                        f"Micro example) -> {out}")
     log_hparams(trainer, run_hparams(cfg, run_dir),

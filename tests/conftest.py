@@ -33,8 +33,8 @@ def run_cli(*args: str, module: str = "kdprune", timeout: int = 600, **env: str)
                           env={**os.environ, "PYTHONUNBUFFERED": "1", **env}, timeout=timeout)
 
 
-def run_main(*args: str, **env: str) -> subprocess.CompletedProcess:
-    """``python -m kdprune ARGS`` in this process: the module's ``main()`` with ``sys.argv`` set, from the repo root,
+def run_main(*args: str, module: str = "kdprune", **env: str) -> subprocess.CompletedProcess:
+    """``python -m MODULE ARGS`` in this process: the module's ``main()`` with ``sys.argv`` set, from the repo root,
     its exit code and what it printed (Python-level stdout/stderr). The same code path as ``run_cli`` without a new
     interpreter's ~8 s of imports: for the errors a run refuses before training (a run that trains, or a check of
     everything on the terminal, uses ``run_cli``). Hydra's logging set-up (``configure_log``) is left out: its
@@ -43,23 +43,24 @@ def run_main(*args: str, **env: str) -> subprocess.CompletedProcess:
     import importlib
     import io
 
-    from kdprune import __main__ as cli
-
+    cli = importlib.import_module(f"{module}.__main__")
     out, err, code = io.StringIO(), io.StringIO(), 0
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
             mp.setenv(k, v)
-        mp.setattr(sys, "argv", ["kdprune", *args])
+        mp.setattr(sys, "argv", [module, *args])
+        if hasattr(cli, "_entered"):
+            mp.setattr(cli, "_entered", False)
+        mp.chdir(ROOT)
         for where in ("hydra.main", "hydra.core.utils", "hydra._internal.hydra"):
             mp.setattr(importlib.import_module(where), "configure_log", lambda *a, **k: None)
-        mp.setattr(cli, "_entered", False)
-        mp.chdir(ROOT)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
-                cli.main()
+                rv = cli.main()
+                code = rv if isinstance(rv, int) else 0
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else int(e.code is not None)
-    return subprocess.CompletedProcess(["kdprune", *args], code, out.getvalue(), err.getvalue())
+    return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="session", autouse=True)

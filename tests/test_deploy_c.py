@@ -101,20 +101,20 @@ ONNX_LIKE = bytes(range(256)) * 8  # bytes whose flatbuffer offsets point past t
 
 def test_deploy_cli_refuses_bad_input_with_one_line_and_writes_nothing(tmp_path):
     """A run dir without a TFLite file, a threshold outside (0, 1): one line, exit 2, no deploy/ left behind."""
-    from tests.conftest import run_cli
+    from tests.conftest import run_main
 
-    p = run_cli(str(tmp_path), module="kdprune.deploy")
+    p = run_main(str(tmp_path), module="kdprune.deploy")
     assert p.returncode == 2 and "no export/model_int8.tflite" in p.stderr and "Traceback" not in p.stderr
     (tmp_path / "export").mkdir()
     (tmp_path / "export" / "model_int8.tflite").write_bytes(b"not a flatbuffer")
     (tmp_path / "summary.json").write_text("{}")
-    p = run_cli(str(tmp_path), "--conf", "1.5", module="kdprune.deploy")
+    p = run_main(str(tmp_path), "--conf", "1.5", module="kdprune.deploy")
     assert p.returncode == 2 and "--conf=1.5: must be in (0, 1)" in p.stderr
-    p = run_cli(str(tmp_path), module="kdprune.deploy")  # a file that is not a TFLite flatbuffer
+    p = run_main(str(tmp_path), module="kdprune.deploy")  # a file that is not a TFLite flatbuffer
     assert p.returncode == 2 and "not a TFLite file" in p.stderr and "Traceback" not in p.stderr
     data = bytearray(ONNX_LIKE)
     (tmp_path / "export" / "model_int8.tflite").write_bytes(bytes(data[:4]) + b"TFL3" + bytes(data[8:]))
-    p = run_cli(str(tmp_path), module="kdprune.deploy")  # the identifier, then garbage offsets
+    p = run_main(str(tmp_path), module="kdprune.deploy")  # the identifier, then garbage offsets
     assert p.returncode == 2 and "damaged TFLite file" in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "deploy").exists() and not list(tmp_path.glob(".deploy-*"))
 

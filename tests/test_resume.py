@@ -10,7 +10,7 @@ import signal
 import pytest
 import torch
 
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, run_cli, run_main
 from tests.probes import assert_starts_from, probe
 from tests.test_distill_train import TEACHER
 
@@ -115,7 +115,7 @@ def test_ckpt_path_last_without_a_checkpoint_is_a_user_error(tmp_path):
     run_dir = tmp_path / "empty"
     run_dir.mkdir()
     (run_dir / "notes.txt").write_text("mine")
-    out = run_cli(*TINY, f"hydra.run.dir={run_dir}", "ckpt_path=last")
+    out = run_main(*TINY, f"hydra.run.dir={run_dir}", "ckpt_path=last")
     assert out.returncode == 2
     err = [ln for ln in out.stderr.splitlines() if ln.startswith("kdprune: error:")]
     assert len(err) == 1 and "holds no checkpoints/last.ckpt" in err[0]

@@ -13,9 +13,10 @@ import cv2
 import numpy as np
 import pytest
 
-from kdprune.data import synth
+from kdprune.data import scene, synth
 from kdprune.data.checks import check_data_yaml, check_labels
-from kdprune.data.synth import CLASS_NAMES, DATASET_VERSION, ensure_dataset, generate
+from kdprune.data.scene import CLASS_NAMES, DATASET_VERSION
+from kdprune.data.synth import ensure_dataset, generate
 
 SMALL = dict(n_train=24, n_val=8, imgsz=96)
 
@@ -129,15 +130,15 @@ def test_colour_does_not_give_the_class(big):
 def test_objects_overlap_and_touch(monkeypatch):
     """Some objects share a border with (touch or partly cover) another, none hides over half of an earlier one."""
     scenes = []
-    orig = synth._Scene.labels
+    orig = scene._Scene.labels
 
     def spy(self):
         scenes.append(self)
         return orig(self)
 
-    monkeypatch.setattr(synth._Scene, "labels", spy)
+    monkeypatch.setattr(scene._Scene, "labels", spy)
     for i in range(40):
-        synth.make_image(0, "train", i, 128)
+        scene.make_image(0, "train", i, 128)
     adjacent, occluded = 0, 0
     for s in scenes:
         o = s.owner
@@ -224,8 +225,8 @@ def test_bad_arguments(tmp_path):
 
 def test_glyphs_is_a_second_dataset_with_other_content(tmp_path):
     """data=glyphs: other classes and backgrounds, a steeper tail, more and smaller objects, its own cache folder."""
+    from kdprune.data.scene import KINDS, make_image
     from kdprune.data.shapes import GLYPHS
-    from kdprune.data.synth import KINDS, make_image
 
     y = ensure_dataset(tmp_path, n_train=120, n_val=8, imgsz=96, kind="glyphs", workers=0)
     assert y.parent.name.startswith("glyphs-v1-")

@@ -15,6 +15,7 @@ from kdprune.errors import UserError
 from kdprune.export import flatbuffer as FB
 from kdprune.export import tflite as T
 from kdprune.export import tflite_check as C
+from kdprune.export import tflite_fixes as F
 from kdprune.quant import QATDetector, backend
 
 pytestmark = pytest.mark.slow  # trains, converts or exports (make test-fast leaves it out)
@@ -116,7 +117,7 @@ def test_every_scale_in_the_file_is_the_graphs(pc, tmp_path):
     ref, got = backend.qparams(conv), C.tensor_qparams(path)
     assert len(set(ref["activations"])) > 100 and len(ref["weights"]) == len(T.conv_weight_scales(path))
     # bit for bit, but for LOGISTIC inputs moved off a rounding tie by the export (test_logistic_tables_...)
-    mapped, moved = T.untie_back(ref["activations"], got["activations"])
+    mapped, moved = F.untie_back(ref["activations"], got["activations"])
     assert set(mapped) == set(ref["activations"]) and len(moved) <= 8
     assert sorted(got["weights"]) == sorted(ref["weights"]) and got["weight_zero_points_0"]
     assert T.check_scales(conv, path) == []
@@ -458,18 +459,18 @@ def test_logistic_tables_on_a_rounding_tie_are_moved_off_it(tmp_path):
     -29: a trained yolo11n's SPPF, glyphs seed 1) is computed differently by TFLite Micro and LiteRT's reference
     kernels; the export moves that input scale by 1e-4 relative and the two agree on every input."""
     tie, zp = 0.044845327734947205, -29
-    assert T.logistic_near_tie(tie, zp) and not T.logistic_near_tie(0.0479240939, -18)
+    assert F.logistic_near_tie(tie, zp) and not F.logistic_near_tie(0.0479240939, -18)
     path = _silu_file(tmp_path / "tie.tflite", tie, zp)
     assert _micro_vs_reference(path) > 0  # the two runtimes do differ on the tie (the test is not vacuous)
     before = C.tensor_qparams(path)["activations"]
-    moved = T.untie_logistic_tables(path)
+    moved = F.untie_logistic_tables(path)
     assert [(n, o) for n, o, _ in moved] == [("a", np.float32(tie))]
-    assert abs(moved[0][2] / tie - 1) <= 4 * T._NUDGE and not T.logistic_near_tie(moved[0][2], zp)
+    assert abs(moved[0][2] / tie - 1) <= 4 * F._NUDGE and not F.logistic_near_tie(moved[0][2], zp)
     assert _micro_vs_reference(path) == 0
     after = C.tensor_qparams(path)["activations"]
-    mapped, back = T.untie_back(before, after)
+    mapped, back = F.untie_back(before, after)
     assert mapped == before and len(back) == 1  # check_scales reads the moved scale as the graph's, and only it
-    assert T.untie_back(before, [(float(np.float32(tie * 1.01)), zp)])[1] == []
+    assert F.untie_back(before, [(float(np.float32(tie * 1.01)), zp)])[1] == []
     # a table whose input scale is not free (here a graph input) is left as it is, with a warning
     fixed = _silu_file(tmp_path / "input.tflite", tie, zp, logistic_reads_graph_input=True)
-    assert T.untie_logistic_tables(fixed) == [] and C.tensor_qparams(fixed)["activations"][0][0] == np.float32(tie)
+    assert F.untie_logistic_tables(fixed) == [] and C.tensor_qparams(fixed)["activations"][0][0] == np.float32(tie)

@@ -7,7 +7,8 @@ from pathlib import Path
 from ultralytics.data.utils import check_det_dataset
 
 from kdprune.data.checks import check_data_yaml, check_labels
-from kdprune.data.synth import KINDS, ensure_dataset
+from kdprune.data.scene import KINDS
+from kdprune.data.synth import ensure_dataset
 from kdprune.errors import UserError
 
 

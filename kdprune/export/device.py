@@ -35,17 +35,7 @@ def tflite_eval(sr, name: str, path: Path, head: HeadSpec, stats: dict, names: l
     t = row["tflm"]
     log.info(f"kdprune: {name} in TFLite Micro: tensor arena {row['arena_bytes']:,} B; outputs on {n} val images "
              f"{100 * t['exact']:.2f} % equal to LiteRT's reference kernels, max {t['max_lsb']} LSB")
-    problems = []
-    if t["within_1_lsb"] < 0.999:
-        problems.append(f"TFLite Micro's outputs differ from LiteRT's reference kernels beyond 1 LSB on "
-                        f"{100 * (1 - t['within_1_lsb']):.2f} % of elements (max {t['max_lsb']})")
-    if device and cfg.get("max_bytes") is not None and row["bytes"] >= int(cfg.max_bytes):
-        problems.append(f"{path.name} is {row['bytes']:,} bytes, over the budget export.max_bytes="
-                        f"{int(cfg.max_bytes):,} (lower prune.target.int8_bytes)")
-    if device and cfg.get("max_arena_bytes") is not None and row["arena_bytes"] >= int(cfg.max_arena_bytes):
-        problems.append(f"{path.name} needs a {row['arena_bytes']:,}-byte tensor arena (RAM) in TFLite Micro, over "
-                        f"the budget export.max_arena_bytes={int(cfg.max_arena_bytes):,} (set "
-                        "prune.target.arena_bytes, or lower data.imgsz)")
+    problems = _parity_and_budgets(cfg, row, path, device=device)
     if device and cfg.get("npu"):  # the device file compiled for each MCU NPU target (Vela, Ethos-U)
         from kdprune.export.npu import vela_compile
 
@@ -78,3 +68,19 @@ def tflite_eval(sr, name: str, path: Path, head: HeadSpec, stats: dict, names: l
     if problems:
         row["status"], row["note"] = "failed", "; ".join(problems)
         sr.failed += [f"{name}: {m}" for m in problems]
+
+
+def _parity_and_budgets(cfg, row: dict, path: Path, *, device: bool) -> list[str]:
+    """TFLite Micro's parity with the scoring kernels, and for the device file the byte and arena budgets."""
+    t, problems = row["tflm"], []
+    if t["within_1_lsb"] < 0.999:
+        problems.append(f"TFLite Micro's outputs differ from LiteRT's reference kernels beyond 1 LSB on "
+                        f"{100 * (1 - t['within_1_lsb']):.2f} % of elements (max {t['max_lsb']})")
+    if device and cfg.get("max_bytes") is not None and row["bytes"] >= int(cfg.max_bytes):
+        problems.append(f"{path.name} is {row['bytes']:,} bytes, over the budget export.max_bytes="
+                        f"{int(cfg.max_bytes):,} (lower prune.target.int8_bytes)")
+    if device and cfg.get("max_arena_bytes") is not None and row["arena_bytes"] >= int(cfg.max_arena_bytes):
+        problems.append(f"{path.name} needs a {row['arena_bytes']:,}-byte tensor arena (RAM) in TFLite Micro, over "
+                        f"the budget export.max_arena_bytes={int(cfg.max_arena_bytes):,} (set "
+                        "prune.target.arena_bytes, or lower data.imgsz)")
+    return problems

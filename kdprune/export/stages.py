@@ -76,10 +76,10 @@ def check_exports(cfg: DictConfig) -> list[str]:
         raise UserError(f"export.latency_runs={runs}: the latency median needs at least {MIN_LATENCY_RUNS} timed runs")
     for f in formats:
         FORMATS[f].check(cfg)
-    if "tflite_int8" in formats and (kit := cfg.export.get("deploy")) is not None:
+    if "tflite_int8" in formats and (deploy := cfg.export.get("deploy")) is not None:
         from kdprune.deploy.kit import check_settings
 
-        check_settings(kit.conf, kit.iou, kit.max_det, key="export.deploy.")
+        check_settings(deploy.conf, deploy.iou, deploy.max_det, key="export.deploy.")
     return formats
 
 
@@ -189,6 +189,25 @@ class StageRunner:
             self.bug = self.bug or e
 
 
+def _context_rows(sr: StageRunner, cfg: DictConfig, rec: RunRecord) -> None:
+    """The rows the run's models are read against: the dense reference (``reference=``), the teacher, the student
+    before its first pruning step."""
+    from kdprune.yolo import load_ultralytics_checkpoint
+
+    if cfg.reference:
+        path = Path(cfg.reference).expanduser()
+        sr.torch_row(DENSE_REFERENCE, load_ultralytics_checkpoint(path)[0], artifact=path,
+                     note="reference=: the dense model compression is measured against")
+    if rec.teacher is not None:
+        info = rec.teacher_info or {}
+        sr.torch_row(TEACHER, rec.teacher, artifact=info.get("weights"), note=str(info.get("model", "")))
+    if rec.pre_prune.is_file():
+        model, pre = load_ultralytics_checkpoint(rec.pre_prune)
+        sr.torch_row(BEFORE_PRUNING, model, artifact=rec.pre_prune,
+                     note=f"dense, after {pre.get('epoch', '?')} epochs: what the first pruning step started from "
+                          "(before its fade)")
+
+
 def run_stages(cfg: DictConfig, data: dict, hyp, run_dir: Path, rec: RunRecord, *, model_stats) -> tuple[list, list]:
     """Rows for report.md / summary.json. Returns ``(rows, failures)``; raises our own bugs after the rows exist."""
     from kdprune.quant import backend
@@ -204,18 +223,7 @@ def run_stages(cfg: DictConfig, data: dict, hyp, run_dir: Path, rec: RunRecord, 
     def load(path):
         return load_ultralytics_checkpoint(path)[0]
 
-    if cfg.reference:
-        path = Path(cfg.reference).expanduser()
-        sr.torch_row(DENSE_REFERENCE, load(path), artifact=path,
-                     note="reference=: the dense model compression is measured against")
-    if rec.teacher is not None:
-        info = rec.teacher_info or {}
-        sr.torch_row(TEACHER, rec.teacher, artifact=info.get("weights"), note=str(info.get("model", "")))
-    if rec.pre_prune.is_file():
-        pre = load_ultralytics_checkpoint(rec.pre_prune)[1]
-        sr.torch_row(BEFORE_PRUNING, load(rec.pre_prune), artifact=rec.pre_prune,
-                     note=f"dense, after {pre.get('epoch', '?')} epochs: what the first pruning step started from "
-                          "(before its fade)")
+    _context_rows(sr, cfg, rec)
     weights = rec.best if rec.best.is_file() else rec.last  # last.pt: a run resumed during QAT, in a new dir
     if not weights.is_file():
         return sr.rows, sr.failed

@@ -93,7 +93,7 @@ def tflm_parity(path: str | Path, images: np.ndarray, *, output_names: list[str]
     ones kdprune scores the file with), and compares the raw int8 outputs: ``{"images", "arena_bytes", "exact",
     "within_1_lsb", "max_lsb"}`` (shares of output elements equal / within one quantization step, and the largest
     difference in steps). Measured on yolo11n files: bit-exact (once one-head attention's FULLY_CONNECTED is
-    written as BATCH_MATMUL, ``tflite.activation_fc_to_batch_matmul``: that kernel rounds differently in the two).
+    written as BATCH_MATMUL, ``tflite_fixes.activation_fc_to_batch_matmul``: that kernel rounds differently in the two).
     ``reference``: an already-built reference-kernel runner of the same file (the one the row was scored with), else
     one is built."""
     lite = reference or TFLiteRunner(path, 1, output_names=output_names, kernels="reference")

@@ -84,6 +84,17 @@ def write_report(path: str | Path, rows: list[dict], summary: dict) -> Path:
         if c := r.get("check"):
             lines.append(f"  - mAP50-95 {c['delta']:+.4f} vs {c['reference']} (expected within ±{c['tolerance']}): "
                          + ("ok" if c["ok"] else "**outside**"))
+    lines += _npu_lines(rows) + _target_lines(rows) + _pruning_lines(summary)
+    failed = [r for r in rows if r.get("status") == "failed"]
+    if failed:
+        lines += ["", "## Failed", ""] + [f"- {r['stage']}: {r['note']}" for r in failed]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _npu_lines(rows: list[dict]) -> list[str]:
+    """The Vela compiles of the device file, as a section (none: no lines)."""
+    lines: list[str] = []
     npu = [(r["stage"], n) for r in rows for n in r.get("npu") or []]
     if npu:
         lines += ["", "## On an MCU NPU (Vela)", "",
@@ -95,6 +106,12 @@ def write_report(path: str | Path, rows: list[dict], summary: dict) -> Path:
             lines.append(f"| {stage} | {n['target']} | {n['npu_ops']} | {n['cpu_ops']} | {n['sram_bytes']:,} | "
                          f"{n['flash_bytes']:,} | {n['inference_ms']} |")
         lines += [f"- CPU operator on {n['target']}: {op}" for _, n in npu for op in n["cpu_operators"]]
+    return lines
+
+
+def _target_lines(rows: list[dict]) -> list[str]:
+    """The target's operator rules on the device file, as a section."""
+    lines: list[str] = []
     for r in rows:
         if t := r.get("target"):
             found = [(rule, x) for rule, xs in t["findings"].items() for x in xs]
@@ -103,6 +120,12 @@ def write_report(path: str | Path, rows: list[dict], summary: dict) -> Path:
                       "sources in docs/npu_targets.md). A finding is an operator the NPU compiler would leave to the "
                       "CPU as it is; the file still runs.", ""]
             lines += [f"- {rule}: {x}" for rule, x in found] or ["- no findings: every rule holds"]
+    return lines
+
+
+def _pruning_lines(summary: dict) -> list[str]:
+    """The pruning steps and their cliffs, as a section."""
+    lines: list[str] = []
     if steps := (summary.get("pruning") or {}).get("steps"):
         lines += ["", "## Pruning steps", "", "The cliff is val mAP50-95 of the EMA model just before a removal minus "
                   "just after it (0: the removal lost nothing).", "",
@@ -114,8 +137,4 @@ def write_report(path: str | Path, rows: list[dict], summary: dict) -> Path:
             lines.append(f"| {s['step']} | {s['epoch']} | {s.get('channels_removed', '—')} | {s['ratio']} | "
                          f"{s['params']:,} | {s['int8_bytes']:,} | "
                          f"{f(s.get('mAP50-95_before'))} | {f(s.get('mAP50-95_after'))} | {f(s.get('cliff'))} |")
-    failed = [r for r in rows if r.get("status") == "failed"]
-    if failed:
-        lines += ["", "## Failed", ""] + [f"- {r['stage']}: {r['note']}" for r in failed]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return lines

@@ -79,6 +79,62 @@ def _applied_size(scanner: Scanner, layer_ratios: dict, s: dict) -> int:
     return int8_bytes(model)
 
 
+def _check_reachable(scanner, ratios: list[float], budget: int) -> None:
+    """Before the scan (fail in seconds, not minutes): a model with nothing to prune, or a budget no scanned ratio
+    reaches, is a UserError; a dense model that already fits is a warning."""
+    groups, dense = scanner.groups, scanner.dense_bytes
+    if not groups:
+        raise UserError("prune: no layer of this model can be pruned with these settings (try prune.round_to lower, "
+                        "prune.keep_stem=false or prune.attention=ffn).")
+    smallest = scanner.size({g.key: max(ratios) for g in groups})
+    if smallest > budget:
+        raise UserError(f"sensitivity.target_int8_bytes={budget:,}: unreachable; with every prunable layer at ratio "
+                        f"{max(ratios):g} the model still costs {smallest:,} bytes (dense {dense:,}). Raise the "
+                        "budget, add a larger ratio to sensitivity.ratios, or lower prune.round_to.")
+    if dense <= budget:
+        rank_zero_warn(f"kdprune: the dense model ({dense:,} INT8 bytes) already fits the budget ({budget:,}): the "
+                       "ratios written are all 0.")
+
+
+def _allocation(scanner, rows: list[dict], s: dict, budget: int):
+    """``(alloc, curves, layer_ratios, size)``: the per-group ratios that meet the budget at the least summed drop,
+    as per-layer ratios, and the bytes they apply as (checked against the allocation's own count)."""
+    groups, dense = scanner.groups, scanner.dense_bytes
+    grid, curves = candidate_ratios(s["grid_step"], s["ratios"]), []
+    for g in groups:
+        measured = [(scanner.fraction(g, r["ratio"]), r["drop_mAP50-95"], dense - r["int8_bytes"])
+                    for r in rows if (r["layer"], r["branch"]) == g.key]
+        curves.append(make_curve(g.key, [(r, scanner.fraction(g, r)) for r in grid], measured))
+    try:
+        alloc = allocate(curves, scanner.size, budget)
+    except ValueError as e:  # checked before the scan; kept so a change there cannot turn this into a traceback
+        raise UserError(f"sensitivity.target_int8_bytes={budget:,}: unreachable (smallest {e.args[0]:,} B).") from None
+    layer_ratios = to_layer_ratios(groups, alloc.ratios, len(scanner.dense.model))
+    size = _applied_size(scanner, layer_ratios, s)
+    if size != alloc.size or size > budget:
+        raise RuntimeError(f"the allocation measured {alloc.size:,} B but applies as {size:,} B (budget {budget:,})")
+    return alloc, curves, layer_ratios, size
+
+
+def _scan(scanner, ratios: list[float], run_dir: Path, label: str, how: str) -> tuple[dict, list[dict]]:
+    """The dense baseline and one row per (layer group, ratio), one line each, into sensitivity.csv/.png."""
+    groups, dense = scanner.groups, scanner.dense_bytes
+    _say(f"kdprune: sensitivity of {len(groups)} layer groups at ratios {ratios} {how}")
+    base = scanner.baseline()
+    _say(f"kdprune: dense: mAP50-95 {base['mAP50-95']:.4f}  mAP50 {base['mAP50']:.4f}  INT8 ~{dense:,} B")
+
+    def progress(k, g, rows):
+        cells = "  ".join(f"{r['ratio']:g}: {r['drop_mAP50-95']:+.4f}" for r in rows)
+        _say(f"kdprune: sensitivity {k + 1}/{len(groups)} {g.label:<16} mAP50-95 drop  {cells}")
+
+    rows = scanner.scan(ratios, base, progress)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_csv(run_dir / "sensitivity.csv", rows)
+    write_heatmap(run_dir / "sensitivity.png", rows, ratios,
+                  f"mAP50-95 drop, one layer pruned at a time, BN recalibrated\ndense {base['mAP50-95']:.4f}: {label}")
+    return base, rows
+
+
 def run(cfg: DictConfig) -> dict:
     """Scan, allocate and write ``sensitivity.csv``, ``sensitivity.png``, ``prune_ratios.yaml``, ``summary.json``."""
     t0 = time.time()
@@ -90,49 +146,13 @@ def run(cfg: DictConfig) -> dict:
                        "ratios; train with the written YAML and prune.global_ranking=false.")
     scanner, data, n_calib, n_val = _scanner(cfg, s)
     groups, dense = scanner.groups, scanner.dense_bytes
-    if not groups:
-        raise UserError("prune: no layer of this model can be pruned with these settings (try prune.round_to lower, "
-                        "prune.keep_stem=false or prune.attention=ffn).")
-    smallest = scanner.size({g.key: max(s["ratios"]) for g in groups})  # before the scan: fail in seconds, not minutes
-    if smallest > budget:
-        raise UserError(f"sensitivity.target_int8_bytes={budget:,}: unreachable; with every prunable layer at ratio "
-                        f"{max(s['ratios']):g} the model still costs {smallest:,} bytes (dense {dense:,}). Raise the "
-                        "budget, add a larger ratio to sensitivity.ratios, or lower prune.round_to.")
-    if dense <= budget:
-        rank_zero_warn(f"kdprune: the dense model ({dense:,} INT8 bytes) already fits the budget ({budget:,}): the "
-                       "ratios written are all 0.")
+    _check_reachable(scanner, s["ratios"], budget)
 
-    # ---- the scan ----
-    _say(f"kdprune: sensitivity of {len(groups)} layer groups at ratios {s['ratios']} ({source}; BN recalibrated on "
-         f"{n_calib} training batches before each val on {n_val} images)")
-    base = scanner.baseline()
-    _say(f"kdprune: dense: mAP50-95 {base['mAP50-95']:.4f}  mAP50 {base['mAP50']:.4f}  INT8 ~{dense:,} B")
-
-    def progress(k, g, rows):
-        cells = "  ".join(f"{r['ratio']:g}: {r['drop_mAP50-95']:+.4f}" for r in rows)
-        _say(f"kdprune: sensitivity {k + 1}/{len(groups)} {g.label:<16} mAP50-95 drop  {cells}")
-
-    rows = scanner.scan(s["ratios"], base, progress)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_csv(run_dir / "sensitivity.csv", rows)
-    write_heatmap(run_dir / "sensitivity.png", rows, s["ratios"],
-                  f"mAP50-95 drop, one layer pruned at a time, BN recalibrated\n"
-                  f"dense {base['mAP50-95']:.4f}: {Path(source).name if cfg.model.weights else source}")
+    base, rows = _scan(scanner, s["ratios"], run_dir, source if not cfg.model.weights else Path(source).name,
+                       f"({source}; BN recalibrated on {n_calib} training batches before each val on {n_val} images)")
 
     # ---- the allocation ----
-    grid, curves = candidate_ratios(s["grid_step"], s["ratios"]), []
-    for g in groups:
-        measured = [(scanner.fraction(g, r["ratio"]), r["drop_mAP50-95"], dense - r["int8_bytes"])
-                    for r in rows if (r["layer"], r["branch"]) == g.key]
-        curves.append(make_curve(g.key, [(r, scanner.fraction(g, r)) for r in grid], measured))
-    try:
-        alloc = allocate(curves, scanner.size, budget)
-    except ValueError as e:  # checked above; kept so a change there cannot turn this into a traceback
-        raise UserError(f"sensitivity.target_int8_bytes={budget:,}: unreachable (smallest {e.args[0]:,} B).") from None
-    layer_ratios = to_layer_ratios(groups, alloc.ratios, len(scanner.dense.model))
-    size = _applied_size(scanner, layer_ratios, s)
-    if size != alloc.size or size > budget:
-        raise RuntimeError(f"the allocation measured {alloc.size:,} B but applies as {size:,} B (budget {budget:,})")
+    alloc, curves, layer_ratios, size = _allocation(scanner, rows, s, budget)
 
     # One-shot check of the prediction (drops are measured one layer at a time and summed), and the uniform ratio
     # training would use at the same budget, measured the same way: before fine-tuning, which may change the order.

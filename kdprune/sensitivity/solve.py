@@ -162,7 +162,14 @@ def allocate(curves: list[Curve], size_of: Callable[[Alloc], int], budget: int, 
             a, b = (a, mid) if size({**idx, key: mid}) <= budget else (mid, b)
         idx[key] = b
 
-    # Spend the slack: take one candidate back where that recovers the most predicted drop per byte it costs.
+    _spend_slack(idx, by_key, size, budget, tol)
+    return Allocation(ratios_of(idx), size(idx), sum(by_key[k].drop[i] for k, i in idx.items()), evals)
+
+
+def _spend_slack(idx: dict[Key, int], by_key: dict[Key, Curve], size: Callable[[dict[Key, int]], int], budget: int,
+                 tol: float) -> None:
+    """Under the budget by more than ``tol``: take one candidate back (in ``idx``) where that recovers the most
+    predicted drop per byte it costs, while it fits."""
     tried: set[tuple] = set()
     while size(idx) < budget * (1 - tol):
         slack = budget - size(idx)
@@ -180,4 +187,3 @@ def allocate(curves: list[Curve], size_of: Callable[[Alloc], int], budget: int, 
         tried.add((k, i))
         if size({**idx, k: i - 1}) <= budget:
             idx[k] = i - 1
-    return Allocation(ratios_of(idx), size(idx), sum(by_key[k].drop[i] for k, i in idx.items()), evals)
