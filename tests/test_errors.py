@@ -154,3 +154,10 @@ def test_qat_of_an_end_to_end_head_is_refused_in_one_line(tmp_path):
     """YOLO26's one-to-one head cannot be quantize-trained yet: one line before any training, naming the way out."""
     p = kdprune("model.cfg=yolo26n.yaml", "quant=int8_qat", "quant.start_epoch=0", run_dir=tmp_path / "run")
     assert_user_error(p, "yolo26n.yaml", "end-to-end head", "quant=none", run_dir=tmp_path / "run")
+
+
+def test_a_deploy_threshold_outside_0_1_is_refused_before_training(tmp_path):
+    """The deploy kit's settings (export.deploy.*) are checked with the other export settings, before any work."""
+    p = kdprune("export=int8", "export.deploy.conf=1.5", run_dir=tmp_path / "run")
+    assert_user_error(p, "export.deploy.conf=1.5", "must be in (0, 1)", run_dir=tmp_path / "run")
+    assert "Epoch" not in p.stderr
