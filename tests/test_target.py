@@ -142,6 +142,10 @@ def test_arena_estimate_follows_tflite_micro(tmp_path):
     assert changed == 6 and "RELU" not in ops[2]  # stem, conv, and the C3k2's four (its cv1 is split in two here)
     assert ops[0]["LOGISTIC"] - ops[2]["LOGISTIC"] == ops[0]["MUL"] - ops[2]["MUL"] == 7
     assert ops[0]["PAD"] - ops[2]["PAD"] == 2  # 4x4 convs: no copy of their inputs
+    relu_only = build_model("yolo11n.yaml", None, {0: "a", 1: "b", 2: "c"}, hyp_namespace(imgsz=96)).eval()
+    fused_activation(relu_only, 3)
+    split_blocks(relu_only)
+    assert e2 <= arena_bytes(relu_only.eval(), 96)  # as before the arms were merged (equal at 96 px)
     assert r2 < 0.9 * r0 and e2 < 0.9 * e0  # the stride-2/4 peaks drop (-22 % at 160 px, less where TFLM's tail weighs)
 
 
