@@ -61,8 +61,8 @@ def precheck(args: list[str]) -> str | None:
     from omegaconf import open_dict
 
     from kdprune.build import build_student
-    from kdprune.callbacks import GradualPruning
     from kdprune.errors import UserError
+    from kdprune.pruning import PruningPhase
     from kdprune.yolo import split_blocks
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -72,7 +72,7 @@ def precheck(args: list[str]) -> str | None:
     _, _, model, _ = build_student(cfg)
     split_blocks(model)
     try:
-        GradualPruning.from_config(cfg.prune, model, imgsz=cfg.data.imgsz, max_epochs=cfg.trainer.max_epochs)
+        PruningPhase.from_config(cfg.prune, model, imgsz=cfg.data.imgsz, max_epochs=cfg.trainer.max_epochs)
     except UserError as e:
         return str(e)
     return None

@@ -4,7 +4,8 @@ The whole ``+experiment=yolo11n_mcu`` pipeline (teacher stage, KD, gradual pruni
 exports, the device verdict) at 64 px on a few generated images, seed 0, the CPU: the run is deterministic there, so
 two commits that compute the same thing give the same numbers bit for bit. The fingerprint holds the pruned
 architecture (out channels of every conv of the saved model), every number of summary.json except times and paths, and
-the SHA-256 of each exported file (the TFLite file is the model on the device: same bytes, same model).
+the SHA-256 of each exported file (the TFLite file is the model on the device: same bytes, same model; an ONNX file
+without the stack traces its exporter writes into it, which hold the checkout's path).
 
     .venv/bin/python -m bench.refactor_check --save /tmp/before.json          # at the old commit (a worktree)
     .venv/bin/python -m bench.refactor_check --against /tmp/before.json      # at the new one: exit 1 on a difference
@@ -46,14 +47,33 @@ def _numbers(d, prefix=""):
     return out
 
 
+def _onnx_content(path: Path) -> bytes:
+    """An ONNX file without its metadata: torch's exporter writes the Python stack trace of every node into it, with
+    the checkout's path and line numbers, so the same graph exported from another directory or after code moved
+    between files has other bytes. The graph, its tensors and attributes are what is compared."""
+    import onnx
+
+    m = onnx.load(path)
+    del m.metadata_props[:]
+    for n in m.graph.node:
+        del n.metadata_props[:]
+    for v in (*m.graph.value_info, *m.graph.initializer, *m.graph.input, *m.graph.output):
+        del v.metadata_props[:]
+    return m.SerializeToString()
+
+
 def fingerprint(run_dir: Path) -> dict:
     import torch
 
     summary = json.loads((run_dir / "summary.json").read_text().replace(str(run_dir.resolve()), "<run>"))
+    for row in summary.get("stages", []):  # an ONNX file's size without the exporter's stack traces (_onnx_content)
+        if str(row.get("artifact") or "").endswith(".onnx") and row.get("bytes") is not None:
+            row["bytes"] = len(_onnx_content(Path(row["artifact"].replace("<run>", str(run_dir.resolve())))))
     ckpt = torch.load(run_dir / "weights" / "best.pt", map_location="cpu", weights_only=False)
     model = ckpt.get("model") or ckpt["ema"]  # ultralytics' convention: the EMA is the saved model, "model" None
     arch = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
-    files = {p.relative_to(run_dir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+    files = {p.relative_to(run_dir).as_posix():
+             hashlib.sha256(_onnx_content(p) if p.suffix == ".onnx" else p.read_bytes()).hexdigest()
              for ext in ("*.onnx", "*.tflite") for p in sorted(run_dir.rglob(ext))}
     train = _numbers(ckpt.get("train_metrics") or {})  # the last losses: at 64 px the mAPs are ~0, the losses are not
     summary = {**_numbers(summary), **{f"train.{k}": v for k, v in train.items()}}

@@ -40,7 +40,7 @@ def _kdprune(epochs: int, imgsz: int, batch: int, workers: int, threads: int,
 
     class Rate(L.Callback):
         def on_train_epoch_end(self, trainer, pl_module):
-            rates.append(pl_module.epoch_images_per_s())
+            rates.append(pl_module.clock.images_per_s())
             THREADS.add(torch.get_num_threads())
 
     import kdprune.train as kt

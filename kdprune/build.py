@@ -11,7 +11,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from kdprune.callbacks import UltralyticsCheckpoint
+from kdprune.callbacks import CompressionSteps, UltralyticsCheckpoint
+from kdprune.compression import Compression
 from kdprune.data import YOLODataModule, resolve_data
 from kdprune.losses.objectives import build_criterion, build_distiller
 from kdprune.module import DetectionModule
@@ -61,23 +62,28 @@ def build_datamodule(cfg: DictConfig, data: dict, hyp, model: torch.nn.Module) -
 
 
 def build_module(cfg: DictConfig, model: torch.nn.Module, hyp, data: dict, dm: YOLODataModule, teacher,
-                 run_dir: Path) -> tuple[DetectionModule, dict]:
+                 run_dir: Path, compression: Compression | None = None) -> tuple[DetectionModule, dict]:
     """``(module, loss_info)``: the LightningModule with the criterion of ``loss=`` (class weights counted from the
-    DataModule's training labels) and, with a teacher, the distiller of ``distill=``."""
+    DataModule's training labels), with a teacher the distiller of ``distill=``, and the run's ``compression``
+    (its pruning and QAT phases)."""
     criterion, loss_info = build_criterion(cfg.loss, model, dm.train_set, data["names"])
     distiller, kd_schedule = build_distiller(cfg.distill, model, teacher) if teacher else (None, None)
     module = DetectionModule(model, hyp, data["names"], data, val=val_settings(cfg.val), grad_clip=cfg.optim.grad_clip,
                              ema=cfg.optim.ema, plot_every=cfg.val.plot_every, criterion=criterion,
                              distiller=distiller, teacher=teacher, kd_schedule=kd_schedule,
                              train_args={**vars(hyp), "model": cfg.model.weights or cfg.model.cfg,
-                                         "save_dir": str(run_dir)})
+                                         "save_dir": str(run_dir)},
+                             compression=compression)
     return module, loss_info
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, phases: list) -> tuple[L.Trainer, UltralyticsCheckpoint]:
-    """``(trainer, checkpoint callback)``: Lightning's Trainer with the config's callbacks and loggers, plus
-    ``phases`` (the pruning and QAT callbacks, those the run has)."""
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None] + [p for p in phases if p]
+def build_trainer(cfg: DictConfig, run_dir: Path, compression: Compression | None = None
+                  ) -> tuple[L.Trainer, UltralyticsCheckpoint]:
+    """``(trainer, checkpoint callback)``: Lightning's Trainer with the config's callbacks and loggers, and, if the
+    run prunes or quantizes, ``CompressionSteps`` last (after ``UltralyticsCheckpoint``: see there)."""
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    if compression is not None and (compression.pruning is not None or compression.quant is not None):
+        callbacks.append(CompressionSteps())
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
     ckpt_cb = next(c for c in callbacks if isinstance(c, UltralyticsCheckpoint))
     trainer = L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), callbacks=callbacks,

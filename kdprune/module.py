@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 
 import lightning as L
 import torch
 
+from kdprune.clock import EpochClock
+from kdprune.compression import Compression
+from kdprune.data import prepare_batch
 from kdprune.distill import Distiller, Teacher, kd_scale_at
-from kdprune.errors import UserError
-from kdprune.pruning import replay
 from kdprune.yolo import (
     DetectionCriterion,
     DetectionEvaluator,
     LRSchedule,
     ModelEMA,
-    SplitC2f,
     build_optimizer,
-    evaluate_checkpoint,
     in_fp32,
     nominal_accumulate,
     optimizer_iterations,
@@ -41,7 +41,7 @@ class DetectionModule(L.LightningModule):
                  grad_clip: float | None = None, ema: bool = False, plot_every: int = 0,
                  criterion: DetectionCriterion | None = None,
                  distiller: Distiller | None = None, teacher: Teacher | None = None, kd_schedule: dict | None = None,
-                 train_args: dict | None = None):
+                 train_args: dict | None = None, compression: Compression | None = None):
         super().__init__()
         self.train_args = dict(train_args or {})  # ultralytics' train args, written into every best.pt / last.pt
         self.model, self.hyp, self.names, self.data = model, hyp, dict(names), data
@@ -56,7 +56,7 @@ class DetectionModule(L.LightningModule):
         self.kd_schedule = dict(kd_schedule or {})
         self.kd_scale = 1.0
         self.kd_ms_per_step: float | None = None  # teacher forward + KD loss, last epoch
-        self._kd_time = 0.0
+        self.clock = EpochClock()  # this epoch's training steps: images/s, the teacher's share
         self.ema: ModelEMA | None = None
         self.val_args = dict(val)  # NMS settings of every evaluation (val_settings)
         self.evaluator = DetectionEvaluator(names, **self.val_args)
@@ -68,11 +68,9 @@ class DetectionModule(L.LightningModule):
         self.plot_batch = None  # (batch, nms output) of the first val batch on plotting epochs
         self._ema_state = None
         self._bns = None
-        self.pruning_history: list = []  # torch-pruning history of every channel removed (replayed on resume)
+        # pruning and QAT: their phases, the removals so far, the fake-quantized graph (stepped by CompressionSteps)
+        self.compression = compression if compression is not None else Compression()
         self.bn_l1 = 0.0  # L1 sparsity on BN gammas (network slimming), set by the pruning phase
-        self._t_train = self._t_last_batch = 0.0
-        self._n_train_images = 0
-        self.qat = None  # QATDetector once the QAT phase starts (it trains self.model's tensors, fake-quantized)
 
     # ---- setup -------------------------------------------------------------------------------------------------
     def _batches_per_epoch(self) -> int:
@@ -91,30 +89,8 @@ class DetectionModule(L.LightningModule):
         self.accumulate_nominal, self._optim_args = accumulate, (iterations, decay)
         return opt
 
-    def apply_pruning(self, pruner, plan: dict) -> dict:
-        """Remove ``plan``'s channels from the student, its EMA and the distillation adapters (pruned with the model:
-        ``YoloPruner.apply(follow=...)``), record them in ``pruning_history``, and carry every kept element's optimizer
-        state (Adam's moments, SGD's momentum) onto the new tensors; the LR schedule is keyed to the global step, so it
-        continues. Returns the index map (``kdprune.pruning.carry``) for other per-element state."""
-        from kdprune.pruning.carry import prune_with_index_map
-
-        old_state, old_shapes = self._optimizer_state()
-        adapters = self.distiller.adapters if self.distiller is not None else None
-        records: list = []
-
-        def prune() -> None:
-            records.extend(pruner.apply(self.model, plan,
-                                        follow=adapters.prune_inputs if adapters is not None else None))
-
-        index_map = prune_with_index_map(self, prune)
-        if self.ema is not None:
-            pruner.apply(self.ema.ema, plan)
-        self.pruning_history.extend(records)
-        self._new_optimizer(carry=(old_state, old_shapes, index_map))
-        return index_map
-
-    def _optimizer_state(self) -> tuple[dict, dict]:
-        """Every parameter's optimizer state and shape, by name (what ``_new_optimizer(carry=...)`` puts back)."""
+    def optimizer_state(self) -> tuple[dict, dict]:
+        """Every parameter's optimizer state and shape, by name (what ``new_optimizer(carry=...)`` puts back)."""
         opt = self.trainer.strategy.optimizers[0]
         named = dict(self.named_parameters())
         return ({n: dict(opt.state[p]) for n, p in named.items() if p in opt.state},
@@ -124,10 +100,10 @@ class DetectionModule(L.LightningModule):
         """L1 on BN gammas (network slimming) from the next step on; 0 switches it off."""
         self.bn_l1 = float(value)
 
-    def _new_optimizer(self, carry: tuple | None = None) -> None:
+    def new_optimizer(self, carry: tuple | None = None) -> None:
         """A new optimizer over the current parameters (after channels were removed, or the QAT graph was built), with
-        ``carry``'s state for the parameters that have one (else moments restart), an EMA that reads the new tensors,
-        and under DDP a new wrapper, whose buckets held the old tensors."""
+        ``carry``'s state for the parameters that have one (else moments restart), and an EMA that reads the new
+        tensors. (Under DDP, ``CompressionSteps`` then wraps the new tensors.)"""
         from kdprune.pruning.carry import carry_optimizer_state
 
         opt, _ = build_optimizer(self.trainable(), self.hyp, len(self.names), *self._optim_args)
@@ -136,11 +112,20 @@ class DetectionModule(L.LightningModule):
         self.trainer.strategy.optimizers = [opt]
         if self.ema is not None:
             refresh_ema(self.ema)
-        strategy = self.trainer.strategy
-        if isinstance(strategy.model, torch.nn.parallel.DistributedDataParallel):
-            strategy.model = self  # unwrap, and wrap the new tensors as Lightning first did (DDP, its comm hooks)
-            strategy.configure_ddp()
         self._bns = None
+
+    def accumulate_gradients(self, batches: int) -> None:
+        """``.grad`` of the detection loss over ``batches`` fresh training batches, no optimizer step (first-order
+        Taylor scores for a pruning step with no accumulated ones); under DDP each rank's own, not all-reduced."""
+        self.model.zero_grad(set_to_none=True)
+        ddp = self.trainer.strategy.model
+        with ddp.no_sync() if hasattr(ddp, "no_sync") else nullcontext():
+            for i, batch in enumerate(self.trainer.datamodule.train_dataloader()):
+                if i >= batches:
+                    break
+                batch = prepare_batch(batch, self.device)
+                loss, _, _ = self.criterion(self.model(batch["img"]), batch)
+                loss.sum().backward()
 
     def trainable(self) -> torch.nn.Module:
         """What the optimizer trains: the student, and the distillation adapters if there are any."""
@@ -163,17 +148,23 @@ class DetectionModule(L.LightningModule):
 
     def _teacher_metrics(self) -> None:
         """The teacher's val mAP, logged once per run (measured here unless its training already measured it)."""
-        info = self.teacher.info
         if not self.trainer.is_global_zero:
             return
-        if info.get("mAP50-95") is None:
-            m = evaluate_checkpoint(info["weights"], self.trainer.datamodule.val_dataloader(shard=False), self.data,
-                                    self.device, **self.val_args)
-            info["mAP50-95"], info["mAP50"] = m["mAP50-95"], m["mAP50"]
+        info = self.teacher.measure(self.trainer.datamodule.val_dataloader(shard=False), self.data, self.device,
+                                    self.val_args)
         self.print(f"kdprune: teacher {info['model']} ({info['source']}): val mAP50-95 {info['mAP50-95']:.4f}, "
                    f"mAP50 {info['mAP50']:.4f}")
         for lg in self.loggers:
             lg.log_metrics({"teacher/mAP50-95": info["mAP50-95"], "teacher/mAP50": info["mAP50"]}, step=0)
+
+    @property
+    def qat(self):
+        """The fake-quantized graph once the QAT phase started (it trains ``self.model``'s tensors), else None."""
+        return self.compression.qat
+
+    @property
+    def pruning_history(self) -> list:
+        return self.compression.history
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -200,27 +191,9 @@ class DetectionModule(L.LightningModule):
         """What the training step runs: the model, or its fake-quantized graph during QAT."""
         return self.qat if self.qat is not None else self.model
 
-    def start_qat(self, imgsz: int, *, per_channel: bool = True) -> None:
-        """Enter the QAT phase: from the EMA weights (the ones validated so far), fake-quantized from here on.
-
-        The EMA stops (an average of fake-quantized steps is not a model any fold or scale was computed for).
-        Parameters are the same tensors, so the optimizer's groups stay and its moments carry on, as across a pruning
-        step (restarted, Adam's first steps move every weight by ~lr at once, on the model QAT starts from).
-        """
-        from kdprune.quant import QATDetector
-
-        carry = (*self._optimizer_state(), {})  # same tensors: nothing to re-index
-        if self.ema is not None:
-            self.model.load_state_dict(self.ema.ema.state_dict())
-            self.ema = None
-        self.qat = QATDetector(self.model, imgsz, per_channel=per_channel)
-        self._new_optimizer(carry=carry)
-
     # ---- training ----------------------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
-        self._t_train = self._t_last_batch = time.perf_counter()
-        self._n_train_images = 0
-        self._kd_time = 0.0
+        self.clock.reset()
         if self.teacher is not None:
             self.kd_scale = kd_scale_at(self.current_epoch, self.trainer.max_epochs, **self.kd_schedule)
             self.log("train/kd_scale", self.kd_scale, on_step=False, on_epoch=True, batch_size=1)
@@ -234,7 +207,7 @@ class DetectionModule(L.LightningModule):
         if self.teacher is not None:
             t0 = time.perf_counter()
             teacher = raw_head(self.teacher(batch["img"]))
-            self._kd_time += time.perf_counter() - t0
+            self.clock.kd += time.perf_counter() - t0
         preds, teacher = in_fp32(self.student(batch["img"])), in_fp32(teacher)
         fg_needed = teacher is not None and self.distiller.needs_foreground
         with torch.autocast(self.device.type, enabled=False):  # mixed precision: the losses stay in fp32
@@ -245,7 +218,7 @@ class DetectionModule(L.LightningModule):
                 t0 = time.perf_counter()
                 kd_loss, kd_items = self.distiller(raw_head(preds), teacher, fg)
                 loss = loss + self.kd_scale * kd_loss * bs  # per image -> per batch, as ultralytics' loss
-                self._kd_time += time.perf_counter() - t0
+                self.clock.kd += time.perf_counter() - t0
                 out["kd_loss"] = kd_loss.detach()
         if self.trainer.world_size > 1:
             loss = loss * self.trainer.world_size  # DDP averages gradients; ultralytics scales back to the sum
@@ -259,8 +232,7 @@ class DetectionModule(L.LightningModule):
             if self.ema is not None:
                 self.ema.update(self.model)
             self.last_opt_step = ni
-        self._n_train_images += bs
-        self._t_last_batch = time.perf_counter()
+        self.clock.batch(bs)
         self.log_dict({f"train/{k}": v for k, v in items.items()}, on_step=True, on_epoch=True, batch_size=bs,
                       prog_bar=True, sync_dist=False)
         if teacher is not None:  # each KD term beside the detection loss, in TensorBoard (not the progress bar)
@@ -282,21 +254,13 @@ class DetectionModule(L.LightningModule):
             self.ema.update_attr(self.model, include=["yaml", "nc", "args", "names", "stride"])
         for i, g in enumerate(self.optimizers().optimizer.param_groups):  # per epoch, as ultralytics logs it
             self.log(f"lr/pg{i}", g["lr"], on_step=False, on_epoch=True, batch_size=1)
-        if (rate := self.epoch_images_per_s()) is not None:
+        if (rate := self.clock.images_per_s()) is not None:
             self.log("perf/train_images_per_s", rate, batch_size=1)
-        if self.teacher is not None and self.trainer.num_training_batches:
-            # Teacher forward + KD loss, wall time per training step (CPU-exact; on GPU it counts launch time, an
-            # under-estimate: the kernels run asynchronously)
-            steps = max(self._n_train_images / max(self.trainer.datamodule.batch, 1), 1)
-            self.kd_ms_per_step = round(1000 * self._kd_time / steps, 2)
+        if self.teacher is not None and self.trainer.num_training_batches:  # teacher forward + KD loss per step
+            self.kd_ms_per_step = self.clock.kd_ms_per_step(self.trainer.datamodule.batch)
             self.log("perf/kd_ms_per_step", self.kd_ms_per_step, batch_size=1)
-            if (dt := self._t_last_batch - self._t_train) > 0:
-                self.log("perf/kd_share_of_step", self._kd_time / dt, batch_size=1)
-
-    def epoch_images_per_s(self) -> float | None:
-        """Training images/s of the current epoch: training batches only, validation excluded."""
-        dt = self._t_last_batch - self._t_train
-        return self._n_train_images / dt if dt > 0 and self._n_train_images else None
+            if (share := self.clock.kd_share()) is not None:
+                self.log("perf/kd_share_of_step", share, batch_size=1)
 
     # ---- validation --------------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
@@ -332,25 +296,14 @@ class DetectionModule(L.LightningModule):
         if self.ema is not None:
             checkpoint["ema"] = {"state_dict": self.ema.ema.state_dict(), "updates": self.ema.updates}
         checkpoint["last_opt_step"] = self.last_opt_step
-        checkpoint["pruning_history"] = self.pruning_history
-        if self.qat is not None:
-            checkpoint["qat"] = self.qat.state()
+        checkpoint["compression"] = self.compression.phase_state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Runs before the weights are loaded: a pruned run's architecture is rebuilt by replaying its removals."""
         self._ema_state = checkpoint.get("ema")
         self.last_opt_step = checkpoint.get("last_opt_step", -1)
-        history = checkpoint.get("pruning_history") or []
         if self.distiller is not None and self.distiller.adapters is not None:  # pruned adapters: resize to load
             self.distiller.adapters.match(checkpoint["state_dict"], "distiller.adapters.")
-        if history and not self.pruning_history:
-            if not any(isinstance(m, SplitC2f) for m in self.model.modules()):
-                raise UserError("ckpt_path: this checkpoint comes from a pruned run; resume it with the same prune=... "
-                                "settings it was trained with.")
-            replay(self.model, history)
-            self.pruning_history = list(history)
-        if (qat := checkpoint.get("qat")) and self.qat is None:  # a run stopped during QAT: same graph, then load
-            from kdprune.quant import QATDetector
-
-            self.qat = QATDetector.from_state(self.model, qat)
+        self.compression.load_phase_state(self, Compression.from_checkpoint(checkpoint))
+        if self.qat is not None:  # a run stopped during QAT: no EMA from here (see Compression.start_qat)
             self._ema_state = None

@@ -16,14 +16,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdprune.build import build_datamodule, build_module, build_student, build_trainer
 from kdprune.callbacks import (
-    GradualPruning,
-    QATPhase,
     last_checkpoint,
     log_hparams,
     log_per_class_ap,
     run_hparams,
     save_channels_png,
 )
+from kdprune.compression import Compression
 from kdprune.data.checks import check_imgsz
 from kdprune.data.stats import SMALL_WARN, small_objects, small_objects_line
 from kdprune.environment import environment, warn_if_unlocked
@@ -31,8 +30,8 @@ from kdprune.errors import UserError
 from kdprune.export.stages import ExportFailed, check_exports, run_stages
 from kdprune.losses.objectives import check_objectives
 from kdprune.part import check_device, verdict_line
-from kdprune.pruning import epoch_index, int8_bytes
-from kdprune.quant import check_qat_model, per_channel
+from kdprune.pruning import PruningPhase, check_prune_config, epoch_index, int8_bytes
+from kdprune.quant import QATSchedule, check_qat_model, per_channel
 from kdprune.recipe import check_recipe
 from kdprune.report import deployed, margin_line, stage_table, teacher_margin, write_report
 from kdprune.teacher_stage import check_teacher, obtain_teacher
@@ -66,7 +65,7 @@ def _check_cfg(cfg: DictConfig) -> None:
         raise UserError(f"reference={cfg.reference}: no such file (a dense run's weights/best.pt on the same data).")
 
 
-def _check_options(cfg: DictConfig) -> QATPhase | None:
+def _check_options(cfg: DictConfig) -> QATSchedule | None:
     """Every check that needs only the config (and files it names): run, objectives, pruning, QAT, exports. Returns
     the QAT phase, if any."""
     _check_cfg(cfg)
@@ -74,12 +73,12 @@ def _check_options(cfg: DictConfig) -> QATPhase | None:
     check_teacher(cfg)
     check_objectives(cfg)
     if cfg.prune.name != "none":
-        GradualPruning.check_config(cfg.prune, int(cfg.trainer.max_epochs))
+        check_prune_config(cfg.prune, int(cfg.trainer.max_epochs))
     qat = None
     if cfg.quant.name == "int8_qat":
-        qat = QATPhase.from_config(cfg.quant, max_epochs=int(cfg.trainer.max_epochs), imgsz=int(cfg.data.imgsz),
-                                   prune_end=epoch_index(cfg.prune.end_epoch, int(cfg.trainer.max_epochs))
-                                   if cfg.prune.name != "none" else None)
+        qat = QATSchedule.from_config(cfg.quant, max_epochs=int(cfg.trainer.max_epochs), imgsz=int(cfg.data.imgsz),
+                                     prune_end=epoch_index(cfg.prune.end_epoch, int(cfg.trainer.max_epochs))
+                                     if cfg.prune.name != "none" else None)
     elif cfg.quant.name != "none":
         raise UserError(f"quant={cfg.quant.name}: choose int8_qat or none")
     check_exports(cfg)  # unknown formats, a bad granularity, a missing 'tflite' extra
@@ -108,7 +107,7 @@ def run(cfg: DictConfig) -> dict:
     pruning = None
     if cfg.prune.name != "none":
         split_blocks(model)  # C2f/C3k2's chunk as two convs, so torch-pruning's graph follows it
-        pruning = GradualPruning.from_config(cfg.prune, model, imgsz=cfg.data.imgsz, max_epochs=cfg.trainer.max_epochs)
+        pruning = PruningPhase.from_config(cfg.prune, model, imgsz=cfg.data.imgsz, max_epochs=cfg.trainer.max_epochs)
     if qat is not None:
         check_qat_model(model, str(cfg.model.weights or cfg.model.cfg))
 
@@ -117,8 +116,8 @@ def run(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the same student whether the teacher was cached or not
 
     dm = build_datamodule(cfg, data, hyp, model)  # class weights are counted from its training labels
-    module, loss_info = build_module(cfg, model, hyp, data, dm, teacher, run_dir)
-    trainer, ckpt_cb = build_trainer(cfg, run_dir, [pruning, qat])
+    module, loss_info = build_module(cfg, model, hyp, data, dm, teacher, run_dir, Compression(pruning, qat))
+    trainer, ckpt_cb = build_trainer(cfg, run_dir, module.compression)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 

@@ -47,8 +47,7 @@ class StartState(L.Callback):
             "ema": pl_module.ema.ema.state_dict() if pl_module.ema is not None else None,
             "pruning_history": list(pl_module.pruning_history),
             "qat": pl_module.qat.state() if pl_module.qat is not None else None,
-            "pruning": next((cb.state_dict() for cb in trainer.callbacks if type(cb).__name__ == "GradualPruning"),
-                            None),
+            "pruning": pl_module.compression.pruning.state_dict() if pl_module.compression.pruning else None,
         }, f"{self.out}.{n}")
 
 
@@ -66,9 +65,10 @@ def assert_starts_from(probe_file, ckpt) -> None:
     assert len(p["optimizer"]["state"]) == len(saved) > 0
     if ckpt.get("ema") is not None:
         assert all(torch.equal(p["ema"][k], v) for k, v in ckpt["ema"]["state_dict"].items())
-    assert p["pruning_history"] == ckpt["pruning_history"]
-    assert p["qat"] == ckpt.get("qat")
-    if (saved_pruning := ckpt.get("callbacks", {}).get("GradualPruning")) is not None:
+    saved = ckpt["compression"]
+    assert p["pruning_history"] == saved["history"]
+    assert p["qat"] == saved["qat"]
+    if (saved_pruning := saved["pruning"]) is not None:
         _assert_same(p["pruning"], saved_pruning)
 
 

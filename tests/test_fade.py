@@ -77,7 +77,7 @@ def test_entering_qat_keeps_the_optimizer_moments_and_starts_from_the_ema():
     module, model, opt, strategy = _stepped_module()
     old = {p: {k: v.clone() if torch.is_tensor(v) else v for k, v in st.items()} for p, st in opt.state.items()}
     ema = {k: v.clone() for k, v in module.ema.ema.state_dict().items()}
-    module.start_qat(64)
+    module.compression.start_qat(module, 64)
     new = strategy.optimizers[0]
     assert module.qat is not None and module.ema is None
     assert len(old) > 100 and set(new.state) == set(old)  # the same tensors, every one with its state
@@ -87,7 +87,7 @@ def test_entering_qat_keeps_the_optimizer_moments_and_starts_from_the_ema():
     assert all(torch.equal(sd[k], v) for k, v in ema.items())  # QAT trains on from the validated (EMA) weights
 
 
-def test_apply_pruning_carries_the_optimizer_state_and_ema_of_kept_channels_exactly():
+def test_a_pruning_step_carries_the_optimizer_state_and_ema_of_kept_channels_exactly():
     module, model, opt, strategy = _stepped_module()
     with torch.no_grad():  # state as a known function of the weights, so its indexing can be checked exactly
         stepped = {n for n, p in model.named_parameters() if p in opt.state}  # (not the frozen DFL)
@@ -101,7 +101,7 @@ def test_apply_pruning_carries_the_optimizer_state_and_ema_of_kept_channels_exac
     pruner = YoloPruner(model, importance="l2")
     plan = pruner.plan(model, 0.3)
     shapes = {n: p.shape for n, p in model.named_parameters()}
-    index_map = module.apply_pruning(pruner, plan)
+    index_map = module.compression.prune(module, pruner, plan)
 
     new = strategy.optimizers[0]
     assert new is not opt and module.pruning_history
@@ -162,7 +162,7 @@ def test_accumulated_taylor_scores_average_the_steps_and_decide_the_cut():
 def test_bad_fade_settings_are_one_line_errors(extra, needle):
     from ultralytics.nn.tasks import DetectionModel
 
-    from kdprune.callbacks import GradualPruning
+    from kdprune.pruning import PruningPhase
     from kdprune.yolo import split_blocks
 
     cfg = compose([*TINY, "trainer.max_epochs=8", "prune=gradual", "prune.start_epoch=3", "prune.end_epoch=6",
@@ -170,7 +170,7 @@ def test_bad_fade_settings_are_one_line_errors(extra, needle):
     m = DetectionModel("yolo11n.yaml", nc=3, verbose=False)
     split_blocks(m)
     with pytest.raises(UserError) as e:
-        GradualPruning.from_config(cfg.prune, m, imgsz=64, max_epochs=8)
+        PruningPhase.from_config(cfg.prune, m, imgsz=64, max_epochs=8)
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
@@ -195,21 +195,21 @@ def test_a_step_before_any_accumulated_score_scores_fresh_batches(updates, monke
     falling back to weight magnitude. Once the average has seen steps, no extra batches run."""
     from ultralytics.nn.tasks import DetectionModel
 
-    from kdprune.callbacks import GradualPruning
+    from kdprune.pruning import PruningPhase
     from kdprune.yolo import split_blocks
 
     cfg = compose([*TINY, "trainer.max_epochs=4", "prune=gradual", "prune.start_epoch=0", "prune.end_epoch=0",
                    "prune.steps=1", "prune.fade_epochs=0", "prune.importance_epochs=1", "prune.target.ratio=0.2"])
     m = DetectionModel("yolo11n.yaml", nc=3, verbose=False)
     split_blocks(m)
-    gp = GradualPruning.from_config(cfg.prune, m, imgsz=64, max_epochs=4)
+    gp = PruningPhase.from_config(cfg.prune, m, imgsz=64, max_epochs=4)
     assert gp.taylor is not None
     gp.taylor.updates = updates
     calls = []
-    monkeypatch.setattr(gp, "_gradients", lambda trainer, pl_module: calls.append(1))
-    trainer = SimpleNamespace(is_global_zero=True, callbacks=[], strategy=SimpleNamespace(broadcast=lambda x, src: x))
-    plan = gp._decide(trainer, SimpleNamespace(model=m), 1)
-    assert plan and calls == ([1] if updates == 0 else [])
+    trainer = SimpleNamespace(is_global_zero=True, strategy=SimpleNamespace(broadcast=lambda x, src: x))
+    module = SimpleNamespace(model=m, trainer=trainer, accumulate_gradients=lambda batches: calls.append(batches))
+    plan = gp._decide(module)
+    assert plan and calls == ([gp.taylor_batches] if updates == 0 else [])
 
 
 @pytest.mark.slow

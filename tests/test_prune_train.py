@@ -91,7 +91,7 @@ print("RESULT", n, r.box.map, len(p), f)
 def _prune_cfg(*extra, model="yolo11n.yaml"):
     from ultralytics.nn.tasks import DetectionModel
 
-    from kdprune.callbacks import GradualPruning
+    from kdprune.pruning import PruningPhase
     from kdprune.yolo import split_blocks
 
     cfg = compose([*TINY, "trainer.max_epochs=5", "prune=gradual", "prune.fade_epochs=0", "prune.start_epoch=0",
@@ -99,7 +99,7 @@ def _prune_cfg(*extra, model="yolo11n.yaml"):
                    "prune.steps=2", *extra])
     m = DetectionModel(model, nc=3, verbose=False)
     split_blocks(m)
-    return lambda: GradualPruning.from_config(cfg.prune, m, imgsz=64, max_epochs=5)
+    return lambda: PruningPhase.from_config(cfg.prune, m, imgsz=64, max_epochs=5)
 
 
 @pytest.mark.parametrize("extra,needle", [

@@ -54,11 +54,11 @@ def test_schedule_epochs_and_validation():
 
 def test_pruning_epochs_count_from_the_end_like_quant():
     """prune.start_epoch/end_epoch = -k: the k-th epoch from the end, as quant.start_epoch (one function for both)."""
-    from kdprune.callbacks import GradualPruning
+    from kdprune.pruning import check_prune_config
     from tests.conftest import compose
 
     cfg = compose(["prune=gradual", "prune.start_epoch=-18", "prune.end_epoch=-15", "prune.target.ratio=0.3"])
-    schedule, _, _ = GradualPruning.check_config(cfg.prune, 25)
+    schedule, _, _ = check_prune_config(cfg.prune, 25)
     assert schedule.epochs() == [7, 8, 9, 10]
     assert epoch_index(-4, 25) == 21 and epoch_index(3, 25) == 3
 
@@ -68,19 +68,19 @@ def test_prune_shape_is_read_and_its_former_name_is_gone():
     rename), is now an unknown key, and a wrong shape is an error that names prune.shape and the valid ones."""
     from hydra.errors import ConfigCompositionException
 
-    from kdprune.callbacks import GradualPruning
     from kdprune.errors import UserError
+    from kdprune.pruning import check_prune_config
     from tests.conftest import compose
 
     base = ["prune=gradual", "prune.target.ratio=0.3", "prune.start_epoch=2", "prune.end_epoch=10"]
-    schedule, _, _ = GradualPruning.check_config(compose([*base, "prune.shape=cubic"]).prune, 25)
+    schedule, _, _ = check_prune_config(compose([*base, "prune.shape=cubic"]).prune, 25)
     assert schedule.shape == "cubic" and schedule.fraction(1) > 0.25  # cubic front-loads; linear would give 0.25
-    schedule, _, _ = GradualPruning.check_config(compose([*base, "prune.shape=oneshot"]).prune, 25)
+    schedule, _, _ = check_prune_config(compose([*base, "prune.shape=oneshot"]).prune, 25)
     assert schedule.epochs() == [2] and schedule.fraction(1) == 1.0
     with pytest.raises(ConfigCompositionException, match="schedule"):
         compose([*base, "prune.schedule=oneshot"])
     with pytest.raises(UserError, match="prune.shape=exp: unknown pruning schedule shape; choose one of cubic"):
-        GradualPruning.check_config(compose([*base, "prune.shape=exp"]).prune, 25)
+        check_prune_config(compose([*base, "prune.shape=exp"]).prune, 25)
 
 
 # ---- allocation ----------------------------------------------------------------------------------------------------

@@ -10,9 +10,8 @@ from omegaconf import OmegaConf
 from torchao.quantization.pt2e import disable_fake_quant, disable_observer
 from ultralytics.nn.tasks import DetectionModel
 
-from kdprune.callbacks import QATPhase
 from kdprune.errors import UserError
-from kdprune.quant import QATDetector, backend
+from kdprune.quant import QATDetector, QATSchedule, backend
 from kdprune.yolo.rawhead import RawHeadModel
 
 pytestmark = pytest.mark.slow  # trains, converts or exports (make test-fast leaves it out)
@@ -172,18 +171,19 @@ def test_qat_phase_config_checks():
 
     base = {**OmegaConf.to_container(OmegaConf.load(CONF_DIR / "quant" / "int8_qat.yaml")),
             "start_epoch": -2, "freeze_bn_epoch": -1, "freeze_observer_epoch": 10, "granularity": "per_channel"}
-    p = QATPhase.from_config(OmegaConf.create(base), max_epochs=10, imgsz=64, prune_end=5)
+    p = QATSchedule.from_config(OmegaConf.create(base), max_epochs=10, imgsz=64, prune_end=5)
     assert (p.start_epoch, p.freeze_bn_epoch, p.freeze_observer_epoch, p.per_channel) == (8, 9, 10, True)
     with pytest.raises(UserError, match=r"start_epoch=12 is outside the run"):
-        QATPhase.from_config(OmegaConf.create({**base, "start_epoch": 12}), max_epochs=10, imgsz=64, prune_end=None)
+        QATSchedule.from_config(OmegaConf.create({**base, "start_epoch": 12}), max_epochs=10, imgsz=64, prune_end=None)
     with pytest.raises(UserError, match="after the last pruning step"):
-        QATPhase.from_config(OmegaConf.create(base), max_epochs=10, imgsz=64, prune_end=8)
+        QATSchedule.from_config(OmegaConf.create(base), max_epochs=10, imgsz=64, prune_end=8)
     with pytest.raises(UserError, match="freeze_bn_epoch"):
-        QATPhase.from_config(OmegaConf.create({**base, "freeze_bn_epoch": 3}), max_epochs=10, imgsz=64, prune_end=None)
+        QATSchedule.from_config(OmegaConf.create({**base, "freeze_bn_epoch": 3}), max_epochs=10, imgsz=64,
+                                prune_end=None)
     with pytest.raises(UserError, match="quant.backend=fx"):
-        QATPhase.from_config(OmegaConf.create({**base, "backend": "fx"}), max_epochs=10, imgsz=64, prune_end=None)
+        QATSchedule.from_config(OmegaConf.create({**base, "backend": "fx"}), max_epochs=10, imgsz=64, prune_end=None)
     with pytest.raises(UserError, match="granularity"):
-        QATPhase.from_config(OmegaConf.create({**base, "granularity": "per_row"}), max_epochs=10, imgsz=64,
+        QATSchedule.from_config(OmegaConf.create({**base, "granularity": "per_row"}), max_epochs=10, imgsz=64,
                              prune_end=None)
 
 

@@ -233,14 +233,15 @@ def test_resume_during_qat(qat_run, from_trained, tmp_path):
     """last.ckpt was written during QAT: resuming rebuilds the pruned architecture, then the fake-quant graph with
     its frozen ranges (every scale and zero point as saved, not re-observed), and continues to a 4th epoch."""
     ckpt = torch.load(qat_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert ckpt["qat"]["observers_frozen"] and any(k.startswith("qat.graph.") for k in ckpt["state_dict"])
+    assert ckpt["compression"]["qat"]["observers_frozen"]
+    assert any(k.startswith("compression.qat.graph.") for k in ckpt["state_dict"])
     s = run(compose([*QAT, *PART, *from_trained, "trainer.max_epochs=4", "export.formats=[]",
                      f"ckpt_path={qat_run}/checkpoints/last.ckpt",
                      *probe(tmp_path / "start")], run_dir=tmp_path / "resumed"))
     assert s["epochs"] == 4 and s["quant"]["observers_frozen"]
     assert_starts_from(tmp_path / "start.0", ckpt)  # weights, optimizer moments, QAT scales and state
-    scales = [k for k in ckpt["state_dict"] if k.startswith("qat.graph.") and k.endswith(".scale")]
-    assert scales and s["quant"]["bn_frozen"] == ckpt["qat"]["bn_frozen"]
+    scales = [k for k in ckpt["state_dict"] if k.startswith("compression.qat.graph.") and k.endswith(".scale")]
+    assert scales and s["quant"]["bn_frozen"] == ckpt["compression"]["qat"]["bn_frozen"]
 
 
 def test_the_c_postprocessing_computes_what_the_report_scored(qat_run, tmp_path):

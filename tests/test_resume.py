@@ -61,8 +61,8 @@ def test_sigint_mid_fade_then_sigkill_mid_qat_resume_to_the_uninterrupted_model(
     # nothing was reported or exported from a half-trained model; the saved state is epoch 1's, mid-fade
     assert not (run_dir / "summary.json").exists() and not (run_dir / "report.md").exists()
     ckpt1 = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    pruning = ckpt1["callbacks"]["GradualPruning"]
-    assert ckpt1["epoch"] == 1 and not ckpt1["pruning_history"] and ckpt1.get("qat") is None
+    pruning = ckpt1["compression"]["pruning"]
+    assert ckpt1["epoch"] == 1 and not ckpt1["compression"]["history"] and ckpt1["compression"]["qat"] is None
     assert pruning["plan"] and 0 < pruning["fade"]["done"] < pruning["fade"]["steps"] and pruning["taylor"]["acc"]
     assert not list((run_dir / "checkpoints").glob(".*tmp*"))
 
@@ -72,8 +72,9 @@ def test_sigint_mid_fade_then_sigkill_mid_qat_resume_to_the_uninterrupted_model(
     assert out.returncode == -signal.SIGKILL, out.stderr[-3000:]
     assert_starts_from(tmp_path / "start.0", ckpt1)  # incl. the plan, fade progress and accumulated scores
     ckpt2 = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert ckpt2["epoch"] == 6 and ckpt2["qat"] is not None and not ckpt2["qat"]["bn_frozen"]
-    assert ckpt2["pruning_history"] and ckpt2["callbacks"]["GradualPruning"]["steps_done"] == 2  # both ran after it
+    state2 = ckpt2["compression"]
+    assert ckpt2["epoch"] == 6 and state2["qat"] is not None and not state2["qat"]["bn_frozen"]
+    assert state2["history"] and state2["pruning"]["steps_done"] == 2  # both ran after it
 
     # 3. resume again: the run finishes, mid-QAT state restored, and ends where the uninterrupted run ended
     out = run_cli(*cmd[3:], *probe(tmp_path / "start"))

@@ -151,9 +151,8 @@ def test_heatmap_is_a_png(scan):
 def test_yaml_loads_in_prune_ratios_and_meets_the_budget_as_training_applies_it(scan, tmp_path):
     from omegaconf import OmegaConf
 
-    from kdprune.callbacks import GradualPruning
     from kdprune.data import resolve_data
-    from kdprune.pruning import int8_bytes, load_layer_ratios
+    from kdprune.pruning import PruningPhase, int8_bytes, load_layer_ratios
     from kdprune.yolo import build_model, hyp_namespace, split_blocks
 
     run_dir, summary = scan
@@ -168,7 +167,7 @@ def test_yaml_loads_in_prune_ratios_and_meets_the_budget_as_training_applies_it(
     data = resolve_data(None, cfg.cache_dir, OmegaConf.to_container(cfg.data.embedded), False)
     model = build_model(cfg.model.cfg, None, data["names"], hyp_namespace())
     split_blocks(model)
-    cb = GradualPruning.from_config(cfg.prune, model, imgsz=64, max_epochs=1)
+    cb = PruningPhase.from_config(cfg.prune, model, imgsz=64, max_epochs=1)
     cb.pruner.apply(model, cb.pruner.plan(model, cb.ratio * cb.schedule.fraction(1)))
     size = int8_bytes(model)
     assert size == summary["int8_bytes"] <= BUDGET

@@ -152,7 +152,7 @@ def test_arena_estimate_follows_tflite_micro(tmp_path):
 def _arena_cfg(*extra):
     from ultralytics.nn.tasks import DetectionModel
 
-    from kdprune.callbacks import GradualPruning
+    from kdprune.pruning import PruningPhase
     from kdprune.yolo import split_blocks
     from tests.conftest import TINY
 
@@ -160,7 +160,7 @@ def _arena_cfg(*extra):
                    "prune.fade_epochs=0", "prune.steps=2", "prune.keep_stem=false", *extra])
     m = DetectionModel("yolo11n.yaml", nc=3, verbose=False)
     split_blocks(m)
-    return m, lambda: GradualPruning.from_config(cfg.prune, m, imgsz=128, max_epochs=5)
+    return m, lambda: PruningPhase.from_config(cfg.prune, m, imgsz=128, max_epochs=5)
 
 
 def test_arena_budget_prunes_the_high_resolution_layers():

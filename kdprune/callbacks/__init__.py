@@ -1,12 +1,11 @@
 """Lightning callbacks that drive the phases of a run and write its artifacts."""
 
+from kdprune.callbacks.compression import CompressionSteps
 from kdprune.callbacks.hparams import log_hparams, run_hparams
 from kdprune.callbacks.mosaic import CloseMosaic
 from kdprune.callbacks.plots import DetectionPlots, log_per_class_ap, save_channels_png
-from kdprune.callbacks.pruning import GradualPruning
-from kdprune.callbacks.qat import QATPhase
 from kdprune.callbacks.resume import ResumeCheckpoint, last_checkpoint
 from kdprune.callbacks.weights import UltralyticsCheckpoint
 
-__all__ = ["CloseMosaic", "DetectionPlots", "GradualPruning", "QATPhase", "ResumeCheckpoint", "UltralyticsCheckpoint",
+__all__ = ["CloseMosaic", "CompressionSteps", "DetectionPlots", "ResumeCheckpoint", "UltralyticsCheckpoint",
            "last_checkpoint", "log_hparams", "log_per_class_ap", "run_hparams", "save_channels_png"]

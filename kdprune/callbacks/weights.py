@@ -36,9 +36,10 @@ class UltralyticsCheckpoint(L.Callback):
     def pre_prune(self) -> Path:
         return self.dirpath / "pre_prune.pt"
 
-    def save_pre_prune(self, trainer: L.Trainer, pl_module) -> None:
-        """The student as it was just before the first pruning step (a row of the report)."""
-        if trainer.is_global_zero:
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
+        """The student as it was just before the first pruning step chooses its channels (a row of the report): the
+        epoch whose start chooses them (``CompressionSteps``, after this callback) is the dense model's last."""
+        if pl_module.compression.pre_prune_due(trainer.current_epoch) and trainer.is_global_zero:
             m = pl_module.val_metrics or {}
             save_ultralytics_checkpoint(self.pre_prune, pl_module.eval_model, epoch=trainer.current_epoch,
                                         train_args=pl_module.train_args, fitness=m.get("fitness"),

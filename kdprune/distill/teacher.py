@@ -29,3 +29,12 @@ class Teacher:
         if self.model.training:  # someone called .train() on it: BN must keep its running statistics
             self.model.eval()
         return self.model(img)
+
+    def measure(self, loader, data: dict, device, val_args: dict) -> dict:
+        """Its val mAP50-95 and mAP50 in ``info`` (measured on ``loader`` unless its training already measured it)."""
+        if self.info.get("mAP50-95") is None:
+            from kdprune.yolo import evaluate_checkpoint
+
+            m = evaluate_checkpoint(self.info["weights"], loader, data, device, **val_args)
+            self.info["mAP50-95"], self.info["mAP50"] = m["mAP50-95"], m["mAP50"]
+        return self.info

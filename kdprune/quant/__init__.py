@@ -2,6 +2,7 @@
 
 from kdprune.errors import UserError
 from kdprune.quant import backend
+from kdprune.quant.phase import QATSchedule
 from kdprune.quant.qat import QATDetector, check_qat_model
 from kdprune.quant.scheme import TFLiteInt8Quantizer
 
@@ -16,4 +17,5 @@ def per_channel(granularity) -> bool:
     return str(granularity) == "per_channel"
 
 
-__all__ = ["GRANULARITIES", "QATDetector", "check_qat_model", "TFLiteInt8Quantizer", "backend", "per_channel"]
+__all__ = ["GRANULARITIES", "QATDetector", "QATSchedule", "check_qat_model", "TFLiteInt8Quantizer", "backend",
+           "per_channel"]

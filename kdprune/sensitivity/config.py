@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from kdprune.callbacks.pruning import check_pruner_options
 from kdprune.data.checks import check_imgsz
 from kdprune.errors import UserError
+from kdprune.pruning import check_pruner_options
 from kdprune.recipe import check_recipe
 
 
