@@ -9,8 +9,12 @@ happens). Each leaf key is matched to its consumer:
   registry (``kdprune.losses.kd.KD_TERMS``); ``data.embedded.*``: the dataset generator's;
 - ``prune.target.*``: the budget kinds; ``target.rules.*``: the rules of kdprune/export/target.py; other ``target.*``
   keys: interpolated by another group's file (``${target.granularity}``);
-- anything else: kdprune's source must read it as ``<parent>.<key>`` (or ``cfg.<key>`` where the group is handed
-  over as ``cfg``), ``["<key>"]`` or ``get("<key>"``; a group's ``name`` only as ``<group>.name``.
+- anything else: a run that selects the file must read it, recorded (``tests/keyreads.py``) while the run checks its
+  config, builds the data, the student, the teacher, the pruning phase, the module and the trainer, up to the first
+  training step (``READS``: one run per option file, stopped at ``Trainer.fit``). A key read only after training
+  (stages, exports, report, deploy kit) is listed in ``AFTER_FIT`` with its reader, and the source must read it as
+  ``<parent>.<key>``, ``["<key>"]`` or ``get("<key>"``; a listed key that the run reads before training fails too,
+  so the list stays exact.
 """
 
 from __future__ import annotations
@@ -80,9 +84,91 @@ def _read_in_source(path: tuple[str, ...]) -> bool:
 
 CASES = list(_option_keys())
 
+# Keys read outside the recorded window (the entry point, or after training), with their reader: each is checked in
+# the source, and checked not to be read before training (a stale entry fails). ``file:key`` for one file only.
+_STAGES = "the stages after training (export/stages.py, export/device.py, part.py's verdict)"
+_TEACHER_STAGE = ("teacher/none.yaml has the keys of every teacher file (the teacher stage loads it for the "
+                  "teacher's own run): read only on the teacher-training path, which teacher=none never takes")
+AFTER_FIT: dict[str, str] = {
+    "task": "kdprune/__main__.py: which task the entry point runs (train or the sensitivity scan), before run()",
+    **{f"device.{k}": _STAGES for k in ("name", "part", "model_flash", "model_sram")},
+    **{f"export.{k}": _STAGES for k in ("max_bytes", "max_arena_bytes", "tflm_images", "threads")},
+    "quant.ptq_images": "the PTQ baseline's calibration images, after training (export/formats.py)",
+    **{f"teacher/none.yaml:teacher.{k}": _TEACHER_STAGE for k in ("cfg", "init", "epochs", "init_epochs", "seed")},
+}
+# Keys read only on a path the file's plain composition does not take: more compositions of that group.
+VARIANTS = {"model": [["model.fused_act_layers=3"]], "teacher": [["teacher.init={teacher_pt}"]]}
+RUN_BASE = ["data.imgsz=64", "data.embedded.n_train=8", "data.embedded.n_val=4", "data.embedded.imgsz=64",
+            "data.batch=4", "data.val_batch=4", "data.workers=0", "logger=none"]  # default epochs: nothing trains
+
+
+class _Stop(Exception):
+    """Raised at ``Trainer.fit``: the run has read what it reads before training."""
+
+
+def _run_reads(overrides: list[str], run_dir: Path) -> set[str]:
+    from kdprune.errors import UserError
+    from kdprune.train import run
+    from tests.conftest import compose
+    from tests.keyreads import recording
+
+    def stop(*args, **kwargs):
+        raise _Stop
+
+    fit, L.Trainer.fit = L.Trainer.fit, stop
+    try:
+        with recording() as read:
+            try:
+                run(compose(overrides, run_dir=run_dir))
+            except _Stop:
+                pass
+            except UserError as e:  # the composition must reach training, or its keys were not all read
+                raise AssertionError(f"{overrides}: {e}") from None
+    finally:
+        L.Trainer.fit = fit
+    return read
+
+
+@pytest.fixture(scope="module")
+def teacher_pt(tmp_path_factory) -> Path:
+    """An untrained yolo11s for the embedded set's classes, saved as ultralytics does (``distill=kd``'s teacher)."""
+    from kdprune.data.scene import CLASS_NAMES
+    from kdprune.yolo import build_model, hyp_namespace, save_ultralytics_checkpoint
+
+    model = build_model("yolo11s.yaml", None, dict(enumerate(CLASS_NAMES)), hyp_namespace(imgsz=64))
+    return save_ultralytics_checkpoint(tmp_path_factory.mktemp("teacher") / "t.pt", model, epoch=0, train_args={})
+
+
+@pytest.fixture(scope="module")
+def reads(tmp_path_factory, teacher_pt):
+    """Option file -> the full keys a run that selects it reads before training (one run each, ~1-3 s)."""
+    tmp = tmp_path_factory.mktemp("reads")
+    base = [*RUN_BASE, f"cache_dir={tmp / 'cache'}"]
+    out: dict[str, set[str]] = {}
+    for i, file in enumerate(sorted({f for f, _, _ in CASES})):
+        parts = Path(file).with_suffix("").parts
+        group, option = "/".join(parts[:-1]), parts[-1]
+        extra = [] if not group else [f"{group}={option}"]
+        if group == "distill" and option != "none":  # a teacher to distil from, given (no teacher training)
+            extra += ["teacher=yolo11s", f"teacher.weights={teacher_pt}"]
+        if group == "teacher" and option != "none":  # the teacher stage trains it: read up to its first step
+            extra += ["distill=kd"]
+        if group == "device" and option != "generic":  # a part names its NPU, and the run must target it
+            extra += [f"target={OmegaConf.load(CONF_DIR / file).target}"]
+        if group == "prune" and option != "none":  # the file leaves the target to the user (or an experiment)
+            extra += ["prune.target.int8_bytes=2000000"]
+        if group == "trainer" and option != "cpu":  # GPU / multi-process trainers: their keys are Lightning's
+            continue
+        out[file] = _run_reads([*base, *extra], tmp / f"run{i}")
+        if option != "none":
+            for j, more in enumerate(VARIANTS.get(group, [])):
+                more = [m.format(teacher_pt=teacher_pt) for m in more]
+                out[file] |= _run_reads([*base, *extra, *more], tmp / f"run{i}_{j}")
+    return out
+
 
 @pytest.mark.parametrize("file,path,target", CASES, ids=[f"{f}:{'.'.join(p)}" for f, p, _ in CASES])
-def test_every_option_key_has_a_reader(file, path, target):
+def test_every_option_key_has_a_reader(file, path, target, request):
     key = path[-1]
     if target is not None:
         params = inspect.signature(get_class(target).__init__).parameters
@@ -110,7 +196,13 @@ def test_every_option_key_has_a_reader(file, path, target):
         conf = "\n".join(f.read_text() for f in CONF_DIR.rglob("*.yaml") if f.parent.name != "target")
         assert f"${{target.{key}}}" in conf, f"{file}: no config interpolates target.{key}"
     else:
-        assert _read_in_source(path), f"{file}: nothing in kdprune/ reads {'.'.join(path)}"
+        full, read = ".".join(path), request.getfixturevalue("reads")[file]
+        where = AFTER_FIT.get(f"{file}:{full}") or AFTER_FIT.get(full)
+        if where is not None:
+            assert full not in read, f"{file}: {full} is read before training: take it off AFTER_FIT"
+            assert _read_in_source(path), f"{file}: nothing in kdprune/ reads {full} ({where})"
+        else:
+            assert full in read, f"{file}: a run with it never reads {full} (and AFTER_FIT does not list it)"
 
 
 def test_the_key_walk_sees_every_option_file():
