@@ -1,7 +1,11 @@
 """Which config keys a run actually reads: ``recording()`` notes every key looked up on an OmegaConf node (attribute,
 item, ``get``, iteration), every node handed whole to ``OmegaConf.to_container`` (all its keys), every
 ``OmegaConf.select`` path and the keys an interpolation is made of, as dotted full keys (``prune.target.ratio``).
-Writing the whole config down (``OmegaConf.to_yaml``: the run dir's config.yaml) is not a read."""
+Writing the whole config down (``OmegaConf.to_yaml``: the run dir's config.yaml) is not a read.
+
+The one place that patches omegaconf, and only in tests: OmegaConf has no hook for key access. The patches are
+restored on exit; if a later omegaconf renames ``DictConfig._get_impl``, nothing is recorded and every key of
+tests/test_config_keys.py fails, loudly, rather than the guard going blind."""
 
 from __future__ import annotations
 
