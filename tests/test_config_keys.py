@@ -87,14 +87,11 @@ CASES = list(_option_keys())
 # Keys read outside the recorded window (the entry point, or after training), with their reader: each is checked in
 # the source, and checked not to be read before training (a stale entry fails). ``file:key`` for one file only.
 _STAGES = "the stages after training (export/stages.py, export/device.py, part.py's verdict)"
-_TEACHER_STAGE = ("teacher/none.yaml has the keys of every teacher file (the teacher stage loads it for the "
-                  "teacher's own run): read only on the teacher-training path, which teacher=none never takes")
 AFTER_FIT: dict[str, str] = {
     "task": "kdprune/__main__.py: which task the entry point runs (train or the sensitivity scan), before run()",
     **{f"device.{k}": _STAGES for k in ("name", "part", "model_flash", "model_sram")},
     **{f"export.{k}": _STAGES for k in ("max_bytes", "max_arena_bytes", "tflm_images", "threads")},
     "quant.ptq_images": "the PTQ baseline's calibration images, after training (export/formats.py)",
-    **{f"teacher/none.yaml:teacher.{k}": _TEACHER_STAGE for k in ("cfg", "init", "epochs", "init_epochs", "seed")},
 }
 # Keys read only on a path the file's plain composition does not take: more compositions of that group.
 VARIANTS = {"model": [["model.fused_act_layers=3"]], "teacher": [["teacher.init={teacher_pt}"]]}
