@@ -14,7 +14,7 @@ from kdprune import CONF_DIR
 
 PKG = CONF_DIR.parent / "kdprune"
 ADAPTERS = ("yolo", "data")  # the only packages that import ultralytics
-TRAINING = ("kdprune.module", "kdprune.train", "kdprune.callbacks", "kdprune.teacher_stage")
+TRAINING = ("kdprune.module", "kdprune.compression", "kdprune.train", "kdprune.callbacks", "kdprune.teacher_stage")
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:
