@@ -32,3 +32,27 @@ def test_the_qat_graph_is_in_the_module_state_dict_and_the_phases_are_not():
     assert dict(c.state_dict()) == {} and c.phase_state() == {"history": [], "qat": None, "pruning": None}
     c.qat = torch.nn.Linear(2, 2)  # any module in the graph's place
     assert set(c.state_dict()) == {"qat.weight", "qat.bias"}
+
+
+def test_the_dense_snapshot_is_due_when_the_first_step_chooses_its_channels():
+    """``pre_prune.pt`` (the report's "student before pruning") is written at the start of the epoch whose start
+    chooses the first step's channels: the fade's first epoch (6 for steps at 7-10 with a one-epoch fade), the step's
+    own epoch without a fade, and never again once channels are chosen."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from kdprune.pruning import PruningPhase
+    from kdprune.yolo import split_blocks
+    from tests.conftest import TINY, compose
+
+    m = DetectionModel("yolo11n.yaml", nc=3, verbose=False)
+    split_blocks(m)
+    for fade, first in ((1, 6), (0, 7)):
+        cfg = compose([*TINY, "trainer.max_epochs=25", "prune=gradual", "prune.start_epoch=7", "prune.end_epoch=10",
+                       "prune.steps=4", f"prune.fade_epochs={fade}", "prune.target.ratio=0.2"])
+        c = Compression(PruningPhase.from_config(cfg.prune, m, imgsz=64, max_epochs=25))
+        assert [e for e in range(12) if c.pre_prune_due(e)] == list(range(first, 12))  # until something is chosen
+        c.pruning.plan = {"model.0": [0]}  # the fade's channels chosen
+        assert not c.pre_prune_due(first)
+        c.pruning.plan, c.pruning.steps_done = None, 1  # a step done
+        assert not c.pre_prune_due(first + 1)
+    assert not Compression().pre_prune_due(7)  # a run that does not prune
