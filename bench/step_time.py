@@ -1,11 +1,11 @@
 """Wall time of one training step in the default run's busiest phase, for a change that touches the training loop.
 
-The ``+experiment=yolo11n_mcu`` pipeline at a reduced scale (128 px, 320 generated images, batch 8: 40 steps an epoch): KD from the
-teacher, the EMA, and the pruning phase with everything it does per batch (accumulated Taylor scores before each
-optimizer step, the fade after each batch), so every per-step hook of the run is on. A callback records the time
-from one batch's start to the next's (the step, every callback's batch hooks, and loading the next batch; workers=0)
-over the fade epoch and the one before it; the median per epoch, without each epoch's first 3 batches, is the
-number. No exports, no QAT (its step is the QAT graph's, timed by ``bench/qat_graph.py``).
+The ``+experiment=yolo11n_mcu`` pipeline at a reduced scale (128 px, 320 generated images, batch 8: 40 steps an
+epoch): KD from the teacher, the EMA, and the pruning phase with everything it does per batch (accumulated Taylor
+scores before each optimizer step, the fade after each batch), so every per-step hook of the run is on. A callback
+records the time from one batch's start to the next's (the step, every callback's batch hooks, and loading the next
+batch; workers=0) over the fade epoch and the one before it; the median per epoch, without each epoch's first 3
+batches, is the number. No exports, no QAT (its step is the QAT graph's, timed by ``bench/qat_graph.py``).
 
 Compare two commits by running the script in each checkout, alternating, on a quiet machine:
 
