@@ -85,7 +85,7 @@ def _read_in_source(path: tuple[str, ...]) -> bool:
 CASES = list(_option_keys())
 
 # Keys read outside the recorded window (the entry point, or after training), with their reader: each is checked in
-# the source, and checked not to be read before training (a stale entry fails). ``file:key`` for one file only.
+# the source, and checked not to be read before training (a stale entry fails).
 _STAGES = "the stages after training (export/stages.py, export/device.py, part.py's verdict)"
 AFTER_FIT: dict[str, str] = {
     "task": "kdprune/__main__.py: which task the entry point runs (train or the sensitivity scan), before run()",
@@ -194,7 +194,7 @@ def test_every_option_key_has_a_reader(file, path, target, request):
         assert f"${{target.{key}}}" in conf, f"{file}: no config interpolates target.{key}"
     else:
         full, read = ".".join(path), request.getfixturevalue("reads")[file]
-        where = AFTER_FIT.get(f"{file}:{full}") or AFTER_FIT.get(full)
+        where = AFTER_FIT.get(full)
         if where is not None:
             assert full not in read, f"{file}: {full} is read before training: take it off AFTER_FIT"
             assert _read_in_source(path), f"{file}: nothing in kdprune/ reads {full} ({where})"
