@@ -17,7 +17,15 @@ from kdprune.data import YOLODataModule, resolve_data
 from kdprune.losses.objectives import build_criterion, build_distiller
 from kdprune.module import DetectionModule
 from kdprune.recipe import training_optim
-from kdprune.yolo import build_model, fused_activation, hyp_namespace, pad_free_downsample, transfer, val_settings
+from kdprune.yolo import (
+    build_model,
+    choose_branch,
+    fused_activation,
+    hyp_namespace,
+    pad_free_downsample,
+    transfer,
+    val_settings,
+)
 
 
 def hyp_from_cfg(cfg: DictConfig, data: dict, optim: dict | None = None):
@@ -42,6 +50,7 @@ def build_student(cfg: DictConfig) -> tuple[dict, object, torch.nn.Module, dict]
     sensitivity scan) builds them."""
     data = resolve_data(cfg.data.yaml, cfg.cache_dir, OmegaConf.to_container(cfg.data.embedded), cfg.data.check_labels)
     model = build_model(cfg.model.cfg, cfg.model.weights, data["names"], None)
+    choose_branch(model, cfg.model.get("end2end"))
     # model.weights: the checkpoint's own architecture (all but a new class count's rows start trained)
     share = transfer(model, cfg.model.pretrained) if cfg.model.get("pretrained") else float(bool(cfg.model.weights))
     if layers := int(cfg.model.get("fused_act_layers") or 0):  # after the weights load: they keep every tensor

@@ -27,7 +27,7 @@ from kdprune.data import data_fingerprint
 from kdprune.distill import Teacher
 from kdprune.errors import UserError
 from kdprune.recipe import training_optim
-from kdprune.yolo import check_checkpoint, load_teacher, teacher_mismatch
+from kdprune.yolo import build_model, check_checkpoint, dfl_mismatch, load_teacher, teacher_mismatch
 
 log = logging.getLogger("kdprune")
 # The teacher trains as a plain run: these groups switch to their own `none` option (conf/<group>/none.yaml). Every
@@ -83,6 +83,17 @@ def check_teacher(cfg: DictConfig) -> None:
     """What the teacher stage needs from the config, checked before any work: a loadable detection ``teacher.init``."""
     if cfg.distill.name != "none" and not cfg.teacher.weights and (init := _init(cfg)):
         check_checkpoint(init, "teacher.init")
+
+
+def _check_box_distillation(cfg: DictConfig, student) -> None:
+    """``distill.ld`` needs the teacher the stage will train to have the student's DFL bins: its architecture (the
+    init file's, or ``teacher.cfg`` built empty, in a second) is compared before it trains."""
+    if float(cfg.distill.ld) <= 0:
+        return
+    init = _init(cfg)
+    arch = load_teacher(init) if init else build_model(str(cfg.teacher.cfg), None, dict(student.names), None)
+    if (why := dfl_mismatch(student, arch)) is not None:
+        raise UserError(f"teacher={cfg.teacher.name}: {why}")
 
 
 def teacher_key(cfg: DictConfig, data: dict) -> str:
@@ -156,6 +167,7 @@ def obtain_teacher(cfg: DictConfig, data: dict, student, run_dir: Path, train_fn
             raise UserError(f"teacher={cfg.teacher.name}: without teacher.weights, kdprune trains the teacher; give "
                             f"teacher.cfg (e.g. yolo11s.yaml) and teacher.epochs >= 1, or teacher.init (e.g. "
                             "yolo11s.pt) and teacher.init_epochs >= 1.")
+        _check_box_distillation(cfg, student)  # before the teacher trains for many minutes
         d = _train_into_cache(cfg, data, run_dir, train_fn)
         source, path = "cache", d / "best.pt"
         meta = json.loads((d / "meta.json").read_text())

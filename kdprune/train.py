@@ -31,13 +31,14 @@ from kdprune.export.stages import ExportFailed, check_exports, run_stages
 from kdprune.losses.objectives import check_objectives
 from kdprune.part import check_device, verdict_line
 from kdprune.pruning import PruningPhase, check_prune_config, epoch_index, int8_bytes
-from kdprune.quant import QATSchedule, check_qat_model, per_channel
+from kdprune.quant import QATSchedule, per_channel
 from kdprune.recipe import check_recipe
 from kdprune.report import deployed, margin_line, stage_table, teacher_margin, write_report
 from kdprune.teacher_stage import check_teacher, obtain_teacher
 from kdprune.yolo import (
     check_checkpoint,
     evaluate_checkpoint,
+    head_layout,
     model_stats,
     split_blocks,
 )
@@ -108,8 +109,6 @@ def run(cfg: DictConfig) -> dict:
     if cfg.prune.name != "none":
         split_blocks(model)  # C2f/C3k2's chunk as two convs, so torch-pruning's graph follows it
         pruning = PruningPhase.from_config(cfg.prune, model, imgsz=cfg.data.imgsz, max_epochs=cfg.trainer.max_epochs)
-    if qat is not None:
-        check_qat_model(model, str(cfg.model.weights or cfg.model.cfg))
 
     # Last of the checks, first of the work: the teacher stage may train (and cache) a teacher for many minutes.
     teacher = obtain_teacher(cfg, data, model, run_dir, train_fn=run)
@@ -154,6 +153,7 @@ def _summary(cfg: DictConfig, module, trainer, ckpt_cb, dm, data: dict, t0: floa
         "epochs": trainer.current_epoch,
         "best_epoch": (ckpt_cb.best_epoch + 1) if ckpt_cb.best_epoch is not None else None,
         **model_stats(final_model, cfg.data.imgsz),
+        "head": head_layout(final_model),
         "int8_bytes_est": int8_bytes(final_model, per_channel(cfg.quant.granularity)),
         **{k: final.get(k) for k in ("mAP50", "mAP50-95", "precision", "recall")},
         "per_class": final.get("per_class", {}),

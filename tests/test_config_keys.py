@@ -150,6 +150,8 @@ def reads(tmp_path_factory, teacher_pt):
             extra += ["teacher=yolo11s", f"teacher.weights={teacher_pt}"]
         if group == "teacher" and option != "none":  # the teacher stage trains it: read up to its first step
             extra += ["distill=kd"]
+            if option.startswith("yolo26"):  # no DFL bins: a YOLO26 student, no box distillation (else refused)
+                extra += ["model=yolo26n", "distill.ld=0"]
         if group == "device" and option != "generic":  # a part names its NPU, and the run must target it
             extra += [f"target={OmegaConf.load(CONF_DIR / file).target}"]
         if group == "prune" and option != "none":  # the file leaves the target to the user (or an experiment)

@@ -41,19 +41,20 @@ def _outputs(seed: int, nc: int, reg_max: int, sizes=(8, 4, 2)):
     return levels
 
 
-def _host(levels, strides, nc, reg_max, conf, iou, max_det, multi_label=False):
+def _host(levels, strides, nc, reg_max, conf, iou, max_det, multi_label=False, end2end=False):
     from kdprune.export.decode import decode, nms
 
     outs = []
     for box, cls, (bs, bz), (cs, cz) in levels:
         outs += [(box.astype(np.float32) - bz) * np.float32(bs), (cls.astype(np.float32) - cz) * np.float32(cs)]
-    y = decode([torch.from_numpy(o) for o in outs], strides, nc=nc, reg_max=reg_max, channels_last=True)
-    return nms(y, conf, iou, max_det, multi_label=multi_label)[0]
+    y = decode([torch.from_numpy(o) for o in outs], strides, nc=nc, reg_max=reg_max, channels_last=True,
+               end2end=end2end, max_det=max_det)
+    return nms(y, conf, iou, max_det, multi_label=multi_label, end2end=end2end)[0]
 
 
-def _c(lib, levels, strides, nc, reg_max, conf, iou, max_det, cap=4096, multi_label=False):
+def _c(lib, levels, strides, nc, reg_max, conf, iou, max_det, cap=4096, multi_label=False, end2end=False):
     quant = [q for box, cls, bq, cq in levels for q in (bq, cq)]
-    post = HostPostprocess(lib, strides=strides, nc=nc, reg_max=reg_max, quant=quant, capacity=cap)
+    post = HostPostprocess(lib, strides=strides, nc=nc, reg_max=reg_max, quant=quant, capacity=cap, end2end=end2end)
     return post([a for box, cls, _, _ in levels for a in (box, cls)], conf=conf, iou=iou, max_det=max_det,
                 multi_label=multi_label)
 
@@ -79,6 +80,34 @@ def test_c_postprocessing_equals_the_host_decode(lib, seed, nc, reg_max, conf, m
     assert st.candidates < 0.5 * st.anchors  # skipped in the int8 domain
 
 
+@pytest.mark.parametrize("seed,nc,conf,max_det", [(10, 4, 0.25, 300), (11, 8, 0.3, 300), (12, 4, 0.25, 5),
+                                                  (13, 3, 0.05, 7)])
+def test_c_top_k_equals_the_host_decode_of_an_nms_free_head(lib, seed, nc, conf, max_det):
+    """YOLO26's one-to-one head (``end2end``, reg_max 1, x1y1x2y2 distances): the C library's top-k (the max_det
+    anchors with the best class score, then the max_det best (anchor, class) pairs over conf) gives the same boxes,
+    scores, classes and order as ``kdprune.export.decode``'s top-k + ultralytics' end-to-end threshold; with a small
+    max_det the anchor cut-off decides, and the rows are not what NMS would give (the mode is exercised). Ties are
+    frequent here (int8 scores): they break the same way on both sides."""
+    levels, strides = _outputs(seed, nc, 1), [8.0, 16.0, 32.0]
+    ref = _host(levels, strides, nc, 1, conf, 0.7, max_det, end2end=True)
+    got, st = _c(lib, levels, strides, nc, 1, conf, 0.7, max_det, end2end=True)
+    assert len(ref) >= min(max_det, 4), "the case must produce detections to compare"
+    assert got.shape == ref.shape
+    assert np.array_equal(got[:, 5], ref[:, 5])
+    assert np.abs(got[:, :4] - ref[:, :4]).max() < 1e-3 and np.abs(got[:, 4] - ref[:, 4]).max() < 1e-6
+    assert st.kept == len(ref) and not st.truncated
+    scores = got[:, 4]
+    assert (np.diff(scores) <= 0).all() and len(np.unique(scores)) < len(scores)  # best first, with ties
+    anchors_per_class = {}
+    for row in got:  # an anchor may appear once per class: no suppression between a box and itself
+        anchors_per_class.setdefault(tuple(row[:4]), set()).add(int(row[5]))
+    if max_det >= 10:  # more rows than the NMS mode's best class per anchor: the top-k mode ran
+        assert any(len(v) > 1 for v in anchors_per_class.values())
+        assert len(got) > len(_c(lib, levels, strides, nc, 1, conf, 0.7, max_det)[0])
+    else:  # more anchors over conf than max_det: the cut-off by the anchors' best score decided
+        assert st.candidates > max_det and len(got) == max_det
+
+
 @pytest.mark.parametrize("scale,zp,conf", [(0.06, -20, 0.25), (0.1, 5, 0.5), (0.02, -128, 0.9), (0.5, 0, 0.001),
                                            (0.01, 0, 0.999)])
 def test_int8_threshold_is_the_float_comparison(lib, scale, zp, conf):
@@ -91,7 +120,7 @@ def test_int8_threshold_is_the_float_comparison(lib, scale, zp, conf):
 
 
 def test_bad_arguments_return_minus_one(lib):
-    cfg = Config(3, 16, 1, 1.5, 0.7, 300, 0)  # conf outside (0, 1)
+    cfg = Config(3, 16, 1, 1.5, 0.7, 300, 0, 0)  # conf outside (0, 1)
     arr, scratch, out = (Level * 1)(), (Det * 4)(), (Det * 300)()
     assert ctypes.CDLL(str(lib)).kdp_postprocess(ctypes.byref(cfg), arr, scratch, 4, out, None) == -1
 

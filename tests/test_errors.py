@@ -150,10 +150,12 @@ def test_too_few_latency_runs_is_refused_before_training(tmp_path):
     assert_user_error(p, "export.latency_runs=5", "at least 20", run_dir=tmp_path / "run")
 
 
-def test_qat_of_an_end_to_end_head_is_refused_in_one_line(tmp_path):
-    """YOLO26's one-to-one head cannot be quantize-trained yet: one line before any training, naming the way out."""
-    p = kdprune("model.cfg=yolo26n.yaml", "quant=int8_qat", "quant.start_epoch=0", run_dir=tmp_path / "run")
-    assert_user_error(p, "yolo26n.yaml", "end-to-end head", "quant=none", run_dir=tmp_path / "run")
+@pytest.mark.parametrize("student,teacher", [("yolo26n", "yolo11s"), ("yolo11n", "yolo26s")])
+def test_box_distillation_across_yolo_families_is_refused_before_the_teacher_trains(tmp_path, student, teacher):
+    """distill.ld distils DFL bins, which YOLO26 has none of: a YOLO11 teacher for a YOLO26 student (or the reverse)
+    with ld > 0 is one line naming the way out, before the teacher stage trains anything (no teacher run dir)."""
+    p = kdprune(f"model={student}", f"teacher={teacher}", "distill=kd", "distill.ld=1.0", run_dir=tmp_path / "run")
+    assert_user_error(p, f"teacher={teacher}", "reg_max", "distill.ld=0", run_dir=tmp_path / "run")
 
 
 def test_a_deploy_threshold_outside_0_1_is_refused_before_training(tmp_path):

@@ -159,11 +159,50 @@ def test_qat_detector_trains_the_model_tensors_and_answers_like_detectionmodel()
     assert all(torch.equal(a, b) for a, b in zip(before, scales()))
 
 
-def test_qat_refuses_end_to_end_heads():
-    from kdprune.errors import UserError
+@pytest.mark.parametrize("one2one", [True, False], ids=["one2one_deployed", "one2many_deployed"])
+def test_qat_of_a_two_branch_head_quantizes_the_deployed_branch(one2one):
+    """YOLO26: the fake-quantized graph holds the branch the model deploys (``model.end2end``), the other branch runs
+    in float beside it, and E2ELoss gets Detect.forward's ``{"one2many", "one2one"}`` dict. The one-to-one branch
+    reads detached features (its loss never reaches the backbone), as ultralytics trains it. The branches are made
+    to differ, so a graph holding the wrong one fails."""
+    from kdprune.yolo import DetectionCriterion, choose_branch, hyp_namespace
 
-    with pytest.raises(UserError, match="end-to-end"):
-        QATDetector(DetectionModel("yolo26n.yaml", nc=3, verbose=False), 64)
+    m = _model("yolo26n.yaml")
+    assert choose_branch(m, None if one2one else False) is one2one
+    with torch.no_grad():  # deepcopies at build: make the one-to-one class logits differ by a whole +3
+        for seq in m.model[-1].one2one_cv3:
+            seq[-1].bias += 3.0
+    q = QATDetector(m, 64)
+    x = torch.rand(2, 3, 64, 64)
+    q.train(True)
+    preds = q(x)
+    assert set(preds) == {"one2many", "one2one"}
+    ref = RawHeadModel(m.eval(), one2one=True)(x), RawHeadModel(m, one2one=False)(x)
+    m.train()
+    quantized = preds["one2one"] if one2one else preds["one2many"]
+    deployed_ref, other_ref = (ref[0], ref[1]) if one2one else (ref[1], ref[0])
+    flat = lambda outs: torch.cat([o.flatten(2) for o in outs[1::2]], -1)  # noqa: E731  (class logits, all levels)
+    # the graph's class logits follow the deployed branch (within fake-quant error, far from the +3 of the other)
+    assert (quantized["scores"] - flat(deployed_ref)).abs().mean() < 0.5
+    assert (quantized["scores"] - flat(other_ref)).abs().mean() > 2.0
+    m.args = hyp_namespace(imgsz=64)
+    batch = {"img": x, "batch_idx": torch.tensor([0.0, 1.0]), "cls": torch.tensor([[0.0], [2.0]]),
+             "bboxes": torch.tensor([[0.5, 0.5, 0.4, 0.4], [0.3, 0.6, 0.2, 0.3]])}
+    loss, _, _ = DetectionCriterion(m)(preds, batch)
+    loss.sum().backward()
+    head = m.model[-1]
+    for branch in (head.cv3, head.one2one_cv3):  # both branches train
+        assert branch[0][-1].weight.grad.abs().sum() > 0
+    stem = m.model[0].conv.weight
+    assert stem.grad.abs().sum() > 0
+    m.zero_grad()
+    q(x)["one2one"]["scores"].sum().backward()  # the one-to-one loss alone: nothing reaches the backbone
+    assert stem.grad is None or stem.grad.abs().sum() == 0
+    assert head.one2one_cv3[0][-1].weight.grad.abs().sum() > 0
+    q.train(False)
+    y, _ = q(torch.rand(1, 3, 64, 64))
+    # eval: the head's own decode of the deployed branch: top-k rows (x1 y1 x2 y2 score class), or xywh + scores
+    assert y.shape == ((1, 84, 6) if one2one else (1, 4 + 3, 84)) and q.end2end is one2one
 
 
 def test_qat_phase_config_checks():

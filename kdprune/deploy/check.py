@@ -54,7 +54,8 @@ def check_kit(run_dir: str | Path, so: str | Path, *, conf: float = 0.25, iou: f
     runner = TFLMRunner(run_dir / "export" / "model_int8.tflite", output_names=names)
     quant = [(t.scale, t.zero_point) for b, k in zip(c.boxes, c.classes) for t in (b, k)]
     anchors = sum(b.shape[1] * b.shape[2] for b in c.boxes)
-    post = HostPostprocess(so, strides=c.strides, nc=c.nc, reg_max=c.reg_max, quant=quant, capacity=anchors * c.nc)
+    post = HostPostprocess(so, strides=c.strides, nc=c.nc, reg_max=c.reg_max, quant=quant, capacity=anchors * c.nc,
+                           end2end=c.end2end)
     ev = DetectionEvaluator(data["names"], distributed=False, **val)
     ev.reset(SimpleNamespace(names=data["names"], end2end=True), torch.device("cpu"), data)  # C boxes are final
     worst_px = worst_score = 0.0
@@ -67,8 +68,8 @@ def check_kit(run_dir: str | Path, so: str | Path, *, conf: float = 0.25, iou: f
         got, _ = post(raw, multi_label=True, **val)
         host = [torch.from_numpy((r.astype(np.float32) - np.float32(z)) * np.float32(s)) for r, (s, z) in
                 zip(raw, quant)]
-        ref = nms(decode(host, c.strides, nc=c.nc, reg_max=c.reg_max, channels_last=True), multi_label=True,
-                  **val)[0]
+        ref = nms(decode(host, c.strides, nc=c.nc, reg_max=c.reg_max, channels_last=True, end2end=c.end2end,
+                         max_det=val["max_det"]), multi_label=True, end2end=c.end2end, **val)[0]
         same = got.shape == ref.shape and np.array_equal(got[:, 5], ref[:, 5])
         if same and len(ref):
             worst_px = max(worst_px, float(np.abs(got[:, :4] - ref[:, :4]).max()))
@@ -79,7 +80,8 @@ def check_kit(run_dir: str | Path, so: str | Path, *, conf: float = 0.25, iou: f
         t0 = time.perf_counter()
         _, st = post(raw, conf=conf, iou=iou, max_det=max_det)
         t1 = time.perf_counter()
-        nms(decode(host, c.strides, nc=c.nc, reg_max=c.reg_max, channels_last=True), conf, iou, max_det)
+        nms(decode(host, c.strides, nc=c.nc, reg_max=c.reg_max, channels_last=True, end2end=c.end2end,
+                   max_det=max_det), conf, iou, max_det, end2end=c.end2end)
         c_s, py_s, decoded = c_s + t1 - t0, py_s + time.perf_counter() - t1, decoded + st.candidates
         seen += 1
     m = ev.compute()

@@ -30,7 +30,8 @@ class Level(ctypes.Structure):
 
 class Config(ctypes.Structure):
     _fields_ = [("nc", ctypes.c_int), ("reg_max", ctypes.c_int), ("nl", ctypes.c_int), ("conf", ctypes.c_float),
-                ("iou", ctypes.c_float), ("max_det", ctypes.c_int), ("multi_label", ctypes.c_int)]
+                ("iou", ctypes.c_float), ("max_det", ctypes.c_int), ("multi_label", ctypes.c_int),
+                ("end2end", ctypes.c_int)]
 
 
 class Det(ctypes.Structure):
@@ -65,24 +66,25 @@ def undefined_symbols(obj: str | Path) -> set[str]:
 
 class HostPostprocess:
     """``kdp_postprocess`` from a compiled library. ``quant``: per output ``(scale, zero_point)`` in the order of the
-    raw outputs ``box0, cls0, box1, ...``; ``capacity``: scratch entries (candidates before NMS)."""
+    raw outputs ``box0, cls0, box1, ...``; ``capacity``: scratch entries (candidates before NMS); ``end2end``: the
+    file is a one-to-one (NMS-free) head: top-k instead of NMS."""
 
     def __init__(self, so: str | Path, *, strides: Sequence[float], nc: int, reg_max: int,
-                 quant: Sequence[tuple[float, int]], capacity: int):
+                 quant: Sequence[tuple[float, int]], capacity: int, end2end: bool = False):
         self.lib = ctypes.CDLL(str(so))
         self.lib.kdp_int8_threshold.argtypes = [ctypes.c_float, ctypes.c_int32, ctypes.c_float]
         self.strides, self.nc, self.reg_max = [float(s) for s in strides], int(nc), int(reg_max)
         self.quant = [(float(s), int(z)) for s, z in quant]
         self.scratch = (Det * int(capacity))()
-        self.capacity = int(capacity)
+        self.capacity, self.end2end = int(capacity), bool(end2end)
 
     def threshold(self, scale: float, zero_point: int, conf: float) -> int:
         return int(self.lib.kdp_int8_threshold(scale, zero_point, conf))
 
     def __call__(self, raw: Sequence[np.ndarray], *, conf: float, iou: float, max_det: int,
                  multi_label: bool = False) -> tuple[np.ndarray, Stats]:
-        """``raw``: the int8 NHWC outputs of one image (batch 1). Returns the boxes as ultralytics' NMS gives them,
-        ``(N, 6)`` float32 ``x1, y1, x2, y2, score, class`` best first, and the library's ``Stats``."""
+        """``raw``: the int8 NHWC outputs of one image (batch 1). Returns the boxes as ultralytics' NMS (or top-k)
+        gives them, ``(N, 6)`` float32 ``x1, y1, x2, y2, score, class`` best first, and the library's ``Stats``."""
         nl = len(self.strides)
         levels, keep = (Level * nl)(), []
         for i in range(nl):
@@ -90,7 +92,7 @@ class HostPostprocess:
             keep += [b, c]  # alive until the call returns
             (bs, bz), (cs, cz) = self.quant[2 * i], self.quant[2 * i + 1]
             levels[i] = Level(b.ctypes.data, c.ctypes.data, b.shape[0], b.shape[1], self.strides[i], bs, bz, cs, cz)
-        cfg = Config(self.nc, self.reg_max, nl, conf, iou, max_det, int(multi_label))
+        cfg = Config(self.nc, self.reg_max, nl, conf, iou, max_det, int(multi_label), int(self.end2end))
         out, st = (Det * max_det)(), Stats()
         n = self.lib.kdp_postprocess(ctypes.byref(cfg), levels, self.scratch, self.capacity, out, ctypes.byref(st))
         if n < 0:

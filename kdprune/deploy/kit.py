@@ -67,6 +67,7 @@ class IOContract:
     names: list[str]
     ops: list[str]  # the file's operator types, sorted
     arena_bytes: int | None
+    end2end: bool = False  # a one-to-one (NMS-free, YOLO26) head: top-k, no NMS (summary.json's "head")
 
 
 def _tensor(f: TFLiteFile, index: int, t: int) -> Tensor:
@@ -104,8 +105,9 @@ def read_contract(run_dir: Path) -> IOContract:
     if len(names) != nc:
         names = [f"class{i}" for i in range(nc)]
     row = next((r for r in summary.get("stages") or [] if r.get("stage") == TFLITE_INT8), {})
+    end2end = (summary.get("head") or {}).get("postprocess") == "top-k"  # runs before it: one-to-many, NMS
     return IOContract(inp, boxes, classes, strides, nc, reg_max, names, sorted({n for _, n, _ in f.ops}),
-                      row.get("arena_bytes"))
+                      row.get("arena_bytes"), end2end)
 
 
 def _c_array(data: bytes) -> str:
@@ -146,6 +148,9 @@ def io_header(c: IOContract, conf: float, iou: float, max_det: int) -> str:
              f"#define KDP_CONF {conf!r}f  /* defaults for kdp_config_t: class-score threshold, NMS IoU, boxes out */",
              f"#define KDP_IOU {iou!r}f", f"#define KDP_MAX_DET {max_det}",
              "#define KDP_MULTI_LABEL 0  /* 0: the best class per anchor (a device); 1: every class over conf */",
+             f"#define KDP_END2END {int(c.end2end)}  /* "
+             + ("1: a one-to-one (NMS-free) head: top-k, no NMS; KDP_IOU unused */" if c.end2end else
+                "0: a one-to-many head: class-wise NMS */"),
              f"#define KDP_ANCHORS {sum(b.shape[1] * b.shape[2] for b in c.boxes)}", ""]
     if c.arena_bytes:
         margin = f"{ARENA_MARGIN - 1:.0%}"
@@ -215,7 +220,8 @@ int main() {{
   if (interpreter.Invoke() != kTfLiteOk) return 1;
   const kdp_level_t levels[KDP_NL] = {{
 {levels}}};
-  const kdp_config_t cfg = {{KDP_NC, KDP_REG_MAX, KDP_NL, KDP_CONF, KDP_IOU, KDP_MAX_DET, KDP_MULTI_LABEL}};
+  const kdp_config_t cfg = {{KDP_NC, KDP_REG_MAX, KDP_NL, KDP_CONF, KDP_IOU, KDP_MAX_DET, KDP_MULTI_LABEL,
+                             KDP_END2END}};
   kdp_stats_t stats;
   const int n = kdp_postprocess(&cfg, levels, scratch, KDP_ANCHORS, dets, &stats);
   for (int i = 0; i < n; ++i)
@@ -235,7 +241,8 @@ What to add to the firmware project (MCUXpresso or any CMake/Make project with T
   (place it in flash in the linker script; it is 16-byte aligned, TFLM reads it in place).
 - `kdp_model_io.h`: input size and int8 mapping, outputs per level, classes, `KDP_ARENA_BYTES` ({arena}).
 - `kdp_postprocess.c`, `kdp_postprocess.h`: C99, no dynamic allocation; `kdp_postprocess()` turns the int8 outputs
-  into boxes (class threshold in the int8 domain, DFL, class-wise NMS). Scratch: `KDP_ANCHORS` entries.
+  into boxes (class threshold in the int8 domain, DFL, class-wise NMS; top-k and no NMS for an NMS-free head,
+  `KDP_END2END` 1). Scratch: `KDP_ANCHORS` entries ({post} for this file).
 - `main.cc`: the TFLM example: the op resolver with exactly the file's {n_ops} operators ({ops}), one frame, the
   detections printed. Defines: none beyond TFLM's own.
 
@@ -265,7 +272,7 @@ def write_kit(run_dir: str | Path, *, conf: float = 0.25, iou: float = 0.7, max_
     files["main.cc"] = example(c)
     files["README.md"] = README.format(bytes=len(data), arena=f"{c.arena_bytes:,} B measured" if c.arena_bytes else
                                        "not measured", n_ops=len(c.ops), ops=", ".join(c.ops), conf=conf, iou=iou,
-                                       max_det=max_det)
+                                       max_det=max_det, post="top-k" if c.end2end else "NMS")
     final = run_dir / "deploy"
     tmp = Path(tempfile.mkdtemp(prefix=".deploy-", dir=run_dir))
     tmp.chmod(0o755)

@@ -54,19 +54,26 @@ def topk(preds: torch.Tensor, nc: int, max_det: int = 300, agnostic: bool = Fals
     """End-to-end selection (ultralytics' ``Detect.postprocess``): ``(B, A, 4 + nc)`` xyxy+scores ->
     ``(B, min(max_det, A), 6)`` ``x1, y1, x2, y2, score, class`` of the best (anchor, class) pairs, best first.
 
-    Two stages, as ultralytics does them (so ties break the same way): the ``k`` anchors with the highest best-class
-    score, then the ``k`` best of their ``k * nc`` (anchor, class) scores, so an anchor may appear once per class.
+    Two stages, as ultralytics does them: the ``k`` anchors with the highest best-class score, then the ``k`` best of
+    their ``k * nc`` (anchor, class) scores, so an anchor may appear once per class. Ties (frequent: an int8 file's
+    scores take at most 256 values per level) break by anchor index, then class, where ``torch.topk`` leaves them
+    unspecified: the order the kit's C library (``kdp_postprocess``) gives, so its boxes can be checked equal.
     """
     boxes, scores = preds.split([4, nc], dim=-1)
     k = min(max_det, scores.shape[1])
+
+    def best_first(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # a topk whose ties keep index order
+        v, i = x.sort(dim=1, descending=True, stable=True)
+        return v[:, :k], i[:, :k]
+
     if agnostic:
         best, labels = scores.max(-1)
-        conf, idx = best.topk(k, dim=1)
+        conf, idx = best_first(best)
         labels = labels.gather(1, idx)
     else:
-        anchor_idx = scores.max(-1)[0].topk(k, dim=1)[1]  # (B, k)
+        anchor_idx = best_first(scores.max(-1)[0])[1].sort(dim=1)[0]  # (B, k), in anchor order
         cand = scores.gather(1, anchor_idx[..., None].expand(-1, -1, nc))  # (B, k, nc)
-        conf, flat = cand.flatten(1).topk(k, dim=1)  # (B, k) over the k * nc candidates
+        conf, flat = best_first(cand.flatten(1))  # (B, k) over the k * nc candidates
         labels, idx = flat % nc, anchor_idx.gather(1, flat // nc)
     sel = boxes.gather(1, idx[..., None].expand(-1, -1, 4))
     return torch.cat([sel, conf[..., None], labels[..., None].float()], -1)

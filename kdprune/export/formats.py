@@ -49,7 +49,7 @@ FORMATS: Registry[ExportFormat] = Registry("export format")
 def _onnx(x: Exported) -> None:
     sr = x.sr
     path = sr.export_dir / "model_fp32.onnx"
-    sr.export_row(ONNX_FP32, lambda: export_onnx(RawHeadModel(x.best, one2one=False), path, sr.imgsz),
+    sr.export_row(ONNX_FP32, lambda: export_onnx(RawHeadModel(x.best), path, sr.imgsz),
                   lambda p: sr.evaluate(ONNX_FP32, OnnxRunner(p, sr.threads), x.head, stats=x.stats, artifact=p,
                                         latency=True, note="onnxruntime, from best.pt"))
 

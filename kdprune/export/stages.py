@@ -139,7 +139,8 @@ class StageRunner:
         ``latency_runner``, the same artifact on faster kernels)."""
         t0 = time.perf_counter()
         m = evaluate_runner(runner, self.loader, self.data, strides=head.strides, nc=head.nc, reg_max=head.reg_max,
-                            names=self.data["names"], channels_last=channels_last, **self.val)
+                            names=self.data["names"], channels_last=channels_last, end2end=head.end2end,
+                            **self.val)
         row = {"stage": name, "params": (stats or {}).get("params"), "gflops": (stats or {}).get("gflops"),
                "bytes": _bytes(artifact), "mAP50": round(m["mAP50"], 4), "mAP50-95": round(m["mAP50-95"], 4),
                "latency_ms": None, "artifact": str(artifact) if artifact else None, "status": "ok", "note": note}
@@ -172,7 +173,7 @@ class StageRunner:
 
     def torch_row(self, name: str, model: torch.nn.Module, *, artifact=None, note: str = "") -> dict:
         model = model.float().cpu().eval()
-        return self.evaluate(name, TorchRunner(RawHeadModel(model, one2one=False)), head_spec(model),
+        return self.evaluate(name, TorchRunner(RawHeadModel(model)), head_spec(model),
                              stats=self.model_stats(model, self.imgsz), artifact=artifact, note=note)
 
     def export_row(self, name: str, build, evaluate) -> None:
@@ -230,7 +231,7 @@ def run_stages(cfg: DictConfig, data: dict, hyp, run_dir: Path, rec: RunRecord, 
     best = load(weights)
     head = head_spec(best)
     stats = model_stats(best, sr.imgsz)
-    names = RawHeadModel(best, one2one=False).output_names()
+    names = RawHeadModel(best).output_names()
     sr.torch_row(PRUNED_FP32 if pruned else STUDENT_FP32, best, artifact=weights,
                  note=f"{weights.name} (fp16 on disk)")
 
@@ -244,7 +245,7 @@ def run_stages(cfg: DictConfig, data: dict, hyp, run_dir: Path, rec: RunRecord, 
     # PTQ baseline: the float model above, calibrated on training images, no QAT
     calib = calibration_images(data, hyp, sr.imgsz, int(cfg.quant.ptq_images))
     batches = [torch.from_numpy(calib[i:i + 16]) for i in range(0, len(calib), 16)]
-    ptq_observed = backend.calibrate_ptq(RawHeadModel(best, one2one=False), batches, int(max(head.strides)),
+    ptq_observed = backend.calibrate_ptq(RawHeadModel(best), batches, int(max(head.strides)),
                                          per_channel=per_channel)
     ptq = backend.convert(ptq_observed)
     ptq_path = sr.export_dir / "model_ptq_int8.onnx"

@@ -3,7 +3,7 @@
 from kdprune.errors import UserError
 from kdprune.quant import backend
 from kdprune.quant.phase import QATSchedule
-from kdprune.quant.qat import QATDetector, check_qat_model
+from kdprune.quant.qat import QATDetector
 from kdprune.quant.scheme import TFLiteInt8Quantizer
 
 GRANULARITIES = ("per_channel", "per_tensor")
@@ -17,5 +17,5 @@ def per_channel(granularity) -> bool:
     return str(granularity) == "per_channel"
 
 
-__all__ = ["GRANULARITIES", "QATDetector", "QATSchedule", "check_qat_model", "TFLiteInt8Quantizer", "backend",
+__all__ = ["GRANULARITIES", "QATDetector", "QATSchedule", "TFLiteInt8Quantizer", "backend",
            "per_channel"]

@@ -1,10 +1,15 @@
 """The student during quantization-aware training: a fake-quantized graph with DetectionModel's calling convention.
 
-``QATDetector`` wraps the PT2E graph of ``RawHeadModel(model, feats=True)`` and answers like ultralytics'
-``DetectionModel``: in training a dict ``{boxes, scores, feats}`` for ultralytics' loss (and the distiller), in eval
-``(decoded, dict)`` with the decode done by the model's own ``Detect`` head, in float, outside the INT8 graph (as the
-host will). The graph holds the model's own parameter tensors, so the optimizer keeps ultralytics' parameter groups
-by being built over the DetectionModel (``source``).
+``QATDetector`` wraps the PT2E graph of ``RawHeadModel(model, feats=True)`` (the branch the model deploys) and answers
+like ultralytics' ``DetectionModel``: in training a dict ``{boxes, scores, feats}`` for ultralytics' loss (and the
+distiller), in eval ``(decoded, dict)`` with the decode done by the model's own ``Detect`` head, in float, outside the
+INT8 graph (as the host will). The graph holds the model's own parameter tensors, so the optimizer keeps ultralytics'
+parameter groups by being built over the DetectionModel (``source``).
+
+Two-branch heads (YOLO26): the graph holds the deployed branch (the one-to-one one by default: top-k, no NMS, which
+is what is quantized and exported), reading the features detached as ultralytics trains it; the other, training-only
+branch runs in float on the graph's (fake-quantized) features, so E2ELoss gets ``{"one2many", "one2one"}`` as from
+``Detect.forward`` and the backbone keeps learning from the one-to-many assignment.
 """
 
 from __future__ import annotations
@@ -12,28 +17,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kdprune.errors import UserError
 from kdprune.quant import backend
-from kdprune.yolo.rawhead import RawHeadModel, decode_head, head_spec
-
-
-def check_qat_model(model: nn.Module, name: str = "this model") -> None:
-    """What QAT cannot train yet, as a UserError: end-to-end heads (YOLO26)."""
-    if head_spec(model).end2end:
-        raise UserError(f"quant=int8_qat: {name} has an end-to-end head (YOLO26), which kdprune cannot "
-                        "quantize-train yet; use quant=none (INT8 exports then use PTQ)")
+from kdprune.yolo.rawhead import RawHeadModel, decode_head, has_one2one, head_spec
 
 
 class QATDetector(nn.Module):
     def __init__(self, model: nn.Module, imgsz: int, *, per_channel: bool = True):
         super().__init__()
-        check_qat_model(model)
         head = head_spec(model)
         self.source = [model]  # a list: not a submodule (its parameters are the graph's; no double registration)
         self.nl, self.nc, self.reg_max = head.nl, head.nc, head.reg_max
         self.per_channel, self.imgsz = per_channel, imgsz
         self.names, self.stride = model.names, model.stride  # what ultralytics' validator reads from a model
-        raw = RawHeadModel(model, feats=True, one2one=False)
+        self.two_branches, self.end2end = has_one2one(model), head.end2end  # end2end: read by ultralytics' validator
+        raw = RawHeadModel(model, feats=True)
         example = torch.zeros(2, 3, imgsz, imgsz, device=next(model.parameters()).device)
         self.graph = backend.prepare_qat(raw, example, int(max(head.strides)), per_channel=per_channel)
         self.bn_frozen = False
@@ -43,6 +40,10 @@ class QATDetector(nn.Module):
     def model(self) -> nn.Module:
         """The DetectionModel whose tensors this graph trains."""
         return self.source[0]
+
+    def set_head_attr(self, **kwargs) -> None:
+        """ultralytics' validator sets the one-to-one head's ``max_det`` / ``agnostic_nms`` through this."""
+        self.model.set_head_attr(**kwargs)
 
     # ---- phases ----------------------------------------------------------------------------------------------
     def train(self, mode: bool = True):
@@ -88,14 +89,23 @@ class QATDetector(nn.Module):
         with torch.autocast(img.device.type, enabled=False):
             out = self.graph(img.float())
         n, bs = 2 * self.nl, img.shape[0]
-        preds = {
+        deployed = {
             "boxes": torch.cat([b.view(bs, 4 * self.reg_max, -1) for b in out[0:n:2]], -1),
             "scores": torch.cat([c.view(bs, self.nc, -1) for c in out[1:n:2]], -1),
             "feats": list(out[n:]),
         }
+        preds = deployed
+        if self.two_branches:  # the training-only branch, in float on the graph's features (Detect.forward's dict)
+            head, feats = self.model.model[-1], deployed["feats"]
+            if self.end2end:
+                other = head.forward_head(feats, **head.one2many)
+            else:  # the one-to-one branch reads detached features, as in Detect.forward
+                other = head.forward_head([f.detach() for f in feats], **head.one2one)
+            preds = {"one2many": other, "one2one": deployed} if self.end2end else {"one2many": deployed,
+                                                                                   "one2one": other}
         if self.training:
             return preds
-        return decode_head(self.model, preds), preds
+        return decode_head(self.model, deployed), preds
 
     def state(self) -> dict:
         return {"per_channel": self.per_channel, "imgsz": self.imgsz, "bn_frozen": self.bn_frozen,

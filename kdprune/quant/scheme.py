@@ -64,7 +64,8 @@ FIXED = {aten.sigmoid.default, aten.softmax.int, aten._softmax.default}
 # ops whose output keeps the input's scale (TFLite: same scale in and out)
 SAME = {aten.max_pool2d.default, aten.upsample_nearest2d.vec, aten.upsample_nearest2d.default, aten.view.default,
         aten.reshape.default, aten.permute.default, aten.transpose.int, aten.flatten.using_ints,
-        aten.unsqueeze.default, aten.squeeze.dim}
+        aten.unsqueeze.default, aten.squeeze.dim,
+        aten.detach.default}  # YOLO26's one-to-one branch reads detached features (an identity in the file)
 # multi-output ops whose outputs (read through getitem) keep the input's scale
 SPLIT = {aten.chunk.default, aten.split.Tensor, aten.split_with_sizes.default, aten.unbind.int}
 SIGMOID_SCALE, SIGMOID_ZP = 1.0 / 256.0, -128

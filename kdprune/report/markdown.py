@@ -53,6 +53,16 @@ def margin_line(m: dict) -> str:
     return line
 
 
+def head_line(head: dict) -> str:
+    """What the exported file's outputs are and what decodes them (summary.json's ``head``)."""
+    box = "4 box distances per anchor" if head["box"] == "ltrb" else f"4 x {head['reg_max']} DFL box logits per anchor"
+    which = (f"the {'one-to-one' if head['branch'] == 'one2one' else 'one-to-many'} branch "
+             f"({'the other is a training-only head, not in the file' if head['two_branches'] else 'the only one'})")
+    post = ("top-k, no NMS (NMS-free head)" if head["postprocess"] == "top-k" else "class-wise NMS")
+    return (f"per level, {box} and {head['nc']} class logits, from {which}; the host (and the deploy kit's C "
+            f"library) decodes them with {post}")
+
+
 def write_report(path: str | Path, rows: list[dict], summary: dict) -> Path:
     """``report.md``: the stage table, notes per row (where each number comes from), failures."""
     path = Path(path)
@@ -69,6 +79,8 @@ def write_report(path: str | Path, rows: list[dict], summary: dict) -> Path:
              stage_table(rows), "", "## Notes", ""]
     if part := summary.get("part"):
         lines.append(f"- **on the device**: the device file {verdict_line(part)}")
+    if head := summary.get("head"):
+        lines.append(f"- **outputs**: {head_line(head)}")
     if small := summary.get("small_objects"):
         lines.append(f"- **small objects**: {small_objects_line(small)}")
     if m := (summary.get("teacher") or {}).get("margin"):

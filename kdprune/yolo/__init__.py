@@ -8,6 +8,8 @@ from kdprune.yolo.metrics import DetectionEvaluator, evaluate_checkpoint, evalua
 from kdprune.yolo.models import (
     build_model,
     check_checkpoint,
+    choose_branch,
+    dfl_mismatch,
     fused_activation,
     hyp_namespace,
     load_teacher,
@@ -18,7 +20,16 @@ from kdprune.yolo.models import (
 )
 from kdprune.yolo.optim import LRSchedule, build_optimizer, nominal_accumulate, optimizer_iterations
 from kdprune.yolo.prunable import SplitC2f, merge_split_blocks, split_blocks
-from kdprune.yolo.rawhead import HeadSpec, RawHeadModel, decode_head, head_spec, not_exported
+from kdprune.yolo.rawhead import (
+    HeadSpec,
+    RawHeadModel,
+    decode_head,
+    has_one2one,
+    head_layout,
+    head_spec,
+    not_exported,
+    one2one_deployed,
+)
 from kdprune.yolo.structure import check_prunable, head_input_channels, head_inputs, trace_forward
 
 __all__ = [
@@ -27,12 +38,17 @@ __all__ = [
     "HeadSpec",
     "RawHeadModel",
     "decode_head",
+    "has_one2one",
+    "head_layout",
     "head_spec",
+    "one2one_deployed",
     "not_exported",
     "LRSchedule",
     "ModelEMA",
     "SplitC2f",
     "build_model",
+    "choose_branch",
+    "dfl_mismatch",
     "build_optimizer",
     "check_checkpoint",
     "fused_activation",

@@ -89,9 +89,17 @@ def teacher_mismatch(student: torch.nn.Module, teacher: torch.nn.Module, *, need
     if hs.nl != ht.nl or [int(x) for x in hs.stride] != [int(x) for x in ht.stride]:
         return (f"the teacher predicts at strides {[int(x) for x in ht.stride]} but the student at "
                 f"{[int(x) for x in hs.stride]}")
-    if need_dfl and (hs.reg_max != ht.reg_max or hs.reg_max < 2):
+    return dfl_mismatch(student, teacher) if need_dfl else None
+
+
+def dfl_mismatch(student: torch.nn.Module, teacher: torch.nn.Module) -> str | None:
+    """Why localization distillation (``distill.ld``) cannot run between the two, or None. It distils DFL box
+    distributions: YOLO26 has none (reg_max 1), and a YOLO11 teacher's 16 bins have no counterpart in it. The class
+    (``cls``) and feature (``cwd``) terms carry across the two families (same anchors, strides and adapters)."""
+    hs, ht = student.model[-1].reg_max, teacher.model[-1].reg_max
+    if hs != ht or hs < 2:
         return (f"localization distillation needs DFL box distributions of one size in both (reg_max: student "
-                f"{hs.reg_max}, teacher {ht.reg_max}); set distill.ld=0")
+                f"{hs}, teacher {ht}; YOLO26 has none); set distill.ld=0 (cls and cwd distil across families)")
     return None
 
 
@@ -121,6 +129,21 @@ def build_model(cfg: str | None, weights: str | None, names: dict[int, str], hyp
         if ".dfl" in name:  # ultralytics always freezes the DFL integral
             p.requires_grad_(False)
     return model.float().train()
+
+
+def choose_branch(model: DetectionModel, end2end: bool | None) -> bool:
+    """Which branch of a two-branch head (YOLO26) the run deploys, set on ultralytics' own switch (``model.end2end``,
+    which its validator and exporter set from ``nms=``): ``None`` (``model.end2end=null``) the one-to-one branch
+    where the head has one, ``True`` it (a UserError for a head without one), ``False`` the one-to-many branch +
+    NMS (ultralytics 8.4's default, ``nms=None``). Both branches train either way (E2ELoss); QAT fake-quantizes and
+    the exports write the deployed one. Returns whether it is the one-to-one branch."""
+    two = getattr(model.model[-1], "one2one_cv2", None) is not None
+    if end2end and not two:
+        raise UserError("model.end2end=true: this model's head has no one-to-one (NMS-free) branch (YOLO26 has one); "
+                        "use model.end2end=null")
+    if two:
+        model.end2end = two if end2end is None else bool(end2end)
+    return two and bool(model.end2end)
 
 
 # Activations TFLite fuses into the CONV_2D that feeds them (no tensor, no operator of their own); SiLU has no TFLite

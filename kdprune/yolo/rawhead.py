@@ -21,7 +21,7 @@ class HeadSpec(NamedTuple):
     strides: list[float]
     nc: int
     reg_max: int
-    end2end: bool = False  # a one-to-one branch (YOLO26): its own selection, no NMS
+    end2end: bool = False  # the deployed branch is one-to-one (YOLO26): top-k selection, no NMS
 
     @property
     def nl(self) -> int:
@@ -29,25 +29,49 @@ class HeadSpec(NamedTuple):
         return len(self.strides)
 
 
+def has_one2one(model: nn.Module) -> bool:
+    """Whether the detector's head has a one-to-one (NMS-free) branch beside its one-to-many one (YOLO26)."""
+    return getattr(model.model[-1], "one2one_cv2", None) is not None
+
+
+def one2one_deployed(model: nn.Module) -> bool:
+    """Whether the model deploys its one-to-one branch (top-k, no NMS): ultralytics' own switch, ``Detect.end2end``
+    (set by ``kdprune.yolo.models.choose_branch`` from ``model.end2end``; ultralytics 8.4 sets it from ``nms=``)."""
+    return bool(getattr(model.model[-1], "end2end", False))
+
+
 def head_spec(model: nn.Module) -> HeadSpec:
-    """The ``HeadSpec`` of an ultralytics detection model (its Detect layer)."""
+    """The ``HeadSpec`` of an ultralytics detection model (its Detect layer), for the branch it deploys."""
     head = model.model[-1]
-    return HeadSpec([float(s) for s in head.stride], int(head.nc), int(head.reg_max),
-                    getattr(head, "one2one_cv2", None) is not None)
+    return HeadSpec([float(s) for s in head.stride], int(head.nc), int(head.reg_max), one2one_deployed(model))
+
+
+def head_layout(model: nn.Module) -> dict:
+    """What the exported file's outputs are and what decodes them, for summary.json, the report and the deploy kit:
+    ``{"branch", "postprocess", "reg_max", "strides", "nc"}``."""
+    spec = head_spec(model)
+    return {"branch": "one2one" if spec.end2end else "one2many", "two_branches": has_one2one(model),
+            "postprocess": "top-k" if spec.end2end else "nms", "box": "ltrb" if spec.reg_max == 1 else "dfl",
+            "reg_max": spec.reg_max, "nc": spec.nc, "strides": spec.strides}
 
 
 def decode_head(model: nn.Module, preds: dict) -> torch.Tensor:
-    """The head's own eval-mode decode of raw ``{boxes, scores, feats}`` (ultralytics' ``Detect._inference``): what
+    """The head's own eval-mode decode of raw ``{boxes, scores, feats}`` of its deployed branch (ultralytics'
+    ``Detect.forward`` after the convs: ``_inference``, and for the one-to-one branch the top-k ``postprocess``): what
     ``model`` returns first in eval mode, for predictions computed elsewhere (the QAT graph)."""
-    return model.model[-1]._inference(preds)
+    head = model.model[-1]
+    y = head._inference(preds)
+    return head.postprocess(y.permute(0, 2, 1)) if one2one_deployed(model) else y
 
 
 def not_exported(model: nn.Module) -> set[int]:
-    """ids of the modules the exported graph leaves out: the Detect head's DFL (decoded on the host) and the
-    one-to-one branch of end-to-end heads (``RawHeadModel(one2one=False)`` exports the one-to-many branch)."""
+    """ids of the modules the exported graph leaves out: the Detect head's DFL (decoded on the host) and, for heads
+    with two branches (YOLO26), the one that is not deployed (a training-only head)."""
     skip: set[int] = set()
     for m in model.modules():
-        for attr in ("dfl", "one2one_cv2", "one2one_cv3"):
+        drop = () if getattr(m, "one2one_cv2", None) is None else (
+            ("cv2", "cv3") if getattr(m, "end2end", False) else ("one2one_cv2", "one2one_cv3"))
+        for attr in ("dfl", *drop):
             sub = getattr(m, attr, None)
             if isinstance(sub, nn.Module):
                 skip.update(id(x) for x in sub.modules())
@@ -60,15 +84,17 @@ class RawHeadModel(nn.Module):
     channels (DFL logits; ``4`` distances for YOLO26's ``reg_max=1``) and ``cls_i`` with ``nc`` class logits.
 
     With ``feats=True`` the Detect inputs (the neck features) are appended, for the training loss and distillation.
-    End-to-end heads (YOLO26) use their one-to-one branch unless ``one2one=False``.
+    Two-branch heads (YOLO26) give the branch the model deploys (``one2one_deployed``), or the one ``one2one`` names.
+    With ``feats`` the one-to-one branch reads the features detached, as ultralytics' ``Detect.forward`` trains it:
+    its loss does not reach the backbone (an identity for the exported graph).
     """
 
-    def __init__(self, model: nn.Module, *, one2one: bool = True, feats: bool = False):
+    def __init__(self, model: nn.Module, *, one2one: bool | None = None, feats: bool = False):
         super().__init__()
         self.model = model
         head = model.model[-1]
         self.nl, self.nc, self.reg_max = head.nl, head.nc, head.reg_max
-        self.use_one2one = bool(one2one and getattr(head, "one2one_cv2", None) is not None)
+        self.use_one2one = has_one2one(model) and (one2one_deployed(model) if one2one is None else bool(one2one))
         self.return_feats = feats
 
     @property
@@ -95,7 +121,8 @@ class RawHeadModel(nn.Module):
         head = self.model.model[-1]
         feats = self.neck(x)
         box_head, cls_head = (head.one2one_cv2, head.one2one_cv3) if self.use_one2one else (head.cv2, head.cv3)
+        x = [f.detach() for f in feats] if self.use_one2one and self.return_feats else feats
         out = []
         for i in range(self.nl):
-            out += [box_head[i](feats[i]), cls_head[i](feats[i])]
+            out += [box_head[i](x[i]), cls_head[i](x[i])]
         return tuple(out + feats) if self.return_feats else tuple(out)

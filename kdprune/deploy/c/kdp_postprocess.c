@@ -87,12 +87,14 @@ static float kdp_iou(const kdp_det_t *a, const kdp_det_t *b) {
     return inter / (area_a + area_b - inter);
 }
 
-int kdp_postprocess(const kdp_config_t *cfg, const kdp_level_t *levels, kdp_det_t *scratch, int scratch_cap,
-                    kdp_det_t *out, kdp_stats_t *stats) {
-    int l, n = 0, kept = 0, anchor = 0, decoded = 0, truncated = 0, i, j;
-    if (!cfg || !levels || !scratch || !out || cfg->nc < 1 || cfg->reg_max < 1 || cfg->nl < 1 || scratch_cap < 1 ||
-        !(cfg->conf > 0.0f && cfg->conf < 1.0f) || cfg->max_det < 1)
-        return -1;
+/* One sweep over the levels: the candidates over the int8 threshold into scratch (the best class per anchor, or with
+ * all_classes every class over it; with best_only the best class alone), boxes decoded for the survivors only. With
+ * cutoff, anchors whose best (score, anchor) comes after it are skipped (the top-k anchors of the end-to-end mode).
+ * Returns the candidates written; *decoded counts the anchors over the threshold. */
+static int kdp_collect(const kdp_config_t *cfg, const kdp_level_t *levels, kdp_det_t *scratch, int scratch_cap,
+                       int all_classes, int best_only, const kdp_det_t *cutoff, int *decoded, int *truncated) {
+    int l, n = 0, anchor = 0;
+    *decoded = 0;
     for (l = 0; l < cfg->nl; ++l) {
         const kdp_level_t *lv = &levels[l];
         const int q_min = kdp_int8_threshold(lv->cls_scale, lv->cls_zero_point, cfg->conf);
@@ -102,13 +104,19 @@ int kdp_postprocess(const kdp_config_t *cfg, const kdp_level_t *levels, kdp_det_
             for (x = 0; x < lv->w; ++x, ++anchor) {
                 const int8_t *c = lv->cls + ((size_t)y * lv->w + x) * cfg->nc;
                 const int8_t *b = lv->box + ((size_t)y * lv->w + x) * nb;
-                int best = 0, k, k_end;
+                int best = 0, k, k_begin, k_end;
                 float d[4], ax, ay, x1, y1, x2, y2, cx, cy, w, h;
                 kdp_det_t det;
                 for (k = 1; k < cfg->nc; ++k)
                     if (c[k] > c[best]) best = k;
                 if (c[best] < q_min) continue; /* the int8 threshold: no float work for this anchor */
-                ++decoded;
+                det.anchor = anchor;
+                if (cutoff) { /* end-to-end: only the top-k anchors by their best score */
+                    det.score = kdp_sigmoid(lv->cls_scale * (float)(c[best] - lv->cls_zero_point));
+                    det.cls = best;
+                    if (kdp_before(cutoff, &det)) continue;
+                }
+                ++*decoded;
                 for (k = 0; k < 4; ++k) d[k] = kdp_dfl(b + k * cfg->reg_max, cfg->reg_max, lv->box_scale,
                                                       lv->box_zero_point);
                 ax = (float)x + 0.5f;
@@ -117,27 +125,34 @@ int kdp_postprocess(const kdp_config_t *cfg, const kdp_level_t *levels, kdp_det_
                 y1 = ay - d[1];
                 x2 = ax + d[2];
                 y2 = ay + d[3];
-                cx = (x1 + x2) / 2.0f * lv->stride; /* dist2bbox's xywh, then the stride */
-                cy = (y1 + y2) / 2.0f * lv->stride;
-                w = (x2 - x1) * lv->stride;
-                h = (y2 - y1) * lv->stride;
-                det.x1 = cx - w / 2.0f; /* ultralytics' xywh2xyxy */
-                det.y1 = cy - h / 2.0f;
-                det.x2 = cx + w / 2.0f;
-                det.y2 = cy + h / 2.0f;
-                /* the candidates: the best class, or with multi_label every class over the threshold (in class
-                 * order, as ultralytics' torch.where lists them) */
-                k_end = cfg->multi_label ? cfg->nc : best + 1;
-                for (k = cfg->multi_label ? 0 : best; k < k_end; ++k) {
+                if (cfg->end2end) { /* dist2bbox's xyxy, then the stride */
+                    det.x1 = x1 * lv->stride;
+                    det.y1 = y1 * lv->stride;
+                    det.x2 = x2 * lv->stride;
+                    det.y2 = y2 * lv->stride;
+                } else {
+                    cx = (x1 + x2) / 2.0f * lv->stride; /* dist2bbox's xywh, then the stride */
+                    cy = (y1 + y2) / 2.0f * lv->stride;
+                    w = (x2 - x1) * lv->stride;
+                    h = (y2 - y1) * lv->stride;
+                    det.x1 = cx - w / 2.0f; /* ultralytics' xywh2xyxy */
+                    det.y1 = cy - h / 2.0f;
+                    det.x2 = cx + w / 2.0f;
+                    det.y2 = cy + h / 2.0f;
+                }
+                /* the candidates: the best class, or every class over the threshold (in class order, as
+                 * ultralytics' torch.where lists them) */
+                k_begin = (all_classes && !best_only) ? 0 : best;
+                k_end = (all_classes && !best_only) ? cfg->nc : best + 1;
+                for (k = k_begin; k < k_end; ++k) {
                     if (c[k] < q_min) continue;
                     det.score = kdp_sigmoid(lv->cls_scale * (float)(c[k] - lv->cls_zero_point));
                     det.cls = k;
-                    det.anchor = anchor;
                     if (n < scratch_cap) {
                         scratch[n++] = det;
                     } else { /* full: replace the worst candidate if this one is better */
                         int worst = 0, m;
-                        truncated = 1;
+                        *truncated = 1;
                         for (m = 1; m < n; ++m)
                             if (kdp_before(&scratch[worst], &scratch[m])) worst = m;
                         if (kdp_before(&det, &scratch[worst])) scratch[worst] = det;
@@ -146,19 +161,55 @@ int kdp_postprocess(const kdp_config_t *cfg, const kdp_level_t *levels, kdp_det_
             }
         }
     }
-    kdp_sort(scratch, n);
-    for (i = 0; i < n && kept < cfg->max_det; ++i) { /* greedy class-wise NMS, best first */
-        int keep = 1;
-        for (j = 0; j < kept; ++j) {
-            if (out[j].cls == scratch[i].cls && kdp_iou(&out[j], &scratch[i]) > cfg->iou) {
-                keep = 0;
-                break;
-            }
+    (void)anchor;
+    return n;
+}
+
+static int kdp_anchors(const kdp_config_t *cfg, const kdp_level_t *levels) {
+    int l, a = 0;
+    for (l = 0; l < cfg->nl; ++l) a += levels[l].h * levels[l].w;
+    return a;
+}
+
+int kdp_postprocess(const kdp_config_t *cfg, const kdp_level_t *levels, kdp_det_t *scratch, int scratch_cap,
+                    kdp_det_t *out, kdp_stats_t *stats) {
+    int n, kept = 0, decoded = 0, truncated = 0, i, j;
+    if (!cfg || !levels || !scratch || !out || cfg->nc < 1 || cfg->reg_max < 1 || cfg->nl < 1 || scratch_cap < 1 ||
+        !(cfg->conf > 0.0f && cfg->conf < 1.0f) || cfg->max_det < 1)
+        return -1;
+    if (cfg->end2end) {
+        /* ultralytics' Detect.postprocess: the max_det anchors with the best best-class score, then the max_det best
+         * (anchor, class) pairs of those (max_det: at most the anchors); thresholded at conf, no NMS. Every class
+         * over conf is a pair. */
+        const int anchors = kdp_anchors(cfg, levels), k = cfg->max_det < anchors ? cfg->max_det : anchors;
+        n = kdp_collect(cfg, levels, scratch, scratch_cap, 1, 0, NULL, &decoded, &truncated);
+        if (decoded > k) { /* more anchors over conf than k: find the k-th anchor */
+            kdp_det_t cut;
+            int all = decoded;
+            n = kdp_collect(cfg, levels, scratch, scratch_cap, 0, 1, NULL, &decoded, &truncated);
+            kdp_sort(scratch, n);
+            cut = scratch[(k < n ? k : n) - 1];
+            n = kdp_collect(cfg, levels, scratch, scratch_cap, 1, 0, &cut, &decoded, &truncated);
+            decoded = all;
         }
-        if (keep) out[kept++] = scratch[i];
+        kdp_sort(scratch, n);
+        for (i = 0; i < n && kept < k; ++i) out[kept++] = scratch[i];
+    } else {
+        n = kdp_collect(cfg, levels, scratch, scratch_cap, cfg->multi_label, 0, NULL, &decoded, &truncated);
+        kdp_sort(scratch, n);
+        for (i = 0; i < n && kept < cfg->max_det; ++i) { /* greedy class-wise NMS, best first */
+            int keep = 1;
+            for (j = 0; j < kept; ++j) {
+                if (out[j].cls == scratch[i].cls && kdp_iou(&out[j], &scratch[i]) > cfg->iou) {
+                    keep = 0;
+                    break;
+                }
+            }
+            if (keep) out[kept++] = scratch[i];
+        }
     }
     if (stats) {
-        stats->anchors = anchor;
+        stats->anchors = kdp_anchors(cfg, levels);
         stats->candidates = decoded;
         stats->kept = kept;
         stats->truncated = truncated;

@@ -7,7 +7,9 @@
  *      q_min per level, found once; anchors under it cost one int8 compare per class and no float work;
  *   2. for the survivors only: the DFL expectation of each side, the box, and the sigmoid score of the best class
  *      (or, with multi_label, of every class over the threshold);
- *   3. class-wise NMS (IoU > iou suppresses), best score first, at most max_det boxes.
+ *   3. class-wise NMS (IoU > iou suppresses), best score first, at most max_det boxes; or, for an end-to-end file
+ *      (YOLO26's one-to-one head, end2end = 1), no NMS: the max_det anchors with the best class score, then the
+ *      max_det best (anchor, class) pairs among them over conf (ultralytics' Detect.postprocess, top-k).
  * No dynamic allocation, no global state; the caller passes the scratch and output arrays; deterministic (ties in
  * score are broken by anchor index, then class).
  */
@@ -40,7 +42,10 @@ typedef struct {
     float iou;    /* NMS: a box whose IoU with a better one of its class is > iou is dropped */
     int max_det;  /* at most this many boxes out */
     int multi_label; /* 0: the best class per anchor (ultralytics' predictor: what a device shows); 1: every class
-                      * over conf is a candidate (ultralytics' validator: what mAP is computed from) */
+                      * over conf is a candidate (ultralytics' validator: what mAP is computed from); ignored
+                      * with end2end, whose (anchor, class) pairs are all candidates */
+    int end2end;  /* 0: one-to-many head, NMS; 1: one-to-one head (YOLO26 NMS-free): top-k, boxes as x1y1x2y2
+                   * distances (KDP_END2END in kdp_model_io.h says which the file is) */
 } kdp_config_t;
 
 typedef struct {
@@ -53,7 +58,7 @@ typedef struct {
 typedef struct {
     int anchors;     /* anchors in all levels */
     int candidates;  /* anchors over the int8 threshold (decoded); the rest cost one int8 compare per class */
-    int kept;        /* boxes out after NMS */
+    int kept;        /* boxes out (after NMS, or the top-k) */
     int truncated;   /* 1 if candidates exceeded the scratch capacity (the lowest-scoring were dropped) */
 } kdp_stats_t;
 
