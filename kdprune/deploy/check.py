@@ -59,7 +59,7 @@ def check_kit(run_dir: str | Path, so: str | Path, *, conf: float = 0.25, iou: f
     ev = DetectionEvaluator(data["names"], distributed=False, **val)
     ev.reset(SimpleNamespace(names=data["names"], end2end=True), torch.device("cpu"), data)  # C boxes are final
     worst_px = worst_score = 0.0
-    equal, seen, decoded, c_s, py_s = True, 0, 0, 0.0, 0.0
+    equal, seen, decoded, c_s, py_s, boxes = True, 0, 0, 0.0, 0.0, 0
     for batch in loader:
         if images is not None and seen >= images:
             break
@@ -75,6 +75,7 @@ def check_kit(run_dir: str | Path, so: str | Path, *, conf: float = 0.25, iou: f
             worst_px = max(worst_px, float(np.abs(got[:, :4] - ref[:, :4]).max()))
             worst_score = max(worst_score, float(np.abs(got[:, 4] - ref[:, 4]).max()))
         equal &= same
+        boxes += len(ref)
         ev.update(torch.from_numpy(got)[None] if len(got) else torch.zeros(1, 0, 6), batch)
         # the device's settings: best class, the kit's threshold; time against the Python decode + NMS
         t0 = time.perf_counter()
@@ -88,7 +89,7 @@ def check_kit(run_dir: str | Path, so: str | Path, *, conf: float = 0.25, iou: f
     summary = json.loads((run_dir / "summary.json").read_text())
     row = next((r for r in summary.get("stages") or [] if r.get("stage") == TFLITE_INT8), {})
     equal &= worst_px < 1e-3 and worst_score < 1e-6
-    return {"images": seen, "equal": bool(equal), "max_box_px": worst_px, "max_score": worst_score,
+    return {"images": seen, "boxes": boxes, "equal": bool(equal), "max_box_px": worst_px, "max_score": worst_score,
             "mAP50-95": round(m["mAP50-95"], 4), "mAP50": round(m["mAP50"], 4),
             "row_mAP50-95": row.get("mAP50-95"), "row_mAP50": row.get("mAP50"), "val": val,
             "anchors": anchors, "conf": conf, "skipped": round(1 - decoded / max(seen * anchors, 1), 4),
