@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdprune.build import build_datamodule, build_module, build_student, build_trainer
 from kdprune.callbacks import (
+    check_resume_checkpoint,
     last_checkpoint,
     log_hparams,
     log_per_class_ap,
@@ -52,18 +53,27 @@ def _check_cfg(cfg: DictConfig) -> None:
     check_imgsz(cfg.data.imgsz)
     check_device(cfg)
     if cfg.ckpt_path == "last":
-        if not any(p.is_file() for p in (last_checkpoint(cfg.run_dir), last_checkpoint(Path(cfg.run_dir) / "teacher"))):
+        saved = [p for p in (last_checkpoint(cfg.run_dir), last_checkpoint(Path(cfg.run_dir) / "teacher"))
+                 if p.is_file()]
+        if not saved:
             raise UserError(f"ckpt_path=last: {cfg.run_dir} holds no checkpoints/last.ckpt; resume in the interrupted "
                             "run's dir: hydra.run.dir=<that dir> ckpt_path=last (or ckpt_path=<path to a .ckpt>)")
-    elif cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():
-        raise UserError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint (use <run_dir>/checkpoints/last.ckpt).")
+        for p in saved:
+            check_resume_checkpoint(p, f"ckpt_path=last ({p})")
+    elif cfg.ckpt_path:
+        if not Path(cfg.ckpt_path).is_file():
+            raise UserError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint (use <run_dir>/checkpoints/last.ckpt).")
+        check_resume_checkpoint(cfg.ckpt_path)
     if pretrained := cfg.model.get("pretrained"):
         if cfg.model.weights:
             raise UserError("model.weights and model.pretrained: give one (weights: a checkpoint trained as is; "
                             "pretrained: model.cfg built and started from the checkpoint's tensors of equal shape).")
         check_checkpoint(pretrained, "model.pretrained")
-    if cfg.reference and not Path(cfg.reference).expanduser().is_file():
-        raise UserError(f"reference={cfg.reference}: no such file (a dense run's weights/best.pt on the same data).")
+    if cfg.reference:
+        if not Path(cfg.reference).expanduser().is_file():
+            raise UserError(f"reference={cfg.reference}: no such file (a dense run's weights/best.pt on the same "
+                            "data).")
+        check_checkpoint(cfg.reference, "reference")  # read at the end, after training: checked now
 
 
 def _check_options(cfg: DictConfig) -> QATSchedule | None:

@@ -135,6 +135,85 @@ def test_missing_reference_weights(tmp_path):
     assert_user_error(p, "reference=/nonexistent/best.pt", "no such file", run_dir=tmp_path / "run")
 
 
+def _half(path: Path) -> Path:
+    """``path`` cut to half its bytes (a copy interrupted, a disk that filled while it was written)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.fixture
+def lightning_like(tmp_path) -> Path:
+    """A file with a Lightning checkpoint's top-level structure (what the check reads), saved as torch saves."""
+    import torch
+
+    path = tmp_path / "state.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(4096)}, "loops": {}, "epoch": 0}, path)
+    return path
+
+
+def test_a_truncated_checkpoint_to_resume_is_one_line_before_anything_is_built(tmp_path, lightning_like):
+    """Before: Lightning's 'PytorchStreamReader failed reading zip archive' traceback, exit 1, after the data scan,
+    the student and the teacher were built."""
+    bad = _half(lightning_like)
+    p = kdprune(f"ckpt_path={bad}", run_dir=tmp_path / "run")
+    assert_user_error(p, f"ckpt_path={bad}", "not a readable checkpoint", "cut short", "without ckpt_path",
+                      run_dir=tmp_path / "run")
+
+
+def test_weights_given_as_the_checkpoint_to_resume_name_model_weights(tmp_path, trained):
+    _, best, _ = trained  # an ultralytics best.pt: weights, not the training state
+    p = kdprune(f"ckpt_path={best}", run_dir=tmp_path / "run")
+    assert_user_error(p, "not a kdprune training checkpoint", "model.weights=", run_dir=tmp_path / "run")
+
+
+def test_a_truncated_last_ckpt_is_named_when_resuming_with_last(tmp_path, lightning_like):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    _half(lightning_like).rename(run_dir / "checkpoints" / "last.ckpt")
+    p = kdprune("ckpt_path=last", run_dir=run_dir)
+    assert_user_error(p, "ckpt_path=last", "last.ckpt", "not a readable checkpoint")
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()  # the user's file is left where it was
+
+
+@pytest.mark.parametrize("key", ["reference", "teacher.weights"])
+def test_a_corrupt_best_pt_for_reference_or_teacher_is_one_line_before_training(tmp_path, trained, key):
+    """reference= was read only at the end, after the whole training (a traceback then); both are now read first."""
+    import shutil
+
+    _, best, _ = trained
+    bad = _half(Path(shutil.copy(best, tmp_path / "best.pt")))
+    extra = ["distill=kd", "teacher=yolo11s"] if key == "teacher.weights" else []
+    p = kdprune(f"{key}={bad}", *extra, run_dir=tmp_path / "run")
+    assert_user_error(p, f"{key}={bad}", "not a loadable ultralytics checkpoint", run_dir=tmp_path / "run")
+
+
+@pytest.mark.parametrize("split", ["val", "train"])
+def test_a_split_without_labels_is_refused_before_training(tmp_path, user_data, split):
+    """Before: a missing labels/val trained, validated every epoch and reported mAP50-95 0.0000 everywhere, exit 0."""
+    import shutil
+
+    root, yaml = user_data
+    shutil.rmtree(root / "labels" / split)
+    p = kdprune(f"data.yaml={yaml}", run_dir=tmp_path / "run")
+    assert_user_error(p, f"{split}: none of its", "has a label", f"labels/{split}", run_dir=tmp_path / "run")
+
+
+def test_a_split_mostly_without_labels_is_a_warning_with_the_counts(user_data, caplog):
+    from kdprune.data import resolve_data
+
+    root, yaml = user_data
+    files = sorted((root / "labels" / "train").glob("*.txt"))
+    for f in files[: len(files) - 2]:
+        f.unlink()
+    with caplog.at_level("WARNING", logger="kdprune"):
+        resolve_data(str(yaml), root / "cache", {}, True)
+    n = len(list((root / "images" / "train").iterdir()))
+    warned = [r.getMessage() for r in caplog.records if "have no label" in r.getMessage()]
+    assert n >= 8 and warned == [f"kdprune: train: {n - 2} of {n} images have no label (background images); if that "
+                                 f"is not intended, check the label files in {root / 'labels' / 'train'}/"]
+
+
 def test_unknown_embedded_dataset_kind(tmp_path):
     p = kdprune("data.embedded.kind=letters", run_dir=tmp_path / "run")
     assert_user_error(p, "data.embedded.kind=letters", "shapes, glyphs", run_dir=tmp_path / "run")

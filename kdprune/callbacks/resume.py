@@ -6,6 +6,7 @@ when a top-k checkpoint was saved in the same step, i.e. never during training, 
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import signal
@@ -17,7 +18,7 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities import rank_zero_info
 
-from kdprune.errors import Interrupted
+from kdprune.errors import Interrupted, UserError
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -25,6 +26,24 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 def last_checkpoint(run_dir) -> Path:
     """Where a run keeps its full training state (conf/callbacks/default.yaml puts ``ResumeCheckpoint`` there)."""
     return Path(run_dir) / "checkpoints" / "last.ckpt"
+
+
+def check_resume_checkpoint(path: str | Path, label: str | None = None) -> None:
+    """A UserError unless ``path`` is a readable Lightning training checkpoint: a truncated copy, a file cut short by
+    a full disk or a kill outside kdprune's atomic write, or weights (best.pt) given where the training state is
+    expected, each as one line before anything is built. Reads the pickled structure only (tensors memory-mapped).
+    ``label`` names the setting in the message (default ``ckpt_path=<path>``)."""
+    label = label or f"ckpt_path={path}"
+    try:
+        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except Exception as e:  # any unreadable file is the user's to replace
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{label}: not a readable checkpoint ({why}); the file may be cut short (copied "
+                        "partially, or written by a killed process): resume from another .ckpt, or start the run "
+                        "without ckpt_path") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "loops" not in ckpt:
+        raise UserError(f"{label}: not a kdprune training checkpoint (checkpoints/last.ckpt holds the training "
+                        "state); to start from a model's weights (best.pt), use model.weights=<path>")
 
 
 def rng_state() -> dict:
@@ -123,11 +142,21 @@ class ResumeCheckpoint(Checkpoint):
         if trainer.sanity_checking or trainer.fast_dev_run:
             return
         tmp = self.dirpath / f".last.ckpt.tmp{os.getpid()}"
-        trainer.save_checkpoint(tmp, weights_only=False)  # every rank calls it; rank 0 writes
-        if trainer.is_global_zero:
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())  # on disk before the rename, so a reboot cannot leave an empty last.ckpt
-            os.replace(tmp, self.last)
+        try:
+            trainer.save_checkpoint(tmp, weights_only=False)  # every rank calls it; rank 0 writes
+            if trainer.is_global_zero:
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())  # on disk before the rename, so a reboot cannot leave an empty last.ckpt
+                os.replace(tmp, self.last)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            kept = (f"{self.last} still holds the state after epoch {trainer.current_epoch} (unchanged)"
+                    if self.last.is_file() else "no earlier checkpoint was written")
+            raise UserError(f"no space left on the device of {self.dirpath} while saving epoch "
+                            f"{trainer.current_epoch + 1}'s checkpoint; {kept}: free space and resume with "
+                            "ckpt_path=last in this run dir") from None
         trainer.strategy.barrier("kdprune.last_ckpt")
         self._stop_if_signalled(trainer, epoch_done=True)
 

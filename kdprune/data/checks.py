@@ -7,12 +7,15 @@ Paths are resolved the way ultralytics resolves them (``check_det_dataset``, ``B
 from __future__ import annotations
 
 import glob
+import logging
 import os
 from pathlib import Path
 
 import yaml
 
 from kdprune.errors import UserError
+
+log = logging.getLogger("kdprune")
 
 _TOL = 1e-6
 _LABEL_HELP = "expected `class x_center y_center width height` (or a segment `class x1 y1 x2 y2 x3 y3 ...`)"
@@ -163,7 +166,9 @@ def check_labels(data: dict, splits=("train", "val")) -> None:
         images = split_image_files(entry)
         if not images:
             raise UserError(f"{split}: no images found in {entry} (image types: jpg, png, bmp, tif, webp, ...)")
-        for label in img2label_paths(images):
+        labels = img2label_paths(images)
+        labelled = 0  # images with at least one object
+        for label in labels:
             try:
                 with open(label, encoding="utf-8", errors="replace") as f:
                     text = f.read()
@@ -171,8 +176,9 @@ def check_labels(data: dict, splits=("train", "val")) -> None:
                 continue  # no label file: a background image
             except OSError as e:
                 raise UserError(_one_line(f"{label}: cannot read ({e})")) from None
-            for i, line in enumerate(text.splitlines(), 1):
-                fields = line.split()
+            lines = [ln.split() for ln in text.splitlines()]
+            labelled += any(lines)
+            for i, fields in enumerate(lines, 1):
                 if not fields:
                     continue
                 why = _bad_line(fields, nc)
@@ -180,9 +186,29 @@ def check_labels(data: dict, splits=("train", "val")) -> None:
                     n_bad += 1
                     bad_files.add(label)
                     first = first or f"{label}:{i}: {why}"
+        _check_labelled(split, len(images), labelled, labels[0])
     if first is not None:
         more = f" (+{n_bad - 1} more bad lines in {len(bad_files)} files)" if n_bad > 1 else ""
         raise UserError(_one_line(f"{first}{more}; fix or remove these lines"))
+
+
+# Background images (no objects) are normal in a detection set (ultralytics suggests 0-10 %); past this share the
+# labels are more likely misplaced than the scenes empty.
+BACKGROUND_WARN = 0.5
+
+
+def _check_labelled(split: str, images: int, labelled: int, first_label: str) -> None:
+    """A split none of whose images has a label cannot be trained (train) or scored (val: every mAP would read 0):
+    refused, naming where labels were looked for. A large share without labels is a warning with the counts."""
+    where = Path(first_label).parent
+    if labelled == 0:
+        raise UserError(f"{split}: none of its {images} images has a label (looked for YOLO .txt files beside the "
+                        f"images' folder, e.g. {where}/); a {split} split without labels cannot be "
+                        f"{'trained on' if split == 'train' else 'scored (every mAP would be 0)'}: put each image's "
+                        "labels in labels/<split>/<image name>.txt, as ultralytics expects")
+    if (images - labelled) / images > BACKGROUND_WARN:
+        log.warning(f"kdprune: {split}: {images - labelled} of {images} images have no label (background images); "
+                    f"if that is not intended, check the label files in {where}/")
 
 
 def check_imgsz(imgsz) -> None:

@@ -34,7 +34,8 @@ def _build_from_yaml(cfg: str, nc: int) -> DetectionModel:
 _WITHOUT = {"model.weights": "build from scratch with model.cfg={stem}.yaml model.weights=null",
             "model.pretrained": "build model.cfg from scratch with model.pretrained=null",
             "teacher.weights": "let kdprune train the teacher with teacher.weights=null",
-            "teacher.init": "train the teacher from scratch with teacher.init=null"}
+            "teacher.init": "train the teacher from scratch with teacher.init=null",
+            "reference": "leave the dense reference row out with reference=null"}
 
 
 def _load_weights(weights: str | Path, key: str = "model.weights") -> tuple[torch.nn.Module, dict]:
