@@ -290,7 +290,7 @@ def test_the_deploy_kit_is_the_file_and_its_contract(qat_run, tmp_path):
     (tmp_path / "m.c").write_text(
         '#include "kdp_model_io.h"\n#include "kdp_postprocess.h"\n'
         f"int main(void) {{ const char *names[KDP_NC] = KDP_CLASS_NAMES; kdp_level_t lv[KDP_NL] = {{{levels}}}; "
-        "kdp_config_t c = {KDP_NC, KDP_REG_MAX, KDP_NL, KDP_CONF, KDP_IOU, KDP_MAX_DET, KDP_MULTI_LABEL}; "
+        "kdp_config_t c = {KDP_NC, KDP_REG_MAX, KDP_NL, KDP_CONF, KDP_IOU, KDP_MAX_DET, KDP_MULTI_LABEL, KDP_END2END}; "
         "return (int)(names[0][0] == 0) + (int)(lv[0].h == 0) + (int)(c.nc == 0) + KDP_ARENA_BYTES % 16; }\n")
     subprocess.run(["gcc", *flags, f"-I{kit}", str(tmp_path / "m.c"), str(kit / "kdp_postprocess.c"), "-lm", "-o",
                     str(tmp_path / "m")], check=True)

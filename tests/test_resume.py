@@ -51,7 +51,7 @@ def reference(tmp_path_factory):
     return run_dir
 
 
-def test_sigint_mid_fade_then_sigkill_mid_qat_resume_to_the_uninterrupted_model(reference, tmp_path):
+def test_sigint_mid_fade_then_sigkill_and_sigterm_mid_qat_resume_to_the_uninterrupted_model(reference, tmp_path):
     run_dir = tmp_path / "run"
     # 1. Ctrl-C during epoch 2 (step 1's channels half faded, nothing removed yet): stops at the end of that batch
     out = run_cli(*RUN, f"hydra.run.dir={run_dir}", *_signal_at("int", 2, "SIGINT", tmp_path / "int", batch=1))
@@ -76,10 +76,19 @@ def test_sigint_mid_fade_then_sigkill_mid_qat_resume_to_the_uninterrupted_model(
     assert ckpt2["epoch"] == 6 and state2["qat"] is not None and not state2["qat"]["bn_frozen"]
     assert state2["history"] and state2["pruning"]["steps_done"] == 2  # both ran after it
 
-    # 3. resume again: the run finishes, mid-QAT state restored, and ends where the uninterrupted run ended
+    # 3. resume again; SIGTERM (a scheduler's stop) mid-batch of epoch 7, QAT with BN and ranges just frozen: it stops
+    # at the end of that batch and the state on disk stays epoch 6's
+    out = run_cli(*cmd[3:], *_signal_at("term", 7, "SIGTERM", tmp_path / "term", batch=2), *probe(tmp_path / "start"))
+    assert out.returncode == 128 + signal.SIGTERM, out.stderr[-3000:]
+    assert "stopped by SIGTERM; 7 finished epochs saved" in out.stderr
+    assert _resume_line(out.stderr)[-2:] == [f"hydra.run.dir={run_dir}", "ckpt_path=last"]
+    assert_starts_from(tmp_path / "start.1", ckpt2)
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["epoch"] == 6
+
+    # 4. resume once more: the run finishes, mid-QAT state restored, and ends where the uninterrupted run ended
     out = run_cli(*cmd[3:], *probe(tmp_path / "start"))
     assert out.returncode == 0, out.stderr[-3000:]
-    assert_starts_from(tmp_path / "start.1", ckpt2)
+    assert_starts_from(tmp_path / "start.2", ckpt2)
     assert (run_dir / "summary.json").is_file()
     ref, got = _final_weights(reference), _final_weights(run_dir)
     assert ref.keys() == got.keys() and all(ref[k].shape == got[k].shape for k in ref)  # the architecture, exactly

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow  # trains, converts or exports (make test-fast lea
 E2E = [*TINY, "model=yolo26n", "teacher=none", "distill=none", "trainer.max_epochs=3", "prune=gradual",
        "prune.start_epoch=0", "prune.end_epoch=0", "prune.fade_epochs=0", "prune.steps=1", "prune.target.ratio=0.2",
        "quant=int8_qat", "quant.start_epoch=1", "quant.freeze_bn_epoch=2", "quant.freeze_observer_epoch=2",
-       "quant.ptq_images=8", "export=int8", "export.formats=[tflite_int8]", "target=neutron",
+       "quant.ptq_images=8", "export=int8", "export.formats=[onnx_int8,tflite_int8]", "target=neutron",
+       "export.npu=[ethos-u55-128]",
        "export.latency_runs=20", "export.deploy.conf=0.05"]
 
 
@@ -48,6 +49,38 @@ def runner_input(runner):
     import numpy as np
 
     return np.random.default_rng(0).random((1, 3, *runner.input_shape[1:3]), dtype=np.float32)
+
+
+def test_the_file_is_the_quantized_one_to_one_graph_within_one_lsb(e2e_run):
+    """The device file against the QAT graph it came from (its QDQ ONNX, convert_pt2e of the same graph), on the same
+    int8 input grid: every output (the one-to-one branch's box and class tensors) within 1 LSB for >= 90 % of
+    elements (integer kernels round requantization where the graph rounds a float), and the top-k rows decoded from
+    both agree in score within what one LSB moves a sigmoid."""
+    import numpy as np
+    import torch
+
+    from kdprune.export import OnnxRunner
+    from kdprune.export.decode import decode
+    from kdprune.export.tflite import TFLiteRunner
+    from tests.test_tflite import smooth_images
+
+    run_dir, summary = e2e_run
+    tfl = TFLiteRunner(run_dir / "export" / "model_int8.tflite")
+    qdq = OnnxRunner(run_dir / "export" / "model_int8_qdq.onnx")
+    (s_in, z_in), size = tfl.input_quant, tfl.input_shape[1]
+    lsb, rows = [], []
+    for img in smooth_images(4, size, seed=5):
+        xq = tfl.quantize_input(img[None])
+        x = ((xq.astype(np.float32) - z_in) * s_in).transpose(0, 3, 1, 2)
+        a, b = tfl(img[None]), qdq(np.ascontiguousarray(x))
+        lsb += [np.abs(p - q).ravel() / s for p, q, (s, _) in zip(a, b, tfl.output_quant)]
+        rows.append([decode([torch.from_numpy(o) for o in outs], [8, 16, 32], nc=summary["head"]["nc"], reg_max=1,
+                            end2end=True, max_det=20)[0] for outs in (a, b)])
+    d = np.round(np.concatenate(lsb))
+    assert np.mean(d <= 1) >= 0.9 and d.max() <= 8, (np.mean(d <= 1), d.max())
+    score_lsb = 0.25 * max(s for s, _ in tfl.output_quant[1::2])
+    gaps = torch.cat([(f[:, 4] - g[:, 4]).abs() for f, g in rows])
+    assert gaps.median() <= score_lsb and gaps.max() <= 8 * score_lsb
 
 
 def test_the_c_top_k_on_tflite_micro_outputs_is_the_scored_decode(e2e_run, tmp_path):
