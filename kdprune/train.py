@@ -37,9 +37,11 @@ from kdprune.recipe import check_recipe
 from kdprune.report import deployed, margin_line, stage_table, teacher_margin, write_report
 from kdprune.teacher_stage import check_teacher, obtain_teacher
 from kdprune.yolo import (
+    anchors_at,
     check_checkpoint,
     evaluate_checkpoint,
     head_layout,
+    head_spec,
     model_stats,
     split_blocks,
 )
@@ -96,6 +98,16 @@ def _check_options(cfg: DictConfig) -> QATSchedule | None:
     return qat
 
 
+def _check_top_k(cfg: DictConfig, model) -> None:
+    """The deploy kit's ``max_det`` rows out of an NMS-free head: its top-k gives at most one row per anchor."""
+    deploy = cfg.export.get("deploy")
+    if deploy is None or not head_spec(model).end2end:
+        return
+    if int(deploy.max_det) > (n := anchors_at(model, int(cfg.data.imgsz))):
+        raise UserError(f"export.deploy.max_det={deploy.max_det}: this NMS-free (one-to-one) head gives at most {n} "
+                        f"rows at data.imgsz={cfg.data.imgsz} (its anchors); set export.deploy.max_det<={n}")
+
+
 def _ckpt_path(cfg: DictConfig) -> str | None:
     """``ckpt_path=last``: this run dir's own checkpoint, if the student got that far (else the student starts fresh;
     the teacher stage resumes its own)."""
@@ -115,6 +127,7 @@ def run(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     data, hyp, model, recipe = build_student(cfg)
+    _check_top_k(cfg, model)
     pruning = None
     if cfg.prune.name != "none":
         split_blocks(model)  # C2f/C3k2's chunk as two convs, so torch-pruning's graph follows it

@@ -237,6 +237,13 @@ def test_box_distillation_across_yolo_families_is_refused_before_the_teacher_tra
     assert_user_error(p, f"teacher={teacher}", "reg_max", "distill.ld=0", run_dir=tmp_path / "run")
 
 
+def test_more_deploy_rows_than_an_nms_free_head_gives_is_refused_before_training(tmp_path):
+    """YOLO26's one-to-one head gives one top-k row per anchor at most: 84 at 64 px."""
+    p = kdprune("model=yolo26n", "export=int8", "export.deploy.max_det=300", run_dir=tmp_path / "run")
+    assert_user_error(p, "export.deploy.max_det=300", "at most 84 rows", "<=84", run_dir=tmp_path / "run")
+    # (an NMS head with the same setting runs: tests/test_quant_train.py's 64-px yolo11n kit keeps max_det 300)
+
+
 def test_a_deploy_threshold_outside_0_1_is_refused_before_training(tmp_path):
     """The deploy kit's settings (export.deploy.*) are checked with the other export settings, before any work."""
     p = kdprune("export=int8", "export.deploy.conf=1.5", run_dir=tmp_path / "run")

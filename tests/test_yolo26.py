@@ -19,7 +19,8 @@ E2E = [*TINY, "model=yolo26n", "teacher=none", "distill=none", "trainer.max_epoc
        "quant=int8_qat", "quant.start_epoch=1", "quant.freeze_bn_epoch=2", "quant.freeze_observer_epoch=2",
        "quant.ptq_images=8", "export=int8", "export.formats=[onnx_int8,tflite_int8]", "target=neutron",
        "export.npu=[ethos-u55-128]",
-       "export.latency_runs=20", "export.deploy.conf=0.05"]
+       "export.latency_runs=20", "export.deploy.conf=0.05",
+       "export.deploy.max_det=50"]  # 64 px: 84 anchors, the most rows the NMS-free head gives
 
 
 @pytest.fixture(scope="module")

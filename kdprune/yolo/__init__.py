@@ -23,6 +23,7 @@ from kdprune.yolo.prunable import SplitC2f, merge_split_blocks, split_blocks
 from kdprune.yolo.rawhead import (
     HeadSpec,
     RawHeadModel,
+    anchors_at,
     decode_head,
     has_one2one,
     head_layout,
@@ -37,6 +38,7 @@ __all__ = [
     "DetectionEvaluator",
     "HeadSpec",
     "RawHeadModel",
+    "anchors_at",
     "decode_head",
     "has_one2one",
     "head_layout",

@@ -46,6 +46,11 @@ def head_spec(model: nn.Module) -> HeadSpec:
     return HeadSpec([float(s) for s in head.stride], int(head.nc), int(head.reg_max), one2one_deployed(model))
 
 
+def anchors_at(model: nn.Module, imgsz: int) -> int:
+    """Anchors of a square ``imgsz`` input: the most rows an NMS-free head's top-k can give."""
+    return sum((int(imgsz) // int(s)) ** 2 for s in head_spec(model).strides)
+
+
 def head_layout(model: nn.Module) -> dict:
     """What the exported file's outputs are and what decodes them, for summary.json, the report and the deploy kit:
     ``{"branch", "postprocess", "reg_max", "strides", "nc"}``."""
