@@ -114,3 +114,15 @@ def git_rev() -> str:
         return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()
     except (OSError, subprocess.CalledProcessError):
         return "?"
+
+
+def seed_mean(runs: dict, prefix: str, metric: str = "mAP50-95") -> str | None:
+    """``"mean ± sd over n seed(s)"`` of ``metric`` over the runs whose key starts with ``prefix`` (``arm/data/``),
+    or None when none has it: the summary line every multi-seed bench prints."""
+    import statistics
+
+    vals = [r[metric] for k, r in runs.items() if k.startswith(prefix) and r.get(metric) is not None]
+    if not vals:
+        return None
+    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return f"{statistics.fmean(vals):.4f} ± {sd:.4f} over {len(vals)} seed(s)"

@@ -32,10 +32,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 
-from bench.common import ROOT, git_rev, machine, run_kdprune
+from bench.common import ROOT, git_rev, machine, run_kdprune, seed_mean
 
 OUT = ROOT / "bench" / "device_fit.json"
 RUNS = ROOT / "bench" / "runs" / "device_fit"
@@ -149,10 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(key, json.dumps(r), flush=True)
     for data in a.data:
         for arm in a.arms:
-            vals = [r["mAP50-95"] for k, r in res["runs"].items() if k.startswith(f"{arm}/{data}/") and "mAP50-95" in r]
-            if vals:
-                sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-                print(f"{data} {arm}: {statistics.fmean(vals):.4f} ± {sd:.4f} over {len(vals)} seed(s)")
+            if (line := seed_mean(res["runs"], f"{arm}/{data}/")) is not None:
+                print(f"{data} {arm}: {line}")
     return 0
 
 

@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 
-from bench.common import ROOT, git_rev, machine, run_kdprune
+from bench.common import ROOT, git_rev, machine, run_kdprune, seed_mean
 
 OUT = ROOT / "bench" / "yolo26.json"
 RUNS = ROOT / "bench" / "runs" / "yolo26"
@@ -86,12 +85,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(key, json.dumps(r), flush=True)
     for data in a.data:
         for arm in a.arms:
-            got = [r for k, r in res["runs"].items() if k.startswith(f"{arm}/{data}/")]
             for metric in ("mAP50-95", "ptq_mAP50-95"):
-                vals = [r[metric] for r in got if r.get(metric) is not None]
-                if vals:
-                    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-                    print(f"{data} {arm} {metric}: {statistics.fmean(vals):.4f} ± {sd:.4f} over {len(vals)} seed(s)")
+                if (line := seed_mean(res["runs"], f"{arm}/{data}/", metric)) is not None:
+                    print(f"{data} {arm} {metric}: {line}")
     return 0
 
 
