@@ -3,17 +3,23 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 # Every package at the version the recorded numbers come from (pip constraints): see the file's header.
 LOCK := requirements.lock
 ARGS ?=
 
 .PHONY: run test test-fast lint install clean bench canary lock
 
+# `make run` installs what a run needs (core + the sweep plugins); `make test` adds the test tools.
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -c $(LOCK) pip setuptools wheel
-	$(BIN)/python -m pip install -q -c $(LOCK) -e ".[test,tflite,npu]"
+	$(BIN)/python -m pip install -q -c $(LOCK) -e ".[sweep]"
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -c $(LOCK) -e ".[sweep,test]"
+	touch $(TEST_STAMP)
 
 install: $(STAMP)
 
@@ -28,22 +34,22 @@ test: lint
 test-fast: lint
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check kdprune tests bench
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(BIN)/python bench/train_throughput.py
 
 # The accuracy canary at the default scale (hours on 2 cores): absolute mAP50-95 against bench/canary.json's band.
 # Run it before changing requirements.lock, the data pipeline, the training step or a default.
-canary: $(STAMP)
+canary: $(TEST_STAMP)
 	$(BIN)/python -m bench.canary
 
 # Re-resolve pyproject.toml's dependencies from the registry (no constraints) in a scratch venv and write the lock.
 lock:
 	rm -rf .venv-lock && $(PY) -m venv .venv-lock
 	.venv-lock/bin/python -m pip install -q --upgrade pip setuptools wheel
-	.venv-lock/bin/python -m pip install -q ".[test,tflite,npu]"
+	.venv-lock/bin/python -m pip install -q ".[sweep,test]"
 	{ sed -n '/^#/p' $(LOCK); .venv-lock/bin/python -m pip freeze --all | grep -v '^kdprune'; } > $(LOCK).new
 	mv $(LOCK).new $(LOCK) && rm -rf .venv-lock
 

@@ -11,4 +11,6 @@ _os.environ.setdefault("YOLO_OFFLINE", "1")
 from kdprune import part as _part  # noqa: E402,F401  (registers the config's kdprune.left resolver)
 
 __version__ = "0.1.0"
-CONF_DIR = _Path(__file__).resolve().parent.parent / "conf"  # the Hydra config tree (conf/config.yaml and groups)
+# The Hydra config tree (config.yaml and its groups) ships inside the package, so a wheel or a non-editable install
+# composes; the checkout's top-level conf/ is a link to it, where users look for it.
+CONF_DIR = _Path(__file__).resolve().parent / "conf"

@@ -12,7 +12,7 @@ import pytest
 
 from kdprune import CONF_DIR
 
-PKG = CONF_DIR.parent / "kdprune"
+PKG = CONF_DIR.parent
 ADAPTERS = ("yolo", "data")  # the only packages that import ultralytics
 TRAINING = ("kdprune.module", "kdprune.compression", "kdprune.train", "kdprune.callbacks", "kdprune.teacher_stage")
 

@@ -40,7 +40,7 @@ class Exported:
 
 class ExportFormat(NamedTuple):
     write: Callable[[Exported], None]
-    check: Callable[[DictConfig], None] = lambda cfg: None  # before training: a missing extra, bad settings
+    check: Callable[[DictConfig], None] = lambda cfg: None  # before training: a missing package, bad settings
 
 
 FORMATS: Registry[ExportFormat] = Registry("export format")
@@ -90,7 +90,7 @@ def _check_tflite(cfg: DictConfig) -> None:
     from kdprune.export.npu import check_npu_targets
     from kdprune.export.tflite import require_tflite
 
-    require_tflite()  # one line naming the 'tflite' extra
+    require_tflite()  # one line naming what is missing
     check_npu_targets(cfg.export.get("npu"))
 
 

@@ -25,7 +25,7 @@ from kdprune.registry import Registry
 VELA_CONFIGS: Registry[tuple[str, str, str]] = Registry("NPU configuration")
 VELA_CONFIGS.register("ethos-u55-128", ("ethos-u55-128", "Ethos_U55_High_End_Embedded", "Shared_Sram"))
 VELA_CONFIGS.register("ethos-u65-256", ("ethos-u65-256", "Ethos_U65_Embedded", "Shared_Sram"))
-_INSTALL = "install the 'npu' extra: pip install -e '.[npu]'"
+_INSTALL = "a kdprune dependency: reinstall it (make install, or pip install -e .)"
 
 
 def check_npu_targets(targets) -> list[str]:

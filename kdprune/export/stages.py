@@ -60,7 +60,7 @@ class ExportFailed(UserError):
 
 
 def check_exports(cfg: DictConfig) -> list[str]:
-    """The configured formats, validated before any training (unknown names, missing extras)."""
+    """The configured formats, validated before any training (unknown names, missing packages)."""
     from kdprune.quant import per_channel
 
     per_channel(cfg.quant.granularity)  # a typo is an error before any work, whatever the quant option

@@ -13,7 +13,7 @@ Why hand-written parts remain (none of these libraries does them):
 - the file edits after conversion (``kdprune.export.tflite_fixes``): converter and runtime differences that would
   make the file differ from the graph or the MCU's runtime differ from the scored kernels.
 
-litert-torch and LiteRT are imported lazily: the rest of kdprune never pays for them (install: the 'tflite' extra).
+litert-torch and LiteRT are imported lazily: the rest of kdprune never pays for their import time.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ __all__ = ["TFLiteRunner", "check_fully_int8", "check_scales", "conv_weight_scal
            "model_to_tflite_int8", "require_tflite", "tflite_ops"]
 
 log = logging.getLogger("kdprune")
-_INSTALL_HINT = "install the 'tflite' extra: pip install -e '.[tflite]'"
+_INSTALL_HINT = "they are kdprune's own dependencies: reinstall it (make install, or pip install -e .)"
 
 
 def require_tflite() -> None:
