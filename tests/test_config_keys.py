@@ -33,8 +33,8 @@ from kdprune.distill import kd_scale_at
 from kdprune.losses import KD_TERMS
 from kdprune.pruning import MEASURES
 
-ROOT = CONF_DIR.parent
-SOURCE = "\n".join(p.read_text() for p in (ROOT / "kdprune").rglob("*.py"))
+PKG = CONF_DIR.parent  # the kdprune package (its configs ship inside it)
+SOURCE = "\n".join(p.read_text() for p in PKG.rglob("*.py"))
 SKIP_DIRS = {"hydra", "hparams_search", "experiment"}  # Hydra's own, sweeps, overrides
 
 
