@@ -5,9 +5,9 @@ differ only in ``prune.target.arena_bytes``; both with ``prune.keep_stem=false``
 peak, so a RAM budget needs it prunable) and no KD (time). From each run's summary.json: the TFLite INT8 file's
 mAP50-95, flash bytes, TensorFlow Lite Micro arena, the pruner's arena estimate, Vela's U55/U65 time.
 
-    .venv/bin/python bench/arena_budget.py --seeds 0 1 [--imgsz 160] [--arena 320000] [--out bench/runs/arena]
+    .venv/bin/python -m bench.arena_budget --seeds 0 1 [--imgsz 160] [--arena 320000] [--out bench/runs/arena]
 
-Each run ~6 min at 160 px on the 2-core machine. Writes bench/arena_budget.json.
+Each run ~6 min at 160 px on the 2-core machine. Writes bench/results/device/arena_budget-<imgsz>-<arena>.json.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ROOT, git_rev, machine, run_env  # noqa: E402
+from bench.common import RESULTS, ROOT, git_rev, machine, run_env
 
 
 def run(arm: str, seed: int, imgsz: int, arena: int, out: Path) -> dict:
@@ -53,8 +52,10 @@ def main() -> None:
     ap.add_argument("--imgsz", type=int, default=160)
     ap.add_argument("--arena", type=int, default=320_000)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "runs" / "arena")
-    ap.add_argument("--json", type=Path, default=ROOT / "bench" / "arena_budget.json")
+    ap.add_argument("--json", type=Path, default=None,
+                    help="default: bench/results/device/arena_budget-<imgsz>-<arena>.json")
     a = ap.parse_args()
+    a.json = a.json or RESULTS / "device" / f"arena_budget-{a.imgsz}-{a.arena}.json"
     res = {arm: {s: run(arm, s, a.imgsz, a.arena, a.out) for s in a.seeds} for arm in ("flash", "arena")}
     a.json.write_text(json.dumps({"machine": machine(), "commit": git_rev(), "imgsz": a.imgsz, "arena": a.arena,
                                   "results": res}, indent=2))

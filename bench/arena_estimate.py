@@ -5,7 +5,7 @@ For yolo11n and yolov8n (nc=3, SplitC2f blocks as training leaves them), unprune
 TFLite file (PTQ graph through kdprune's own export, ``bench.int8_size.to_tflite``), with TFLM's head (planned
 activations) and tail (persistent structures) beside the estimate's parts.
 
-    .venv/bin/python -m bench.arena_estimate           # table + bench/arena_estimate.json (~6 min, 2 CPU cores)
+    .venv/bin/python -m bench.arena_estimate    # table + bench/results/estimators/arena_bytes.json (~6 min, 2 cores)
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.common import RESULTS
 from bench.int8_size import build, to_tflite
-
-HERE = Path(__file__).resolve().parent
 
 
 def tflm_parts(path: Path) -> dict:
@@ -34,7 +33,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["yolo11n.yaml", "yolov8n.yaml"])
     ap.add_argument("--ratios", nargs="+", type=float, default=[0.0, 0.3, 0.6])
     ap.add_argument("--imgsz", nargs="+", type=int, default=[160, 256])
-    ap.add_argument("--out", default=str(HERE / "arena_estimate.json"))
+    ap.add_argument("--out", default=str(RESULTS / "estimators" / "arena_bytes.json"))
     args = ap.parse_args()
     from kdprune.pruning.arena import peak_activation_bytes
     from kdprune.pruning.budget import arena_bytes

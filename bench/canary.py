@@ -15,9 +15,10 @@ The teacher is trained with ``teacher.seed=<seed>``, so its seed band is measure
     .venv/bin/python -m bench.canary [--data shapes glyphs] [--seeds 0] [--arms plain default]
     .venv/bin/python -m bench.canary --seeds 0 1 2 --record    # after a deliberate change: new recorded values
 
-A value is outside when it differs from the recorded mean by more than the band: 3 sd of the recorded seeds (>= 3 of
-them), at least ``FLOOR``. Exit 1 if any value is outside. Runs live in ``bench/runs/canary/<commit>/`` and resume
-(a finished run is read back; an interrupted one resumes from its last.ckpt). ~1 h per dataset and seed on 2 cores.
+The recorded values are ``bench/results/canary/recorded.json``. A value is outside when it differs from the recorded
+mean by more than the band: 3 sd of the recorded seeds (>= 3 of them), at least ``FLOOR``. Exit 1 if any value is
+outside. Runs live in ``bench/runs/canary/<commit>/`` and resume (a finished run is read back; an interrupted one
+resumes from its last.ckpt). ~1 h per dataset and seed on 2 cores.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ import statistics
 import sys
 from pathlib import Path
 
-from bench.common import ROOT, git_rev, machine, run_kdprune
+from bench.common import RESULTS, ROOT, git_rev, machine, run_kdprune
 
-RECORD = ROOT / "bench" / "canary.json"
+RECORD = RESULTS / "canary" / "recorded.json"
 FLOOR = 0.01  # the smallest band: below it, the noise of one evaluation on a 120-200 image val split
 PLAIN = ["prune=none", "distill=none", "quant=none", "export=none"]
 ARMS = ("plain", "default")
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                     rec["values"][str(seed)] = round(value, 4)
                     rec.update(commit=commit, date=datetime.date.today().isoformat(),
                                packages=environment()["packages"])
+                    RECORD.parent.mkdir(parents=True, exist_ok=True)
                     RECORD.write_text(json.dumps(recorded, indent=1, sort_keys=True) + "\n")
     print("| data | metric | seed | mAP50-95 | recorded | verdict |\n|---|---|---|---|---|---|")
     print("\n".join(rows))

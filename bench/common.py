@@ -1,4 +1,9 @@
-"""Shared by the bench scripts: the embedded dataset as the default run sees it, and run metadata."""
+"""Shared by the bench scripts: the embedded dataset as the default run sees it, run metadata, and where results go.
+
+Every script runs from the repo root as ``python -m bench.<name>`` (bench/ is a package: no ``sys.path`` edits). What a
+script measured is data under ``RESULTS``: ``bench/results/<topic>/<name>.json``, the name made of the settings that
+tell one file of a topic from another (e.g. ``gradual_vs_oneshot/shapes-256-kd1-mcu_fade-s0_1.json``: data, imgsz, KD,
+arms, seeds); bench/RESULTS.md reads them. Run dirs go to ``bench/runs/`` (not tracked)."""
 
 from __future__ import annotations
 
@@ -10,10 +15,18 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"  # <topic>/<name>.json, tracked
 # Importing ultralytics sets OMP_NUM_THREADS=1 in os.environ when it is unset: a bench script that imports it (directly
 # or through kdprune) and then starts runs would hand each run one thread (measured: a 256-px default run 33 % slower
 # on the 2-core machine). Runs get the environment the script started with (bench.common is imported first).
 _START_ENV = dict(os.environ)
+
+
+def result_name(*settings: str, arms: list[str], seeds: list[int], label: str | None = None) -> str:
+    """The systematic name of a sweep's result file: its settings, the arm (``sweep`` for several, or ``label``), the
+    seeds: ``result_name("shapes", "256", "kd1", arms=["mcu_fade"], seeds=[0, 1])`` is
+    ``"shapes-256-kd1-mcu_fade-s0_1"``."""
+    return "-".join([*settings, label or (arms[0] if len(arms) == 1 else "sweep"), "s" + "_".join(map(str, seeds))])
 
 
 def run_env(**extra: str) -> dict:

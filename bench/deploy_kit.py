@@ -1,6 +1,6 @@
 """Issue 37's benchmark: the deploy kit of the MCX N947 default file, in one run.
 
-    .venv/bin/python -m bench.deploy_kit [RUN_DIR ...]
+    .venv/bin/python -m bench.deploy_kit [RUN_DIR ...] [--out JSON]
 
 RUN_DIR: finished runs with a TFLite INT8 file (default: the three seeds of the MCX N947 default in
 bench/runs/device_fit/, issue 35's ``relu_192`` arm). For each: the kit written (``write_kit``, conf 0.25) and
@@ -10,20 +10,20 @@ threshold skips at the device's conf, host ms per frame of the C code against th
 post-processing cross-compiled for the first user's core (Cortex-M33 with its single-precision FPU, as on the MCX
 N947; Debian: gcc-arm-none-eabi, libnewlib-arm-none-eabi) at -Os: .text/.rodata/.data/.bss of the object, the
 stack each function needs (-fstack-usage), the bytes it adds to a linked firmware with newlib-nano's expf, and the
-model's C array placed in its section. Writes bench/deploy_kit.json.
+model's C array placed in its section. Writes bench/results/deploy/mcxn947.json (``--out``).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import ROOT, git_rev, machine
+from bench.common import RESULTS, ROOT, git_rev, machine
 
 M33 = ["-mcpu=cortex-m33", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-sp-d16"]
 # -Wdouble-promotion: a double on the M33 is software floating point; the library must not use one
@@ -82,11 +82,15 @@ def cortex_m33(kit: Path, work: Path) -> dict:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="*", type=Path, help="run dirs (default: the MCX N947 default's three seeds)")
+    ap.add_argument("--out", type=Path, default=RESULTS / "deploy" / "mcxn947.json")
+    a = ap.parse_args()
     from kdprune.deploy.check import check_kit, check_line
     from kdprune.deploy.host import compile_library
     from kdprune.deploy.kit import write_kit
 
-    runs = [Path(a) for a in sys.argv[1:]] or DEFAULT_RUNS
+    runs = a.runs or DEFAULT_RUNS
     result = {"machine": machine(), "commit": git_rev(), "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         so = compile_library(Path(tmp) / "host")
@@ -102,9 +106,8 @@ def main() -> None:
         work.mkdir()
         result["cortex_m33"] = cortex_m33(kit, work)
         print("Cortex-M33:", json.dumps(result["cortex_m33"]), flush=True)
-    out = ROOT / "bench" / "deploy_kit.json"
-    out.write_text(json.dumps(result, indent=2))
-    print(f"-> {out}")
+    a.out.write_text(json.dumps(result, indent=2))
+    print(f"-> {a.out}")
 
 
 if __name__ == "__main__":

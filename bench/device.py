@@ -2,7 +2,7 @@
 TFLM vs LiteRT on real val images, and Vela's Ethos-U55-128 / U65-256 compile (NPU / CPU operators, SRAM, flash,
 estimated time), for the TFLite INT8 file of each run dir given, beside the run's LiteRT CPU latency.
 
-    .venv/bin/python bench/device.py outputs/RUN_A [outputs/RUN_B ...] [--out bench/device.json]
+    .venv/bin/python -m bench.device outputs/RUN_A [outputs/RUN_B ...] [--out bench/results/device/tflm_vela.json]
 
 Reads each run's ``export/model_int8.tflite`` and ``summary.json``; compiles into a temp dir (the run dir is not
 touched). Seconds per file.
@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ROOT, git_rev, machine  # noqa: E402
+from bench.common import RESULTS, git_rev, machine
 
 
 def measure(run: Path) -> dict:
@@ -47,7 +45,7 @@ def measure(run: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", type=Path)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "device.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "device" / "tflm_vela.json")
     a = ap.parse_args()
     res = [measure(r) for r in a.runs]
     a.out.write_text(json.dumps({"machine": machine(), "commit": git_rev(), "results": res}, indent=2))

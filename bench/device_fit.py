@@ -25,7 +25,7 @@ moves.
 
 ``--teacher`` gives every arm the same teacher (a yolo11s of the teacher stage's recipe), so arms differ only in their
 levers; without it each resolution trains and caches its own. Runs live in bench/runs/device_fit/ and resume
-(bench.common.run_kdprune); results merge into bench/device_fit.json.
+(bench.common.run_kdprune); results merge into bench/results/device_fit/mcxn947.json.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ import argparse
 import json
 import sys
 
-from bench.common import ROOT, git_rev, machine, run_kdprune, seed_mean
+from bench.common import RESULTS, ROOT, git_rev, machine, run_kdprune, seed_mean
 
-OUT = ROOT / "bench" / "device_fit.json"
+OUT = RESULTS / "device_fit" / "mcxn947.json"
 RUNS = ROOT / "bench" / "runs" / "device_fit"
 SILU = ["model.fused_act_layers=0", "model.pad_free_downsample=0"]  # the RAM levers off
 UNCONSTRAINED = ["device=generic", "data.imgsz=256", *SILU, "prune.target.arena_bytes=null", "prune.keep_stem=true"]

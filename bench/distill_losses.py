@@ -10,7 +10,7 @@ the rarest classes (fewest training instances):
   class_weighted  loss=class_weighted, no KD
 The teacher is obtained the way kdprune obtains it (trained once on the same data and cached), so every run shares it.
 
-    .venv/bin/python bench/distill_losses.py --imgsz 160 --epochs 10 --teacher-epochs 20 --seeds 0 1 --out r.json
+    .venv/bin/python -m bench.distill_losses --imgsz 160 --epochs 10 --teacher-epochs 20 --seeds 0 1 --out r.json
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import kdprune  # noqa: E402,F401  (sets YOLO_OFFLINE before ultralytics is imported)
-from bench.common import ROOT, default_data_yaml, default_hyp, git_rev, machine, run_env  # noqa: E402
+import kdprune  # noqa: F401  (sets YOLO_OFFLINE before ultralytics is imported)
+from bench.common import ROOT, default_data_yaml, default_hyp, git_rev, machine, run_env
 
 CONFIGS = {
     "none": ["distill=none"],

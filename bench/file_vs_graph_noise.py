@@ -1,7 +1,7 @@
 """How far is the TFLite INT8 file from the graph it came from, and how much of a measured gap is the val set's size?
 (issue 14's "TFLite mAP50-95 within 0.002 of the fake-quant row".)
 
-    .venv/bin/python bench/file_vs_graph_noise.py RUN_DIR [--n-val 960] [--subset 120] [--seed 1]
+    .venv/bin/python -m bench.file_vs_graph_noise RUN_DIR [--n-val 960] [--subset 120] [--seed 1]
 
 With ``weights/qat_graph.pt`` in the run (the run had ``+callbacks.qat_graph._target_=bench.qat_graph.SaveQATGraph``)
 the pair is the one issue 14 names: the QAT fake-quant graph and the run's own ``export/model_int8.tflite``, both
@@ -14,7 +14,7 @@ kernels carry both graphs to a file). Files are scored on LiteRT's reference ker
 Both are scored on a **larger val split of the same generator** (``data.embedded`` with ``n_val`` images and another
 ``seed``), over all of it and over disjoint subsets the size of the run's val split. The all-image difference is the
 file's real offset from its graph; the spread of the per-subset differences is the noise one val set of that size
-carries. Writes bench/file_vs_graph_noise_{qat,ptq}.json.
+carries. Writes bench/results/quant/file_vs_graph_noise-{qat,ptq}.json.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,21 +29,20 @@ from types import SimpleNamespace
 import torch
 from omegaconf import OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ROOT, git_rev, machine  # noqa: E402
-from bench.qat_graph import load_qat_graph  # noqa: E402
-from kdprune.build import hyp_from_cfg  # noqa: E402
-from kdprune.data import prepare_batch, resolve_data, square_val_loader  # noqa: E402
-from kdprune.export.decode import decode  # noqa: E402
-from kdprune.export.runtime import TorchRunner  # noqa: E402
-from kdprune.export.scoring import evaluate_runner  # noqa: E402
-from kdprune.export.stages import _Outputs, calibration_images  # noqa: E402
-from kdprune.export.tflite import TFLiteRunner, graph_to_tflite_int8  # noqa: E402
-from kdprune.quant import backend  # noqa: E402
-from kdprune.quant import per_channel as quant_per_channel  # noqa: E402
-from kdprune.yolo import load_ultralytics_checkpoint, val_settings  # noqa: E402
-from kdprune.yolo.metrics import DetectionEvaluator  # noqa: E402
-from kdprune.yolo.rawhead import RawHeadModel, head_spec  # noqa: E402
+from bench.common import RESULTS, git_rev, machine
+from bench.qat_graph import load_qat_graph
+from kdprune.build import hyp_from_cfg
+from kdprune.data import prepare_batch, resolve_data, square_val_loader
+from kdprune.export.decode import decode
+from kdprune.export.runtime import TorchRunner
+from kdprune.export.scoring import evaluate_runner
+from kdprune.export.stages import _Outputs, calibration_images
+from kdprune.export.tflite import TFLiteRunner, graph_to_tflite_int8
+from kdprune.quant import backend
+from kdprune.quant import per_channel as quant_per_channel
+from kdprune.yolo import load_ultralytics_checkpoint, val_settings
+from kdprune.yolo.metrics import DetectionEvaluator
+from kdprune.yolo.rawhead import RawHeadModel, head_spec
 
 
 def evaluator(names: dict, data: dict, val: dict) -> DetectionEvaluator:
@@ -110,7 +108,7 @@ def main() -> None:
            "diff_subsets": [round(d, 4) for d in diffs], "diff_subsets_sd": round(statistics.stdev(diffs), 4),
            "diff_subsets_max_abs": round(max(map(abs, diffs)), 4),
            **{f"{k}_subsets": [round(x, 4) for x in m[k][:-1]] for k in runners}}
-    (ROOT / "bench" / f"file_vs_graph_noise_{pair.lower()}.json").write_text(json.dumps(out, indent=2))
+    (RESULTS / "quant" / f"file_vs_graph_noise-{pair.lower()}.json").write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
 
 

@@ -1,7 +1,7 @@
 """Starting from pretrained checkpoints (issue 17): what a pretrained student and a pretrained teacher buy in the
 deployed 2 MB file, against training from scratch and against cutting the pretrained model's width by hand.
 
-    .venv/bin/python bench/finetune_start.py [--seeds 0 1] [--imgsz 256] [--arms scratch student both handcut]
+    .venv/bin/python -m bench.finetune_start [--seeds 0 1] [--imgsz 256] [--arms scratch student both handcut]
         [--pretrain-epochs 25] [--pretrain-images 800] [--yolo11n-pt PT] [--yolo11s-pt PT] [--set KEY=VALUE ...]
         [--json NAME]
 
@@ -34,7 +34,8 @@ Arms ``student`` and ``both`` run kdprune's defaults as they stand: the seeds re
 trained with the former fine-tuning recipe (lr0 0.001, one warm-up epoch), which ``both_scratch_recipe`` replaced.
 
 The pretraining runs go to bench/runs/finetune/pretrain-*; arms to bench/runs/finetune/<arm>-<imgsz>-s<seed> (a finished
-run is read back, not re-run). Writes bench/finetune_start.json after each run and prints a markdown table.
+run is read back, not re-run). Writes bench/results/finetune_start/shapes-<imgsz>-<arm, or sweep>-s<seeds>.json (or
+``--json NAME``) after each run and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -47,9 +48,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import ROOT, git_rev, machine, narrow_yolo11n_yaml, run_env  # noqa: E402
+from bench.common import RESULTS, ROOT, git_rev, machine, narrow_yolo11n_yaml, result_name, run_env
 
 OUT = ROOT / "bench" / "runs" / "finetune"
 BUDGET = 2_000_000
@@ -101,8 +100,10 @@ def main() -> None:
     ap.add_argument("--yolo11s-pt", help="an existing stand-in for yolo11s.pt (e.g. the teacher kdprune trained and "
                     "cached for data=glyphs: a plain 20-epoch run of yolo11s.yaml) instead of pretraining one")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="Hydra overrides added to every arm")
-    ap.add_argument("--json", default="finetune_start")
+    ap.add_argument("--json", help="bench/results/finetune_start/NAME.json to write (default: "
+                    "shapes-<imgsz>-<the arm, or sweep>-s<seeds>)")
     args = ap.parse_args()
+    name = args.json or result_name("shapes", str(args.imgsz), arms=args.arms, seeds=args.seeds)
     OUT.mkdir(parents=True, exist_ok=True)
     def stand_in(model: str, given: str | None) -> Path:
         return Path(given) if given else pretrain(model, args.imgsz, args.pretrain_epochs, args.pretrain_images)
@@ -125,7 +126,7 @@ def main() -> None:
             teacher_seed = [f"teacher.seed={seed}"] if arm.startswith("both") or arm == "handcut_kd" else []
             r = score(kdprune(OUT / f"{arm}-{args.imgsz}-s{seed}", *base, *arms[arm], f"seed={seed}", *teacher_seed))
             results.setdefault(arm, []).append(r)
-            (ROOT / "bench" / f"{args.json}.json").write_text(json.dumps(
+            (RESULTS / "finetune_start" / f"{name}.json").write_text(json.dumps(
                 {"machine": machine(), "commit": git_rev(), "imgsz": args.imgsz, "seeds": args.seeds,
                  "pretrained": {"yolo11n": str(n), "yolo11s": str(s) if s else None},
                  "handcut_width": width, "arms": results}, indent=2))

@@ -1,9 +1,9 @@
 """Does gradual pruning beat cutting once? Every arm prunes yolo11n to the yolo11n_mcu budget (2,000,000 INT8 bytes)
 in the same number of epochs, on the embedded dataset, over several seeds, beside the recipe-matched dense model.
 
-    .venv/bin/python bench/gradual_vs_oneshot.py [--seeds 0 1 2] [--imgsz 160] [--arms today new oneshot ...]
+    .venv/bin/python -m bench.gradual_vs_oneshot [--seeds 0 1 2] [--imgsz 160] [--arms today new oneshot ...]
         [--kd] [--data glyphs] [--finetune bench/runs/gradual/dense-kd0-160-s0/weights/best.pt]
-        [--set trainer=gpu ...] [--jobs 4] [--json NAME]
+        [--set trainer=gpu ...] [--jobs 4] [--tag TAG | --json NAME]
 
 Arms (all: +experiment=yolo11n_mcu distill=none quant=none export=none, or --kd for the KD defaults):
 - ``dense``: prune=none, the reference row (what compression costs is read against it);
@@ -32,8 +32,9 @@ Final mAP50-95 is the re-validated best.pt (chosen after the last pruning step).
 EMA just before and just after the removal) comes from summary.json. Runs are resumable: a finished run dir is read
 back, not re-run, and an interrupted one resumes from its ``checkpoints/last.ckpt``. ``--jobs N`` runs N arms at once (a
 GPU machine with many cores); ``--set`` appends Hydra overrides to every arm (e.g. ``trainer=gpu``). Writes
-bench/gradual_vs_oneshot.json (or ``--json NAME``) after every finished run, so an interrupted sweep leaves what it
-measured, and prints a markdown table at the end.
+bench/results/gradual_vs_oneshot/<data>-<imgsz>-kd<0|1>[-ft]-<the arm, sweep or --tag>-s<seeds>.json (e.g.
+``shapes-256-kd1-mcu_fade-s0_1.json``; or ``--json NAME``) after every finished run, so an interrupted sweep leaves what
+it measured, and prints a markdown table at the end. ``python -m bench.pair`` pairs arms across those files.
 """
 
 from __future__ import annotations
@@ -41,14 +42,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import ROOT, git_rev, machine, narrow_yolo11n_yaml, run_kdprune  # noqa: E402
+from bench.common import RESULTS, ROOT, git_rev, machine, narrow_yolo11n_yaml, result_name, run_kdprune
 
 # The fine-tuning case (--finetune DENSE_BEST_PT): 10 epochs from a trained dense model; pruning can start at once.
 FINETUNE_EPOCHS = 10
@@ -135,14 +133,15 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "runs" / "gradual"))
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="Hydra overrides added to every arm")
     ap.add_argument("--jobs", type=int, default=1, help="arms run at once")
-    ap.add_argument("--json", help="bench/NAME.json to write (default from --data/--finetune/--kd)")
+    ap.add_argument("--tag", help="the file name's arm part (default: the arm, or sweep for several)")
+    ap.add_argument("--json", help="bench/results/gradual_vs_oneshot/NAME.json to write instead of the systematic name")
     args = ap.parse_args()
     out = Path(args.out)
     arms = args.arms or list(FINETUNE_ARMS if args.finetune else ARMS)
     if bad := [a for a in arms if a not in (FINETUNE_ARMS if args.finetune else ARMS)]:
         raise SystemExit(f"arms {bad} are not defined {'with' if args.finetune else 'without'} --finetune")
-    name = args.json or ("gradual_vs_oneshot" + ("" if args.data == "shapes" else f"_{args.data}")
-                         + ("_ft" if args.finetune else "") + ("_kd" if args.kd else ""))
+    name = args.json or result_name(args.data, str(args.imgsz), f"kd{int(args.kd)}", *(["ft"] if args.finetune else []),
+                                    arms=arms, seeds=args.seeds, label=args.tag)
     jobs = [(seed, arm) for seed in args.seeds for arm in arms]  # seed-major: a partial run still compares every arm
     done: dict[tuple[int, str], dict] = {}
     lock = threading.Lock()
@@ -179,7 +178,7 @@ def main() -> None:
             vs = f"{mean - r0:+.4f}" if r0 is not None and arm not in ("dense", "mcu_dense") else "—"
             lines.append(f"| {arm} | {' / '.join(f'{x:.4f}' for x in m)} | {mean:.4f} ± {sd:.4f} | {vs} | "
                          f"{' / '.join('—' if c is None else f'{c:.4f}' for c in cliffs)} | {rs[0]['params']:,} |")
-        (ROOT / "bench" / f"{name}.json").write_text(json.dumps(
+        (RESULTS / "gradual_vs_oneshot" / f"{name}.json").write_text(json.dumps(
             {"machine": machine(), "commit": git_rev(), "data": args.data, "imgsz": args.imgsz, "kd": args.kd,
              "finetune": args.finetune, "overrides": args.set, "seeds": args.seeds, "complete": len(done) == len(jobs),
              "arms": rows}, indent=2))

@@ -6,7 +6,7 @@ on 8 smooth random images (PTQ graph) and converts it with ``model_to_tflite_int
 per-tensor for a few), and compares the file size with the estimate. It also breaks the flatbuffer down (constant
 buffers, quantization parameters, tensor names, operators, the rest) so the estimator's constants can be checked.
 
-    YOLO_OFFLINE=1 .venv/bin/python -m bench.int8_size            # table + bench/int8_size.json
+    YOLO_OFFLINE=1 .venv/bin/python -m bench.int8_size            # table + bench/results/estimators/int8_bytes.json
     YOLO_OFFLINE=1 .venv/bin/python -m bench.int8_size --quick    # yolo11n ratio 0 only, no JSON
 
 Takes ~7 min on 2 CPU cores (20 conversions of 10-25 s each, three pruning budget solves).
@@ -27,7 +27,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
+from bench.common import RESULTS  # noqa: E402
+
 OLD_BYTES_PER_CHANNEL = 28  # the estimator before this bench: weights + 28 B per output channel
 
 
@@ -197,7 +198,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="yolo11n unpruned only")
     ap.add_argument("--imgsz", type=int, default=256)
-    ap.add_argument("--out", default=None, help="JSON path (default: bench/int8_size.json; --quick writes none)")
+    ap.add_argument("--out", default=None,
+                    help="JSON path (default: bench/results/estimators/int8_bytes.json; --quick writes none)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     variants = VARIANTS[:1] if args.quick else VARIANTS
@@ -221,7 +223,7 @@ def main() -> None:
         f"{'merged' if r['merged'] else 'split'} | {r['imgsz']} | {r['est_old']:,} | {r['est_new']:,} | "
         f"{r['real']:,} | {r['err_old_pct']:+.2f} % | {r['err_new_pct']:+.2f} % |" for r in rows]
     print("\n".join(lines))
-    out = args.out or (None if args.quick else str(HERE / "int8_size.json"))
+    out = args.out or (None if args.quick else str(RESULTS / "estimators" / "int8_bytes.json"))
     if out:
         from kdprune.pruning import budget
 

@@ -2,20 +2,17 @@
 KD terms (cls + LD + CWD), batch 8 at the default image size, on this machine. Weights are random (timing does not
 depend on them); the data is a fixed random batch with three boxes per image.
 
-    .venv/bin/python bench/kd_overhead.py [--imgsz 256] [--batch 8] [--steps 10]
+    .venv/bin/python -m bench.kd_overhead [--imgsz 256] [--batch 8] [--steps 10]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import kdprune  # noqa: E402,F401
-from bench.common import default_cfg, git_rev, machine  # noqa: E402
+import kdprune  # noqa: F401  (sets YOLO_OFFLINE before ultralytics is imported)
+from bench.common import default_cfg, git_rev, machine
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
-"""Paired comparison of two arms across bench/gradual_vs_oneshot*.json files: seed by seed, same dataset, scale, KD
-setting and overrides, so a sweep run over several sessions (one JSON per seed) is read as one table.
+"""Paired comparison of two arms across bench/results/gradual_vs_oneshot/*.json files: seed by seed, same dataset,
+scale, KD setting and overrides, so a sweep run over several sessions (one JSON per seed) is read as one table.
 
-    .venv/bin/python bench/pair.py ARM_A ARM_B bench/gradual_vs_oneshot_glyphs_*.json [--data glyphs] [--imgsz 256]
+    .venv/bin/python -m bench.pair ARM_A ARM_B bench/results/gradual_vs_oneshot/glyphs-256-kd1-*.json --data glyphs
+        [--imgsz 256] [--no-kd]
 
 Prints A − B per seed and its mean ± sd. Refuses (exit 2) when two pruned runs that claim the same budget were solved
 to parameter counts more than 3 % apart (the solver's own tolerance): such rows measure different model sizes, e.g.

@@ -1,7 +1,7 @@
 """Which importance criterion and ranking to default to: one-shot prune a trained dense model to the default budget
 with each, and compare val mAP right after the cut (no recovery). Also times the graph build and one prune step.
 
-    .venv/bin/python bench/prune_importance.py --weights outputs/<dense run>/weights/best.pt [--seeds 3]
+    .venv/bin/python -m bench.prune_importance --weights outputs/<dense run>/weights/best.pt [--seeds 3]
 
 The anchor is ``random`` importance (the control): a criterion that does not beat it is not worth its cost.
 Prints a markdown table for bench/RESULTS.md.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from copy import deepcopy
@@ -19,9 +18,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import default_cfg, default_data_yaml, git_rev, machine  # noqa: E402
+from bench.common import default_cfg, default_data_yaml, git_rev, machine
 
 
 def main() -> None:

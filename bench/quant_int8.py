@@ -11,7 +11,9 @@ and adds, on the --ptq-run's best.pt (the same pruned float model PTQ starts fro
   * onnxruntime's ``quantize_static`` (QDQ, per-channel, the run's calibration images) of the run's fp32 ONNX,
     scored by kdprune's evaluator — the fallback the issue names.
 
-    .venv/bin/python bench/quant_int8.py --qat-run outputs/A --ptq-run outputs/B
+    .venv/bin/python -m bench.quant_int8 --qat-run outputs/A --ptq-run outputs/B
+
+Writes bench/results/quant/int8_paths-<imgsz>.json (``--out``).
 """
 
 from __future__ import annotations
@@ -24,8 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import git_rev, machine  # noqa: E402
+from bench.common import RESULTS, git_rev, machine
 
 ULTRA = r"""
 import json, sys, time
@@ -117,12 +118,13 @@ def main() -> None:
     ap.add_argument("--qat-run", type=Path, required=True)
     ap.add_argument("--ptq-run", type=Path, required=True)
     ap.add_argument("--timeout", type=int, default=900)
-    ap.add_argument("--out", type=Path, default=Path(__file__).with_name("quant_int8.json"))
+    ap.add_argument("--out", type=Path, default=None, help="default: bench/results/quant/int8_paths-<imgsz>.json")
     a = ap.parse_args()
     from omegaconf import OmegaConf
 
     qat, ptq = (json.loads((d / "summary.json").read_text()) for d in (a.qat_run, a.ptq_run))
     cfg = OmegaConf.load(a.ptq_run / "config.yaml")
+    a.out = a.out or RESULTS / "quant" / f"int8_paths-{int(cfg.data.imgsz)}.json"
     rows = {
         "QAT: fake-quant (PyTorch)": stage(qat, "QAT fake-quant"),
         "QAT: ONNX INT8 (QDQ)": stage(qat, "ONNX INT8"),

@@ -7,10 +7,11 @@ Per seed and weight granularity, two runs of the same recipe (``+experiment=yolo
 and reports, from each run's summary.json: QAT file - PTQ file (the ptq run's: same epochs, no fake-quant), QAT file -
 QAT fake-quant (the file is the model QAT trained: target |d| <= 0.002) and file sizes.
 
-    .venv/bin/python bench/quant_tflite.py --seeds 0 1 --granularity per_channel per_tensor [--imgsz 160] [--kd]
+    .venv/bin/python -m bench.quant_tflite --seeds 0 1 --granularity per_channel per_tensor [--imgsz 160] [--kd]
         [--qat-set quant.freeze_bn_epoch=25 --tag _bnlive]   (a QAT variant against the same PTQ runs)
 
-Each run: ~5 min at 160 px without KD on the 2-core machine, plus ~2 min of exports. Writes bench/quant_tflite.json.
+Each run: ~5 min at 160 px without KD on the 2-core machine, plus ~2 min of exports. Writes
+bench/results/quant/qat_vs_ptq-<imgsz>-kd<0|1>[-<tag>].json.
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ROOT, git_rev, machine, run_env  # noqa: E402
+from bench.common import RESULTS, ROOT, git_rev, machine, run_env
 
 
 def run(kind: str, seed: int, gran: str, imgsz: int, kd: bool, out: Path, qat_set: list[str], tag: str) -> dict:
@@ -89,7 +89,8 @@ def main() -> None:
                  "ptq_bytes": p["TFLite INT8"]["bytes"], "qat_val_curve": q["val_curve"],
                  "ptq_val_curve": p["val_curve"]}
             res.setdefault(gran, []).append(r)
-            (ROOT / "bench" / f"quant_tflite{args.tag}.json").write_text(json.dumps(
+            name = f"qat_vs_ptq-{args.imgsz}-kd{int(args.kd)}" + (f"-{args.tag.lstrip('_-')}" if args.tag else "")
+            (RESULTS / "quant" / f"{name}.json").write_text(json.dumps(
                 {"machine": machine(), "commit": git_rev(), "imgsz": args.imgsz, "kd": args.kd,
                  "qat_set": args.qat_set, "results": res}, indent=2))
     lines = [f"\n{machine()}, commit {git_rev()}, imgsz {args.imgsz}, KD {'on' if args.kd else 'off'}",

@@ -1,7 +1,7 @@
 """Re-score the TFLite INT8 file of finished runs on LiteRT's reference kernels (= TensorFlow Lite Micro, the MCU) and
 on its optimized ones, beside the graph it came from (QAT fake-quant, else the PTQ baseline).
 
-    .venv/bin/python bench/rescore_tflite.py [--fc-as-bmm] [--untie] RUN_DIR [RUN_DIR ...]
+    .venv/bin/python -m bench.rescore_tflite [--fc-as-bmm] [--untie] RUN_DIR [RUN_DIR ...]
 
 ``--fc-as-bmm``: score a copy of each file (INT8 and PTQ) with its activation x activation FULLY_CONNECTED rewritten
 as BATCH_MATMUL (``kdprune.export.tflite_fixes.activation_fc_to_batch_matmul``, the exporter does since c7e9a88), on
@@ -17,13 +17,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from kdprune.build import hyp_from_cfg  # noqa: E402
-from kdprune.data import prepare_batch, resolve_data  # noqa: E402
-from kdprune.export.scoring import evaluate_runner, square_val_loader  # noqa: E402
-from kdprune.export.tflite_runner import TFLiteRunner  # noqa: E402
-from kdprune.yolo import load_ultralytics_checkpoint, val_settings  # noqa: E402
-from kdprune.yolo.rawhead import head_spec  # noqa: E402
+from kdprune.build import hyp_from_cfg
+from kdprune.data import prepare_batch, resolve_data
+from kdprune.export.scoring import evaluate_runner, square_val_loader
+from kdprune.export.tflite_runner import TFLiteRunner
+from kdprune.yolo import load_ultralytics_checkpoint, val_settings
+from kdprune.yolo.rawhead import head_spec
 
 FC_AS_BMM = "--fc-as-bmm" in sys.argv
 UNTIE = "--untie" in sys.argv
@@ -50,22 +49,30 @@ def refixed(run: Path, data, head, loader, cfg) -> None:
               tflm_parity(tmp, images, reference=r), flush=True)
 
 
-for run in (Path(a) for a in sys.argv[1:] if not a.startswith("--")):
-    cfg = OmegaConf.load(run / "config.yaml")
-    data = resolve_data(cfg.data.yaml, cfg.cache_dir, dict(cfg.data.embedded), False)
-    hyp = hyp_from_cfg(cfg, data)
-    imgsz = int(cfg.data.imgsz)
-    head = head_spec(load_ultralytics_checkpoint(run / "weights" / "best.pt")[0])
-    loader = square_val_loader(data, hyp, imgsz)
-    if FC_AS_BMM or UNTIE:
-        refixed(run, data, head, loader, cfg)
-        continue
-    rows = {r["stage"]: r for r in json.loads((run / "summary.json").read_text())["stages"]}
-    out = {}
-    for k in ("reference", "optimized"):
-        r = TFLiteRunner(run / "export" / "model_int8.tflite", 1, kernels=k)
-        m = evaluate_runner(r, loader, data, strides=head.strides, nc=head.nc, reg_max=head.reg_max,
-                            names=data["names"], **val_settings(cfg.val))
-        out[k] = round(m["mAP50-95"], 4)
-    fq = rows.get("QAT fake-quant", rows.get("PTQ baseline"))["mAP50-95"]
-    print(run.name, "graph", fq, out, "ref-graph", round(out["reference"] - fq, 4))
+def main() -> None:
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__)
+        return
+    for run in (Path(a) for a in sys.argv[1:] if not a.startswith("--")):
+        cfg = OmegaConf.load(run / "config.yaml")
+        data = resolve_data(cfg.data.yaml, cfg.cache_dir, dict(cfg.data.embedded), False)
+        hyp = hyp_from_cfg(cfg, data)
+        imgsz = int(cfg.data.imgsz)
+        head = head_spec(load_ultralytics_checkpoint(run / "weights" / "best.pt")[0])
+        loader = square_val_loader(data, hyp, imgsz)
+        if FC_AS_BMM or UNTIE:
+            refixed(run, data, head, loader, cfg)
+            continue
+        rows = {r["stage"]: r for r in json.loads((run / "summary.json").read_text())["stages"]}
+        out = {}
+        for k in ("reference", "optimized"):
+            r = TFLiteRunner(run / "export" / "model_int8.tflite", 1, kernels=k)
+            m = evaluate_runner(r, loader, data, strides=head.strides, nc=head.nc, reg_max=head.reg_max,
+                                names=data["names"], **val_settings(cfg.val))
+            out[k] = round(m["mAP50-95"], 4)
+        fq = rows.get("QAT fake-quant", rows.get("PTQ baseline"))["mAP50-95"]
+        print(run.name, "graph", fq, out, "ref-graph", round(out["reference"] - fq, 4))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,8 +1,8 @@
 """Sensitivity-derived per-layer ratios vs one uniform ratio, at the same INT8 budget, epochs and seeds (issue 6).
 
-    .venv/bin/python bench/sensitivity_vs_uniform.py [--dense outputs/<dense run>/weights/best.pt] \
+    .venv/bin/python -m bench.sensitivity_vs_uniform [--dense outputs/<dense run>/weights/best.pt] \
         [--budget 2000000] [--epochs 15] [--seeds 0 1] [--imgsz 256] [--dense-epochs 25] \
-        [--workdir outputs/bench-sensitivity] [--out bench/sensitivity_vs_uniform.json] \
+        [--workdir outputs/bench-sensitivity] [--out bench/results/sensitivity/vs_uniform-<imgsz>.json] \
         [--sens OVERRIDE ...] [-- OVERRIDE ...]
 
 (a) trains a dense yolo11n on the embedded dataset (prune/distill/quant/export off), unless ``--dense`` gives one;
@@ -29,9 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import ROOT, git_rev, machine, run_env  # noqa: E402
+from bench.common import RESULTS, ROOT, git_rev, machine, run_env
 
 VARIANTS = ("uniform", "sensitivity")
 
@@ -80,10 +78,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--imgsz", type=int, default=256)
     ap.add_argument("--workdir", type=Path, default=ROOT / "outputs" / "bench-sensitivity")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "sensitivity_vs_uniform.json")
+    ap.add_argument("--out", type=Path, default=None, help="default: bench/results/sensitivity/vs_uniform-<imgsz>.json")
     ap.add_argument("--sens", nargs="*", default=[], help="overrides for the sensitivity scan only")
     ap.add_argument("extra", nargs="*", help="overrides for every run (after --)")
     args = ap.parse_args()
+    args.out = args.out or RESULTS / "sensitivity" / f"vs_uniform-{args.imgsz}.json"
     if len(args.seeds) < 2:
         print("note: fewer than 2 seeds: no spread to compare the variants against", flush=True)
     work, extra, t0 = args.workdir.resolve(), list(args.extra), time.time()
@@ -127,7 +126,7 @@ def main() -> None:
                    "wall_time_s": statistics.mean(r["wall_time_s"] for r in mine)}
     result = {
         "date": time.strftime("%Y-%m-%d"), "commit": git_rev(), "machine": machine(),
-        "command": " ".join(["bench/sensitivity_vs_uniform.py", *sys.argv[1:]]),
+        "command": " ".join(["python -m bench.sensitivity_vs_uniform", *sys.argv[1:]]),
         "budget_int8_bytes": args.budget, "epochs": args.epochs, "imgsz": args.imgsz, "seeds": args.seeds,
         "dense": {**dense_info, "mAP50-95_bn_recalibrated": sens["dense"]["mAP50-95"]},
         "sensitivity": {k: sens[k] for k in ("int8_bytes", "predicted_drop_mAP50-95", "one_shot", "allocation",

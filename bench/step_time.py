@@ -5,7 +5,7 @@ epoch): KD from the teacher, the EMA, and the pruning phase with everything it d
 scores before each optimizer step, the fade after each batch), so every per-step hook of the run is on. A callback
 records the time from one batch's start to the next's (the step, every callback's batch hooks, and loading the next
 batch; workers=0) over the fade epoch and the one before it; the median per epoch, without each epoch's first 3
-batches, is the number. No exports, no QAT (its step is the QAT graph's, timed by ``bench/qat_graph.py``).
+batches, is the number. No exports, no QAT (its step is the QAT graph's, timed by ``bench.qat_graph``).
 
 Compare two commits by running the script in each checkout, alternating, on a quiet machine:
 

@@ -1,7 +1,7 @@
 """The first operator at which a TFLite INT8 file's outputs on TensorFlow Lite Micro (TFLM, the MCU's runtime) part
 from LiteRT's reference kernels (the ones kdprune scores the file with), on random int8 inputs.
 
-    .venv/bin/python bench/tflm_diff.py FILE.tflite [--images N] [--seed S]
+    .venv/bin/python -m bench.tflm_diff FILE.tflite [--images N] [--seed S]
 
 The device check (``kdprune/export/device.py``, ``kdprune.export.tflm.tflm_parity``) says that a file differs; this
 says where. LiteRT keeps every tensor (``experimental_preserve_all_tensors``), TFLM only the graph outputs, so TFLM
@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from kdprune.export.flatbuffer import enum_names, load, pack  # noqa: E402
 from kdprune.export.tflite_fixes import logistic_near_tie  # noqa: E402
 from kdprune.export.tflm import _micro, tensor_arena_bytes  # noqa: E402

@@ -1,6 +1,6 @@
 """How long a user waits for the one-line error of a bad run (issue 16's target: < 15 s on a quiet machine).
 
-    .venv/bin/python bench/time_to_error.py [--repeats 3]
+    .venv/bin/python -m bench.time_to_error [--repeats 3]
 
 Three mistakes, each through ``python -m kdprune +experiment=yolo11n_mcu`` as a user types it: a config error (an
 enumeration typo), a data.yaml whose val folder does not exist, and a label file with a bad line. Prints the median
@@ -17,9 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import ROOT, git_rev, machine, run_env  # noqa: E402
+from bench.common import ROOT, git_rev, machine, run_env
 
 
 def cases(tmp: Path) -> dict[str, list[str]]:

@@ -9,7 +9,7 @@ Both sides train with ``--threads`` torch threads (default: every core), read ba
 Left alone they would not match: ultralytics' CPU training sets ``min(8, cores - 1)`` threads (one on a 2-core
 machine), and importing ultralytics sets ``OMP_NUM_THREADS=1`` for every child process of the script.
 
-    .venv/bin/python bench/train_throughput.py [--epochs 3] [--imgsz 320] [--batch 16] [--threads N] [--bf16]
+    .venv/bin/python -m bench.train_throughput [--epochs 3] [--imgsz 320] [--batch 16] [--threads N] [--bf16]
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 THREADS: set[int] = set()  # torch threads seen during training, in a worker
 
 
@@ -126,9 +125,9 @@ def main() -> None:
     result = {"imgsz": a.imgsz, "batch": a.batch, "epochs": a.epochs, "threads": a.threads, "machine": machine(),
               "commit": git_rev()}
     for side, workers in sides:
-        p = subprocess.run([sys.executable, __file__, "--worker", side, str(workers), "--epochs", str(a.epochs),
-                            "--imgsz", str(a.imgsz), "--batch", str(a.batch), "--threads", str(a.threads)],
-                           cwd=ROOT, capture_output=True, text=True)
+        p = subprocess.run([sys.executable, "-m", "bench.train_throughput", "--worker", side, str(workers),
+                            "--epochs", str(a.epochs), "--imgsz", str(a.imgsz), "--batch", str(a.batch),
+                            "--threads", str(a.threads)], cwd=ROOT, capture_output=True, text=True)
         line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RATES ")), None)
         if line is None:
             raise SystemExit(f"{side} failed:\n{p.stderr[-3000:]}")

@@ -3,21 +3,19 @@
 Checks the embedded dataset is learnable but not trivial (issue: mAP50-95 between 0.3 and 0.8). Uses the same
 hyperparameters as kdprune's default config (epochs, imgsz, batch, optimizer, lr, nbs, augmentation), read from it.
 
-    .venv/bin/python bench/ultralytics_baseline.py [--out result.json]
+    .venv/bin/python -m bench.ultralytics_baseline [--out result.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import kdprune  # noqa: E402,F401  (sets YOLO_OFFLINE before ultralytics is imported)
-from bench.common import default_data_yaml, default_hyp, git_rev, machine  # noqa: E402
+import kdprune  # noqa: F401  (sets YOLO_OFFLINE before ultralytics is imported)
+from bench.common import default_data_yaml, default_hyp, git_rev, machine
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """YOLO26n or YOLO11n at the first user's budgets? Both through the whole MCX N947 run, scored on their device files.
 
 - ``yolo11n``: ``+experiment=yolo11n_mcu`` (192 px, ReLU in layers 0-2, pruned to 2,000,000 B of flash and 384 KiB of
-  TFLite Micro arena, QAT, full-INT8 TFLite; NMS on the host). The same run as ``bench/device_fit.py``'s ``relu_192``
+  TFLite Micro arena, QAT, full-INT8 TFLite; NMS on the host). The same run as ``bench.device_fit``'s ``relu_192``
   arm: its finished run dirs there are read, not retrained.
 - ``yolo26n``: ``+experiment=yolo26n_mcu``: the same budgets and levers, the one-to-one (NMS-free) branch quantized
   and exported (top-k on the host), ``distill.ld=0`` (no DFL), the same teacher.
@@ -14,7 +14,7 @@ frame on this host (top-k against NMS) from ``kdprune.deploy.check``.
 
     .venv/bin/python -m bench.yolo26 --arms yolo11n yolo26n --data shapes --seeds 0 --teacher path/to/yolo11s.pt
 
-Results merge into bench/yolo26.json; runs live in bench/runs/yolo26/ and resume.
+Results merge into bench/results/yolo26/mcxn947.json; runs live in bench/runs/yolo26/ and resume.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import json
 import sys
 import tempfile
 
-from bench.common import ROOT, git_rev, machine, run_kdprune, seed_mean
+from bench.common import RESULTS, ROOT, git_rev, machine, run_kdprune, seed_mean
 
-OUT = ROOT / "bench" / "yolo26.json"
+OUT = RESULTS / "yolo26" / "mcxn947.json"
 RUNS = ROOT / "bench" / "runs" / "yolo26"
 DEVICE_FIT_RUNS = ROOT / "bench" / "runs" / "device_fit"
 ARMS = {

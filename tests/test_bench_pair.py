@@ -1,4 +1,4 @@
-"""bench/pair.py: pairs two arms seed by seed across sweep files, and refuses runs solved to different budgets."""
+"""bench.pair: pairs two arms seed by seed across sweep files, and refuses runs solved to different budgets."""
 
 import json
 

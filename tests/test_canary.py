@@ -6,7 +6,7 @@ recipe of ``+experiment=yolo11n_mcu`` (the dense student: ``prune=none distill=n
 augmentation, mosaic and its close, EMA) on the embedded generator at a scale CI affords (160 training images at
 128 px, 20 epochs, scored once at the end on 120 val images, ~2 min on 2 cores). Its mAP50-95 must fall within the
 band of the recorded seeds (``tests/canary_ci.json``: mean ± max(3 sd, floor)). Re-record deliberately, after
-bench/canary.py at the default scale agrees: ``python -m tests.test_canary 0 1 2`` (one run per seed).
+``python -m bench.canary`` at the default scale agrees: ``python -m tests.test_canary 0 1 2`` (one run per seed).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def test_plain_recipe_reaches_its_recorded_absolute_map(tmp_path):
     assert abs(got - mean) <= band, (
         f"plain-recipe canary mAP50-95 {got:.4f}, recorded {mean:.4f} ± {band:.4f} ({rec['commit']}, {rec['date']}): "
         "something changed what training computes (dependencies vs requirements.lock, the data pipeline, the step). "
-        "Find it with bench/pipeline_fingerprint.py and bench/canary.py before re-recording.")
+        "Find it with python -m bench.pipeline_fingerprint and python -m bench.canary before re-recording.")
 
 
 if __name__ == "__main__":  # re-record: python -m tests.test_canary SEED [SEED ...]

@@ -16,9 +16,10 @@ from kdprune.pruning import YoloPruner, int8_bytes
 from kdprune.pruning.budget import INT8_BYTES_PER_CHANNEL
 from kdprune.yolo import hyp_namespace, merge_split_blocks, split_blocks
 
-# From bench/int8_size.py (yolo11n, yolov8n, yolo26n; nc=3, pruned 0-60 %, 128-256 px, per-channel): the estimate
-# lands 0.1-1.0 % above the file (yolo11n 0.1-0.5 %). Tensor names carry TF's per-process counters (``model_32/...``),
-# so the file moves by ~0.1 % with what the process converted before; the lower bound leaves room for that.
+# From bench.int8_size (bench/results/estimators/int8_bytes.json: yolo11n, yolov8n, yolo26n; nc=3, pruned 0-60 %,
+# 128-256 px, per-channel): the estimate lands 0.1-1.0 % above the file (yolo11n 0.1-0.5 %). Tensor names carry TF's
+# per-process counters (``model_32/...``), so the file moves by ~0.1 % with what the process converted before; the
+# lower bound leaves room for that.
 MAX_OVER = 0.015  # estimate at most 1.5 % above the file
 MAX_UNDER = 0.003  # and at most 0.3 % below it (never seen below)
 MAX_OVER_PER_TENSOR = 0.02  # per-tensor files: measured +1.6 % here (64 px), +0.9-1.1 % on the 160-px 2 MB yolo11n

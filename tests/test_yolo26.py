@@ -18,7 +18,7 @@ E2E = [*TINY, "model=yolo26n", "teacher=none", "distill=none", "trainer.max_epoc
        "prune.start_epoch=0", "prune.end_epoch=0", "prune.fade_epochs=0", "prune.steps=1", "prune.target.ratio=0.2",
        "quant=int8_qat", "quant.start_epoch=1", "quant.freeze_bn_epoch=2", "quant.freeze_observer_epoch=2",
        "quant.ptq_images=8", "export=int8", "export.formats=[onnx_int8,tflite_int8]", "target=neutron",
-       "export.npu=[]",  # Vela on YOLO26 files: bench/yolo26.py (the run here is about the head)
+       "export.npu=[]",  # Vela on YOLO26 files: bench.yolo26 (the run here is about the head)
        "export.latency_runs=20", "export.deploy.conf=0.05",
        "export.deploy.max_det=50"]  # 64 px: 84 anchors, the most rows the NMS-free head gives
 
