@@ -16,7 +16,7 @@ from kdprune.yolo.rawhead import not_exported
 # Bytes of the full-INT8 TFLite file (``onnx_to_tflite_int8(..., per_channel=True)`` of the fp32 ONNX of
 # ``RawHeadModel(model, one2one=False)``), per exported conv/linear layer, BatchNorm folded into the conv. Measured by
 # reading the flatbuffers that ``bench/int8_size.py`` writes (yolo11n, yolov8n, yolo26n; nc=3, pruned 0-60 %, 128 and
-# 256 px; table in bench/int8_size.json):
+# 256 px; table in bench/results/estimators/int8_bytes.json):
 # - 1 byte per weight (int8);
 # - per output channel, exactly 28 bytes: the int32 bias (4), the weight's per-channel scale (float32, 4) and zero
 #   point (int64, 8), and the bias's own per-channel scale and zero point (4 + 8);
