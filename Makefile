@@ -28,11 +28,11 @@ run: $(STAMP)
 
 # the full suite (what CI runs), after the linter
 test: lint
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -n auto --dist loadfile $(ARGS)
 
 # the unit tests alone (no training, conversion or export): a few minutes, for changing code
 test-fast: lint
-	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+	$(BIN)/python -m pytest -n auto --dist loadfile -m "not slow" $(ARGS)
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check kdprune tests bench

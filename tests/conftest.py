@@ -12,6 +12,16 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CONF = str(ROOT / "conf")
 
+# `make test` runs the suite on every core (pytest-xdist, one file per worker). Most of a test's time is one thread
+# (conversions, TensorFlow Lite Micro, Python around tiny models), so workers overlap it; one compute thread per
+# worker keeps OpenMP threads from spin-waiting on each other's cores (10x slower). A worker's runs and the
+# subprocesses it starts inherit it; a test that compares two runs makes both in the same worker.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 # Tiny and fast: 64 px, a handful of generated images. Each test passes its own run_dir.
 TINY = [
     "data.imgsz=64",
