@@ -229,6 +229,6 @@ def test_the_fade_runs_end_to_end_with_the_ema_and_the_step_has_no_cliff(trained
     for fade in (1, 0):
         s = run(compose([*base, f"prune.fade_epochs={fade}"], run_dir=tmp_path / f"fade{fade}"))
         step = s["pruning"]["steps"][0]
-        assert step["epoch"] == 2 and step["channels_removed"] > 0 and step["mAP50-95_before"] > 0.3, step
+        assert step["epoch"] == 2 and step["channels_removed"] > 0 and step["mAP50-95_before"] > 0.1, step
         cliffs[fade] = step["cliff"]
     assert abs(cliffs[1]) <= 0.002 and cliffs[0] > 0.02, cliffs
