@@ -16,6 +16,21 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"  # <topic>/<name>.json, tracked
+# A bench's compared variants that are whole runs are config files, bench/conf/arm/<topic>/<arm>.yaml, over an
+# experiment: the same run from the command line, or all of them as a Hydra multirun, e.g.
+#   python -m kdprune -m +experiment=yolo11n_mcu hydra.searchpath=[file://$PWD/bench/conf] \
+#       +arm=device_fit/relu_192,device_fit/unconstrained seed=0,1,2
+BENCH_CONF = ROOT / "bench" / "conf"
+
+
+def arm_names(topic: str) -> list[str]:
+    """The arms of a bench topic: the files of bench/conf/arm/<topic>/."""
+    return sorted(p.stem for p in (BENCH_CONF / "arm" / topic).glob("*.yaml"))
+
+
+def arm_args(topic: str, arm: str) -> list[str]:
+    """The overrides that select one arm: bench/conf on Hydra's search path, and the arm's file."""
+    return [f"hydra.searchpath=[file://{BENCH_CONF}]", f"+arm={topic}/{arm}"]
 # Importing ultralytics sets OMP_NUM_THREADS=1 in os.environ when it is unset: a bench script that imports it (directly
 # or through kdprune) and then starts runs would hand each run one thread (measured: a 256-px default run 33 % slower
 # on the 2-core machine). Runs get the environment the script started with (bench.common is imported first).

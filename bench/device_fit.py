@@ -16,8 +16,10 @@ on its TFLite INT8 file with the MCU's kernels, with TensorFlow Lite Micro's mea
 - ``fused_256``, ``channels_256``: the other levers alone at 256 px: the pruner's pre-check says whether any pruning
   reaches the arena (a one-line exit 2 naming the smallest reachable arena, before training) and that is recorded.
 
-Every arm sets each lever it does not study to off, so it stays what it measured when the default
-moves.
+Every arm is a config file, bench/conf/arm/device_fit/<arm>.yaml, over ``+experiment=yolo11n_mcu``, and sets each lever
+it does not study to off, so it stays what it measured when the default moves. One arm by hand, or several as a Hydra
+multirun: ``python -m kdprune [-m] +experiment=yolo11n_mcu hydra.searchpath=[file://$PWD/bench/conf]
++arm=device_fit/relu_192[,device_fit/unconstrained] [seed=0,1,2]``.
 
     .venv/bin/python -m bench.device_fit --arms relu_192 unconstrained --seeds 0 1 2 [--data shapes glyphs]
         [--teacher path/to/best.pt]
@@ -34,23 +36,11 @@ import argparse
 import json
 import sys
 
-from bench.common import RESULTS, ROOT, git_rev, machine, run_kdprune, seed_mean
+from bench.common import RESULTS, ROOT, arm_args, arm_names, git_rev, machine, run_kdprune, seed_mean
 
 OUT = RESULTS / "device_fit" / "mcxn947.json"
 RUNS = ROOT / "bench" / "runs" / "device_fit"
-SILU = ["model.fused_act_layers=0", "model.pad_free_downsample=0"]  # the RAM levers off
-UNCONSTRAINED = ["device=generic", "data.imgsz=256", *SILU, "prune.target.arena_bytes=null", "prune.keep_stem=true"]
-ARMS = {
-    "padfree_192": ["data.imgsz=192", "model.pad_free_downsample=2"],
-    "relu_192": ["data.imgsz=192", "model.pad_free_downsample=0"],
-    "unconstrained": UNCONSTRAINED,
-    "channels_192": ["data.imgsz=192", *SILU, "prune.keep_stem=false"],
-    "channels_160": ["data.imgsz=160", *SILU, "prune.keep_stem=false"],
-    "resolution_128": ["data.imgsz=128", *SILU, "prune.keep_stem=true"],
-    "fused_256": ["data.imgsz=256", "model.fused_act_layers=3", "model.pad_free_downsample=0", "prune.keep_stem=false"],
-    "channels_256": ["data.imgsz=256", *SILU, "prune.keep_stem=false"],
-    "padfree_224": ["data.imgsz=224", "model.pad_free_downsample=2"],
-}
+ARMS = arm_names("device_fit")  # bench/conf/arm/device_fit/<arm>.yaml, each over +experiment=yolo11n_mcu
 
 
 def precheck(args: list[str]) -> str | None:
@@ -65,7 +55,7 @@ def precheck(args: list[str]) -> str | None:
     from kdprune.yolo import split_blocks
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[a for a in args if not a.startswith(("hydra.", "teacher.weights"))])
+        cfg = compose("config", overrides=[a for a in args if not a.startswith(("hydra.run", "teacher.weights"))])
     with open_dict(cfg):
         cfg.run_dir = "unused"
     _, _, model, _ = build_student(cfg)
@@ -78,7 +68,7 @@ def precheck(args: list[str]) -> str | None:
 
 
 def run_arm(arm: str, data: str, seed: int, teacher: str | None) -> dict:
-    args = ["+experiment=yolo11n_mcu", f"data={data}", f"seed={seed}", "val.plot_every=0", *ARMS[arm]]
+    args = ["+experiment=yolo11n_mcu", *arm_args("device_fit", arm), f"data={data}", f"seed={seed}", "val.plot_every=0"]
     if teacher:
         args.append(f"teacher.weights={teacher}")
     if (why := precheck(args)) is not None:
