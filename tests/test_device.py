@@ -144,3 +144,28 @@ def test_pad_free_downsample_keeps_the_function_and_removes_the_pad_copies():
     assert A.peak_activation_bytes(free, 192) == 3 * 192 * 192 + 16 * 96 * 96  # the stem's own input and output
     with pytest.raises(UserError, match="model.pad_free_downsample=9: between 0 and 7"):
         pad_free_downsample(free, 9)
+
+
+@pytest.mark.parametrize("end2end", [True, False])
+def test_the_arena_replay_of_yolo26_runs_the_branch_the_file_holds(end2end):
+    """The file holds one of YOLO26's two head branches (the one-to-one unless ``Detect.end2end`` is off): the arena
+    estimate replays that one, not both (both would count the other branch's activations, which the file has not)."""
+    import torch
+
+    from kdprune.yolo import build_model, hyp_namespace
+    from kdprune.yolo.structure import trace_forward
+
+    model = build_model("yolo26n.yaml", None, {i: str(i) for i in range(3)}, hyp_namespace(imgsz=64)).eval()
+    head = model.model[-1]
+    head.end2end = end2end
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        for seq in (*head.one2one_cv2, *head.one2one_cv3):  # ultralytics starts one2one as a copy: make it differ
+            seq[-1].bias.add_(1.0)
+        got = trace_forward(model, x, deployed_only=True)
+        every = trace_forward(model, x)
+    assert len(every) == 4 * head.nl and len(got) == 2 * head.nl
+    want = every[2 * head.nl:] if end2end else every[:2 * head.nl]  # one2one_cv2/cv3, else cv2/cv3
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    other = every[:2 * head.nl] if end2end else every[2 * head.nl:]
+    assert not any(torch.equal(g, o) for g, o in zip(got, other))

@@ -100,7 +100,7 @@ def peak_activation_bytes(model: nn.Module, imgsz: int) -> int:
         consts = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
         rec = _Recorder(consts)
         with rec:
-            outs = trace_forward(model, x)
+            outs = trace_forward(model, x, deployed_only=True)  # the file holds one head branch
     finally:
         model.train(was_training)
     first: dict[int, int] = {rec.key(x): -1}

@@ -100,8 +100,10 @@ def head_branch(model: nn.Module) -> dict[str, str]:
     return out
 
 
-def trace_forward(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    """The model's forward up to the raw outputs of every Detect branch, for torch-pruning's graph trace.
+def trace_forward(model: nn.Module, x: torch.Tensor, deployed_only: bool = False) -> list[torch.Tensor]:
+    """The model's forward up to the raw outputs of every Detect branch, for torch-pruning's graph trace; with
+    ``deployed_only``, of the branch the device file holds (YOLO26: the one-to-one branch unless ``Detect.end2end`` is
+    off), which is what the file's activations are.
 
     Written out (ultralytics' ``_predict_once`` layer loop) because neither of ultralytics' own modes traces whole:
     in training YOLO26's one-to-one head reads detached features, so the graph would miss it; in eval the head's
@@ -112,7 +114,10 @@ def trace_forward(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
         if m.f != -1:
             x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
         if m is head:
-            branches = [getattr(head, a, None) for a in ("cv2", "cv3", "one2one_cv2", "one2one_cv3")]
+            names = ("cv2", "cv3", "one2one_cv2", "one2one_cv3")
+            if deployed_only and getattr(head, "one2one_cv2", None) is not None:
+                names = names[2:] if getattr(head, "end2end", False) else names[:2]
+            branches = [getattr(head, a, None) for a in names]
             return [b[i](x[i]) for b in branches if b is not None for i in range(head.nl)]
         x = m(x)
         y.append(x if m.i in model.save else None)
