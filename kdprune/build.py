@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from kdprune.callbacks import CompressionSteps, UltralyticsCheckpoint
 from kdprune.compression import Compression
 from kdprune.data import YOLODataModule, resolve_data
+from kdprune.environment import warn_if_emulated_bf16
 from kdprune.losses.objectives import build_criterion, build_distiller
 from kdprune.module import DetectionModule
 from kdprune.recipe import training_optim
@@ -95,6 +96,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, compression: Compression | Non
         callbacks.append(CompressionSteps())
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
     ckpt_cb = next(c for c in callbacks if isinstance(c, UltralyticsCheckpoint))
+    warn_if_emulated_bf16(cfg.trainer)
     trainer = L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), callbacks=callbacks,
                         logger=loggers or False, default_root_dir=str(run_dir))
     return trainer, ckpt_cb

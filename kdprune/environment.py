@@ -58,10 +58,30 @@ def lock_mismatches(installed: dict[str, str | None], lock: dict[str, str]) -> d
     return out
 
 
+def cpu_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool | None:
+    """Whether the CPU computes bfloat16 natively (AVX512_BF16 or AMX), None where the OS does not say (no
+    /proc/cpuinfo). Without it, oneDNN emulates bf16 and ``trainer.precision=bf16-mixed`` trains slower than fp32."""
+    try:
+        flags = next((ln.split(":", 1)[1].split() for ln in cpuinfo.read_text().splitlines()
+                      if ln.startswith("flags")), None)
+    except OSError:
+        return None
+    return None if flags is None else bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def warn_if_emulated_bf16(trainer_cfg) -> None:
+    """One log line when a CPU run asks for bf16 the CPU does not have (it would train slower, not faster)."""
+    on_cpu = str(trainer_cfg.get("accelerator", "cpu")) == "cpu"
+    if on_cpu and str(trainer_cfg.get("precision", "")).startswith("bf16") and cpu_native_bf16() is False:
+        log.warning("kdprune: trainer.precision=bf16-mixed on a CPU without native bfloat16 (no AVX512_BF16 or AMX): "
+                    "it is emulated and trains slower than fp32 here; trainer.precision=32-true is faster.")
+
+
 def environment(lock_path: Path = LOCK_FILE) -> dict:
-    """What ``summary.json`` records: Python, the key packages' versions and how they compare with the lock."""
+    """What ``summary.json`` records: Python, the key packages' versions and how they compare with the lock, and
+    whether the CPU has native bfloat16 (``cpu_bf16``)."""
     versions = installed_versions()
-    env = {"python": platform.python_version(), "packages": versions}
+    env = {"python": platform.python_version(), "packages": versions, "cpu_bf16": cpu_native_bf16()}
     if lock_path.is_file():  # a checkout; an installed wheel has no lock file beside it
         env["lock"] = {"file": lock_path.name, "differs": lock_mismatches(versions, read_lock(lock_path))}
     return env

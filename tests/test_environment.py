@@ -10,9 +10,11 @@ import pytest
 from kdprune.environment import (
     KEY_PACKAGES,
     LOCK_FILE,
+    cpu_native_bf16,
     environment,
     lock_mismatches,
     read_lock,
+    warn_if_emulated_bf16,
     warn_if_unlocked,
 )
 from kdprune.report import margin_line, teacher_margin, write_report
@@ -45,6 +47,25 @@ def test_a_package_off_its_locked_version_is_named_in_the_log(tmp_path, caplog):
     warn_if_unlocked(environment(tmp_path / "absent.lock"))  # an installed wheel: no lock, nothing to compare
     assert caplog.text == ""
     assert lock_mismatches({"torch": None}, {"torch": "2.14.1"}) == {"torch": {"installed": None, "locked": "2.14.1"}}
+
+
+@pytest.mark.parametrize("flags,native", [("fpu sse avx512f avx512_bf16", True), ("fpu amx_bf16 amx_tile", True),
+                                          ("fpu sse avx2 avx512f", False)])
+def test_bf16_on_a_cpu_that_emulates_it_is_named_in_the_log(tmp_path, monkeypatch, caplog, flags, native):
+    import kdprune.environment as E
+
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    assert cpu_native_bf16(info) is native
+    assert cpu_native_bf16(tmp_path / "absent") is None  # an OS that does not say: unknown, no warning
+    monkeypatch.setattr(E, "cpu_native_bf16", lambda: cpu_native_bf16(info))
+    with caplog.at_level(logging.WARNING, logger="kdprune"):
+        warn_if_emulated_bf16({"accelerator": "cpu", "precision": "bf16-mixed"})
+        warn_if_emulated_bf16({"accelerator": "cpu", "precision": "32-true"})
+        warn_if_emulated_bf16({"accelerator": "gpu", "precision": "bf16-mixed"})
+    assert ("emulated and trains slower than fp32" in caplog.text) is (not native)
+    assert len(caplog.records) == (0 if native else 1)  # only the CPU run that asked for bf16
+    assert environment(LOCK_FILE)["cpu_bf16"] is native
 
 
 def _row(stage, m):
